@@ -1,0 +1,3 @@
+from ci_gate.cli import main
+
+main()

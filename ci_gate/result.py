@@ -1,0 +1,161 @@
+"""The Result: one versioned, serialisable record of a scan.
+
+It is the only thing reporters and gate actions read, and it never imports torch, so a saved
+``result.json`` can be re-rendered anywhere (``ci-gate report result.json``). Artifact paths
+(trigger PNGs, example images) are relative to the folder that holds ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ci_gate.errors import InputError
+from ci_gate.io import atomic_write_text
+
+RESULT_SCHEMA_VERSION = "1.0"
+
+Verdict = Literal["clean", "backdoor"]
+ClassStatus = Literal["ok", "suspicious", "backdoor"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ToolInfo(_Model):
+    name: str = "ci-gate"
+    version: str
+
+
+class BackboneInfo(_Model):
+    architecture: str = Field(description="open_clip architecture name, or 'inline' for an embedded config")
+    pretrained: str | None = Field(None, description="pretrained tag or weights file reference")
+    sha256: str | None = None
+    quick_gelu: bool = False
+
+
+class ModelInfo(_Model):
+    path: str = Field(description="checkpoint path as given (repository-relative in CI)")
+    sha256: str
+    format_version: int
+    learner: Literal["coop", "cocoop", "zeroshot"]
+    class_names: list[str]
+    n_ctx: int
+    backbone: BackboneInfo
+
+
+class PoolInfo(_Model):
+    source: str
+    sha256: str = Field(description="digest over the sorted (relative path, file digest) pairs of the images used")
+    n_images: int
+    n_skipped: int
+    skipped: list[str] = Field(default_factory=list, description="first skipped files with the reason")
+
+
+class PolicyInfo(_Model):
+    name: str
+    path: str | None
+    sha256: str
+    settings: dict = Field(description="the full, validated policy after overrides")
+
+
+class ClassResult(_Model):
+    index: int
+    name: str
+    from_checkpoint: bool = Field(description="False for extra candidate names from the policy")
+    asr: float = Field(description="fraction of pool images predicted as this class under its trigger")
+    base_rate: float = Field(description="fraction of clean pool images predicted as this class")
+    final_loss: float = Field(description="mean margin loss over the pool under the trigger")
+    statistic: float = Field(description="the per-class statistic fed to the anomaly index")
+    anomaly: float = Field(description="robust z-score of the statistic across classes")
+    status: ClassStatus
+    trigger_linf: float
+    trigger_png: str | None = None
+    trigger_tensor: str | None = None
+
+
+class Example(_Model):
+    class_name: str
+    clean_png: str
+    triggered_png: str
+    predicted_clean: str
+    predicted_triggered: str
+
+
+class Timings(_Model):
+    load_s: float = 0.0
+    pool_s: float = 0.0
+    inversion_s: float = 0.0
+    total_s: float = 0.0
+
+
+class Detection(_Model):
+    statistic: str
+    k: float
+    min_asr: float
+    median: float
+    mad: float
+
+
+class Result(_Model):
+    schema_version: str = RESULT_SCHEMA_VERSION
+    tool: ToolInfo
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    verdict: Verdict
+    target_class: str | None = None
+    target_index: int | None = None
+    model: ModelInfo
+    pool: PoolInfo
+    policy: PolicyInfo
+    detection: Detection
+    classes: list[ClassResult]
+    examples: list[Example] = Field(default_factory=list)
+    timings: Timings
+    device: str
+    seed: int
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def suspicious(self) -> list[ClassResult]:
+        return [c for c in self.classes if c.status == "suspicious"]
+
+    @property
+    def flagged(self) -> list[ClassResult]:
+        return [c for c in self.classes if c.status == "backdoor"]
+
+    def gate_fails(self, fail_on: str) -> bool:
+        if fail_on == "never":
+            return False
+        if fail_on == "suspicious":
+            return self.verdict == "backdoor" or bool(self.suspicious)
+        return self.verdict == "backdoor"
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_write_text(path, self.to_json() + "\n")
+        return path
+
+
+def load_result(path: str | Path) -> Result:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "result file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not valid JSON: {exc}") from exc
+    version = str(data.get("schema_version", "")) if isinstance(data, dict) else ""
+    if version.split(".")[0] != RESULT_SCHEMA_VERSION.split(".")[0]:
+        raise InputError(path, f"unsupported result schema version {version!r} (this ci-gate reads {RESULT_SCHEMA_VERSION})")
+    try:
+        return Result.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(path, f"not a ci-gate result: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
