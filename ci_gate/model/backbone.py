@@ -1,0 +1,155 @@
+"""Build the frozen open_clip backbone a checkpoint names, and load its weights safely.
+
+Weights come from the checkpoint itself (embedded), a local file, or an open_clip pretrained
+tag (resolved through open_clip's own download cache). Pickled files are only read with
+``torch.load(weights_only=True)``; TorchScript archives are refused. A pinned SHA-256 is checked
+before the weights are used.
+
+OpenAI's CLIP weights were trained with QuickGELU. open_clip's plain architecture names
+(``ViT-B-16``) use nn.GELU, and loading OpenAI weights into them runs without error but gives
+silently wrong features. We switch to QuickGELU when the tag's pretrained config or the file's
+OpenAI-format markers say so, and refuse when the checkpoint insists on plain GELU.
+"""
+
+from __future__ import annotations
+
+import copy
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.model import CLIP
+from safetensors.torch import load_file
+
+from ci_gate.checkpoint.format import BackboneSpec, backbone_digest
+from ci_gate.errors import InputError
+from ci_gate.io import sha256_file
+
+# Keys that OpenAI's original state dicts carry and open_clip-trained ones do not.
+_OPENAI_MARKERS = ("input_resolution", "context_length", "vocab_size")
+
+
+@dataclass
+class Backbone:
+    clip: CLIP
+    tokenizer: Any
+    quick_gelu: bool
+    sha256: str | None
+    reference: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def model_config(spec: BackboneSpec) -> dict[str, Any]:
+    if spec.config is not None:
+        return copy.deepcopy(spec.config)
+    cfg = open_clip.get_model_config(spec.architecture)
+    if cfg is None:
+        raise InputError(None, f"unknown open_clip architecture {spec.architecture!r}")
+    return copy.deepcopy(cfg)
+
+
+def _tag_wants_quick_gelu(spec: BackboneSpec) -> bool:
+    if spec.architecture is None or spec.pretrained is None:
+        return False
+    try:
+        cfg = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
+    except Exception:
+        return False
+    return bool(cfg and cfg.get("quick_gelu", False))
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise InputError(path, f"not a readable safetensors file: {exc}") from None
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if any(n.endswith("constants.pkl") for n in zf.namelist()):
+                raise InputError(path, "TorchScript archive: ci-gate does not execute TorchScript; convert it to a state dict first")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(path, f"cannot read weights safely (weights_only): {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(path, "weights file does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def resolve_weights(spec: BackboneSpec, weights: Path | None, cache_dir: Path | None) -> Path:
+    """Find the weights file: an explicit path wins, then a file named by 'pretrained', then a tag."""
+    if weights is not None:
+        if not weights.is_file():
+            raise InputError(weights, "backbone weights file not found")
+        return weights
+    ref = spec.pretrained
+    assert ref is not None
+    if Path(ref).is_file():
+        return Path(ref)
+    if spec.architecture is None:
+        raise InputError(ref, "backbone weights file not found (inline configs need a local weights file)")
+    cfg = open_clip.get_pretrained_cfg(spec.architecture, ref)
+    if not cfg:
+        raise InputError(ref, f"neither a file nor a pretrained tag of {spec.architecture}; pass --backbone-weights FILE")
+    try:
+        return Path(open_clip.download_pretrained(cfg, cache_dir=str(cache_dir) if cache_dir else None))
+    except Exception as exc:
+        raise InputError(ref, f"could not fetch pretrained weights for {spec.architecture} (offline?): {type(exc).__name__}; pass --backbone-weights FILE") from None
+
+
+def build_backbone(
+    spec: BackboneSpec,
+    embedded: dict[str, torch.Tensor] | None = None,
+    weights: Path | None = None,
+    cache_dir: Path | None = None,
+) -> Backbone:
+    cfg = model_config(spec)
+    notes: list[str] = []
+    if spec.embedded:
+        state = dict(embedded or {})
+        digest = backbone_digest(state)
+        reference = "embedded"
+    else:
+        path = resolve_weights(spec, weights, cache_dir)
+        digest = sha256_file(path)
+        if spec.sha256 and digest != spec.sha256:
+            raise InputError(path, f"backbone weights SHA-256 {digest[:12]}... does not match the pinned {spec.sha256[:12]}...")
+        state = read_state_dict(path)
+        reference = str(spec.pretrained or path.name)
+
+    quick_gelu = bool(cfg.pop("quick_gelu", False))
+    openai_format = any(k in state for k in _OPENAI_MARKERS)
+    if openai_format or _tag_wants_quick_gelu(spec):
+        if spec.quick_gelu is False:
+            raise InputError(
+                spec.pretrained or "backbone",
+                "these are OpenAI CLIP weights, trained with QuickGELU, but the checkpoint sets quick_gelu=false; "
+                "the features would be silently wrong (use the '-quickgelu' architecture)",
+            )
+        if not quick_gelu:
+            notes.append(f"OpenAI weights detected: using QuickGELU for {spec.architecture or 'inline config'} (as the '-quickgelu' variant)")
+        quick_gelu = True
+    elif spec.quick_gelu is not None:
+        quick_gelu = spec.quick_gelu
+    for key in _OPENAI_MARKERS:
+        state.pop(key, None)
+
+    if "custom_text" in cfg or "hf_model_name" in cfg.get("text_cfg", {}):
+        raise InputError(None, f"backbone {spec.architecture or 'inline'}: only CLIP models with the built-in text tower are supported")
+    clip = CLIP(**cfg, quick_gelu=quick_gelu)
+    try:
+        clip.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(spec.pretrained or "backbone", f"weights do not fit the architecture: {str(exc).splitlines()[0]} ...") from None
+    clip.eval()
+    for p in clip.parameters():
+        p.requires_grad_(False)
+    context_length = cfg.get("text_cfg", {}).get("context_length", 77)
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    return Backbone(clip=clip, tokenizer=tokenizer, quick_gelu=quick_gelu, sha256=digest, reference=reference, notes=notes)

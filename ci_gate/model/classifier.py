@@ -1,0 +1,104 @@
+"""The classifier that trigger inversion attacks: [0, 1] images in, logits over candidates out."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ci_gate.model.learners import PromptLearner, PromptTokens
+from ci_gate.model.text import TextEncoder
+
+
+class PromptedClassifier(nn.Module):
+    """Frozen CLIP image/text towers + a prompt learner (or fixed zero-shot text features).
+
+    ``fast=True`` truncates text sequences at the longest prompt's EOS and caches text features
+    that do not depend on the input; ``fast=False`` is the straightforward reference (full
+    context, recomputed every call). Both give the same logits up to float rounding.
+    """
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        prompts: PromptTokens,
+        learner: PromptLearner | None,
+        class_names: list[str],
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        image_size: int,
+        zeroshot_features: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.visual = clip.visual
+        self.text = TextEncoder(clip)
+        self.prompts = prompts
+        self.learner = learner
+        self.class_names = list(class_names)
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("logit_scale", clip.logit_scale.detach().exp().reshape(()), persistent=False)
+        self.register_buffer("zeroshot_features", zeroshot_features, persistent=False)
+        self.fast = True
+        self.autocast_dtype: torch.dtype | None = None
+        self._cached_text: torch.Tensor | None = None
+
+    @property
+    def kind(self) -> str:
+        return "zeroshot" if self.learner is None else self.learner.kind
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def conditional(self) -> bool:
+        """True when text features depend on the image (CoCoOp): one text pass per image and class."""
+        return self.learner is not None and self.learner.meta_net is not None
+
+    def text_length(self) -> int:
+        return self.prompts.fast_length if self.fast else self.text.context_length
+
+    def freeze(self) -> "PromptedClassifier":
+        """Freeze every weight and cache input-independent text features (for inversion)."""
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self._cached_text = None
+        if self.fast and not self.conditional:
+            with torch.no_grad():
+                self._cached_text = self._static_text_features()
+        return self
+
+    def invalidate_cache(self) -> None:
+        self._cached_text = None
+
+    def _static_text_features(self) -> torch.Tensor:
+        if self.learner is None:
+            feats = self.zeroshot_features
+        else:
+            feats = self.learner.text_features(self.text, self.prompts, self.text_length())
+        return F.normalize(feats.float(), dim=-1)
+
+    def image_features(self, images01: torch.Tensor) -> torch.Tensor:
+        x = (images01 - self.mean) / self.std
+        return F.normalize(self.visual(x).float(), dim=-1)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.mean.device.type, dtype=self.autocast_dtype)
+
+    def forward(self, images01: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            img = self.image_features(images01)
+            if self.conditional:
+                txt = F.normalize(self.learner.text_features(self.text, self.prompts, self.text_length(), img).float(), dim=-1)
+                logits = torch.einsum("bd,bcd->bc", img, txt)
+            else:
+                txt = self._cached_text if self._cached_text is not None else self._static_text_features()
+                logits = img @ txt.t()
+        return self.logit_scale.float() * logits.float()

@@ -1,0 +1,120 @@
+"""Prompt learners: CoOp, CoCoOp and the hand-written zero-shot prompt.
+
+They follow the reference implementations (KaiyangZhou/CoOp): context vectors v_1..v_M are
+spliced between the SOS embedding and the class-name tokens; CoCoOp adds a meta-net
+Linear(d_vis -> d_vis/16) -> ReLU -> Linear(-> d_ctx) whose output pi(x) shifts every context
+vector for image x. Tensor names match Dassl checkpoints so conversion is a rename.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ci_gate.model.text import TextEncoder
+
+LearnerKind = Literal["coop", "cocoop", "zeroshot"]
+ZEROSHOT_TEMPLATE = "a photo of a {}."
+
+
+class PromptTokens(nn.Module):
+    """Frozen token embeddings of the prompts "X*M {name}." for a list of class names."""
+
+    def __init__(self, clip: nn.Module, tokenizer, class_names: list[str], n_ctx: int):
+        super().__init__()
+        placeholder = " ".join(["X"] * n_ctx)
+        texts = [f"{placeholder} {name.replace('_', ' ')}." for name in class_names]
+        tokens = tokenizer(texts)
+        eot = getattr(tokenizer, "eot_token_id", None)
+        eos = (tokens == eot).int().argmax(dim=-1) if eot is not None else tokens.argmax(dim=-1)
+        if (tokens[:, -1] != 0).any():
+            raise ValueError("a class name is too long for the text encoder's context")
+        with torch.no_grad():
+            emb = clip.token_embedding(tokens).detach()
+        self.n_ctx = n_ctx
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)
+        self.register_buffer("token_suffix", emb[:, 1 + n_ctx :].clone(), persistent=False)
+        self.register_buffer("eos_index", eos, persistent=False)
+
+    @property
+    def fast_length(self) -> int:
+        return int(self.eos_index.max()) + 1
+
+    def assemble(self, ctx: torch.Tensor, length: int) -> torch.Tensor:
+        """ctx: (M, d) or (B, M, d) -> prompts (C, length, d) or (B, C, length, d)."""
+        suffix = self.token_suffix[:, : length - 1 - self.n_ctx]
+        prefix = self.token_prefix
+        n_cls = prefix.shape[0]
+        if ctx.dim() == 2:
+            return torch.cat([prefix, ctx.unsqueeze(0).expand(n_cls, -1, -1).to(prefix.dtype), suffix], dim=1)
+        batch = ctx.shape[0]
+        return torch.cat(
+            [
+                prefix.unsqueeze(0).expand(batch, -1, -1, -1),
+                ctx.unsqueeze(1).expand(-1, n_cls, -1, -1).to(prefix.dtype),
+                suffix.unsqueeze(0).expand(batch, -1, -1, -1),
+            ],
+            dim=2,
+        )
+
+
+def init_context(clip: nn.Module, tokenizer, n_ctx: int, ctx_init: str | None, generator: torch.Generator | None) -> torch.Tensor:
+    width = clip.token_embedding.weight.shape[1]
+    if ctx_init:
+        tokens = tokenizer([ctx_init])
+        n_words = int((tokens[0] > 0).sum()) - 2
+        if n_words != n_ctx:
+            raise ValueError(f"ctx_init {ctx_init!r} has {n_words} tokens, expected n_ctx={n_ctx}")
+        with torch.no_grad():
+            return clip.token_embedding(tokens)[0, 1 : 1 + n_ctx].detach().clone()
+    return torch.randn(n_ctx, width, generator=generator) * 0.02
+
+
+class PromptLearner(nn.Module):
+    """CoOp (no meta-net) or CoCoOp (meta-net) context over a frozen text encoder."""
+
+    def __init__(self, kind: LearnerKind, ctx: torch.Tensor, vis_dim: int, meta_net: bool):
+        super().__init__()
+        self.kind = kind
+        self.ctx = nn.Parameter(ctx.clone())
+        self.meta_net = None
+        if meta_net:
+            ctx_dim = ctx.shape[1]
+            self.meta_net = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
+                        ("relu", nn.ReLU(inplace=True)),
+                        ("linear2", nn.Linear(vis_dim // 16, ctx_dim)),
+                    ]
+                )
+            )
+
+    @property
+    def n_ctx(self) -> int:
+        return self.ctx.shape[0]
+
+    def text_features(self, encoder: TextEncoder, prompts: PromptTokens, length: int, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """(C, D) for CoOp; (B, C, D) for CoCoOp given normalised image features (B, d_vis)."""
+        if self.meta_net is None:
+            emb = prompts.assemble(self.ctx, length)
+            return encoder(emb, prompts.eos_index)
+        assert image_features is not None
+        bias = self.meta_net(image_features.to(self.ctx.dtype))
+        ctx = self.ctx.unsqueeze(0) + bias.unsqueeze(1)
+        emb = prompts.assemble(ctx, length)
+        batch, n_cls = emb.shape[:2]
+        feats = encoder(emb.flatten(0, 1), prompts.eos_index.repeat(batch))
+        return feats.view(batch, n_cls, -1)
+
+    def named_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors as stored in checkpoints (Dassl names)."""
+        out = {"ctx": self.ctx.detach()}
+        if self.meta_net is not None:
+            for key, value in self.meta_net.state_dict().items():
+                out[f"meta_net.{key}"] = value.detach()
+        return out

@@ -1,0 +1,60 @@
+"""The image files a Result names (trigger PNGs, example pairs), resolved inside the result folder.
+
+A result.json may come from anywhere (``ci-gate report`` re-renders saved results), so a path in it
+is trusted only if it stays inside the result folder and the file really is a PNG: otherwise a
+crafted result could make the HTML report inline an arbitrary file from the machine that renders it.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path, PurePosixPath
+
+from ci_gate.result import Result
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def referenced_paths(result: Result) -> list[str]:
+    """Every artifact path the Result names, in report order, without duplicates."""
+    paths: list[str] = []
+    for cls in result.classes:
+        if cls.trigger_png:
+            paths.append(cls.trigger_png)
+    for example in result.examples:
+        paths.extend((example.clean_png, example.triggered_png))
+    return list(dict.fromkeys(paths))
+
+
+def resolve(result_dir: Path, rel: str) -> Path | None:
+    """The file for a relative artifact path, or None if it is absent or points outside result_dir."""
+    posix = PurePosixPath(rel.replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts:
+        return None
+    root = result_dir.resolve()
+    path = (root / Path(*posix.parts)).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        return None
+    return path
+
+
+def read_png(result_dir: Path, rel: str) -> bytes | None:
+    path = resolve(result_dir, rel)
+    if path is None:
+        return None
+    data = path.read_bytes()
+    return data if data.startswith(PNG_SIGNATURE) else None
+
+
+def png_data_uri(result_dir: Path, rel: str | None) -> str | None:
+    if not rel:
+        return None
+    data = read_png(result_dir, rel)
+    if data is None:
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def missing_artifacts(result: Result, result_dir: Path) -> list[str]:
+    """Named artifacts that cannot be shown (absent, outside the folder, or not a PNG)."""
+    return [rel for rel in referenced_paths(result) if read_png(result_dir, rel) is None]

@@ -1,0 +1,95 @@
+"""The self-contained HTML report: one file, every image inlined, no scripts, opens offline."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from ci_gate.report import artifacts
+from ci_gate.report.chart import layout
+from ci_gate.resources import templates_dir
+from ci_gate.result import ClassResult, Example, Result
+
+TEMPLATE = "report.html.j2"
+
+
+@dataclass(frozen=True)
+class TriggerView:
+    cls: ClassResult
+    image: str | None
+
+
+@dataclass(frozen=True)
+class ExampleView:
+    example: Example
+    clean: str | None
+    triggered: str | None
+
+
+def _num(value: float, digits: int = 3) -> str:
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    return f"{value:.{digits}f}"
+
+
+def _pct(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = _num
+    env.filters["pct"] = _pct
+    return env
+
+
+def report_settings(result: Result) -> dict:
+    """The policy's report section as the scan ran it (defaults fill gaps in older results)."""
+    settings = result.policy.settings.get("report") or {}
+    return {
+        "fail_on": settings.get("fail_on", "backdoor"),
+        "backdoor_level": settings.get("backdoor_level", "error"),
+        "suspicious_level": settings.get("suspicious_level", "warning"),
+    }
+
+
+def _context(result: Result, result_dir: Path) -> dict:
+    ranked = sorted(result.classes, key=lambda c: (-_sortable(c.anomaly), c.index))
+    shown = result.flagged + result.suspicious
+    settings = report_settings(result)
+    return {
+        "result": result,
+        "settings": settings,
+        "gate_fails": result.gate_fails(settings["fail_on"]),
+        "ranked": ranked,
+        "chart": layout(ranked, result.detection.k),
+        "triggers": [TriggerView(c, artifacts.png_data_uri(result_dir, c.trigger_png)) for c in shown],
+        "examples": [
+            ExampleView(
+                e,
+                artifacts.png_data_uri(result_dir, e.clean_png),
+                artifacts.png_data_uri(result_dir, e.triggered_png),
+            )
+            for e in result.examples
+        ],
+        "missing": artifacts.missing_artifacts(result, result_dir),
+    }
+
+
+def _sortable(value: float) -> float:
+    return -math.inf if math.isnan(value) else value
+
+
+def render_html(result: Result, result_dir: Path) -> str:
+    return _environment().get_template(TEMPLATE).render(**_context(result, result_dir))
