@@ -1,0 +1,48 @@
+"""Images and tensors a scan leaves next to result.json for reporters (which never import torch)."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save as st_save
+
+from ci_gate.io import atomic_write_bytes
+
+MIN_PNG_SIDE = 128
+
+
+def slug(index: int, name: str) -> str:
+    return f"{index:03d}_{re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-').lower() or 'class'}"
+
+
+def _png_bytes(image01: torch.Tensor) -> bytes:
+    arr = (image01.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    img = Image.fromarray(arr)
+    side = img.size[0]
+    if side < MIN_PNG_SIDE:  # small models: upscale with nearest so pixels stay honest
+        factor = -(-MIN_PNG_SIDE // side)
+        img = img.resize((side * factor, side * factor), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def write_png(path: Path, image01: torch.Tensor) -> None:
+    atomic_write_bytes(path, _png_bytes(image01))
+
+
+def amplify(delta: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Map [-eps, eps] to [0, 1] so a 4/255 trigger is visible (grey = no change)."""
+    return delta / (2 * epsilon) + 0.5
+
+
+def write_trigger(out_dir: Path, index: int, name: str, delta: torch.Tensor, epsilon: float) -> tuple[str, str]:
+    base = f"triggers/{slug(index, name)}"
+    write_png(out_dir / f"{base}.png", amplify(delta, epsilon))
+    atomic_write_bytes(out_dir / f"{base}.safetensors", st_save({"delta": delta.contiguous()}, metadata={"class": name, "epsilon": repr(epsilon)}))
+    return f"{base}.png", f"{base}.safetensors"

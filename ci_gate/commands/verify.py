@@ -1,0 +1,76 @@
+"""``ci-gate verify``: scan a checkpoint and pass or fail the gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ci_gate.errors import InputError
+from ci_gate.policy import Policy, load_policy
+
+
+def resolve_pool(cli_pool: str | None, policy: Policy, policy_dir: Path | None) -> str:
+    if cli_pool:
+        return cli_pool
+    if policy.pool.path:
+        path = Path(policy.pool.path)
+        if not path.is_absolute() and policy_dir is not None:
+            path = policy_dir / path
+        return str(path)
+    raise InputError("policy", "no OOD pool: pass --pool or set pool.path in the policy")
+
+
+def render_reports(result, out_dir: Path, formats: list[str]) -> dict[str, Path]:
+    from ci_gate.report import render
+
+    return render(result, out_dir, formats)
+
+
+def verify(
+    checkpoint: Path = typer.Argument(..., help="ci-gate checkpoint (.safetensors)."),
+    policy: str = typer.Option("default", "--policy", "-p", help="Policy file or bundled name (default, strict, permissive)."),
+    pool: str = typer.Option(None, "--pool", help="OOD image pool: folder, glob or .tar (overrides pool.path)."),
+    out: Path = typer.Option(Path("ci-gate-report"), "--out", "-o", help="Folder for result.json, reports and triggers."),
+    overrides: list[str] = typer.Option([], "--set", help="Override one policy field, e.g. --set detection.k=2.5"),
+    backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local backbone weights file (instead of the pretrained tag)."),
+    fail_on: str = typer.Option(None, "--fail-on", help="What fails the gate: backdoor, suspicious or never (default from policy)."),
+    display_path: str = typer.Option(None, "--display-path", help="Checkpoint path as reports should name it (repository-relative)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="One line of output, no progress bar (for CI logs)."),
+) -> None:
+    """Scan CHECKPOINT for a backdoor. Exit 0 clean, 1 backdoor (or policy violation), 2 bad input."""
+    from ci_gate.console import one_line, print_summary, scan_progress
+    from ci_gate.scan import ScanRequest, run_scan
+
+    if fail_on is not None and fail_on not in ("backdoor", "suspicious", "never"):
+        raise InputError("--fail-on", f"expected backdoor, suspicious or never, got {fail_on!r}")
+    pol, policy_dir = load_policy(policy, overrides)
+    pool_spec = resolve_pool(pool, pol, policy_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "output path exists and is not a folder")
+    console = Console(stderr=False)
+    req = ScanRequest(
+        checkpoint=checkpoint,
+        policy=pol,
+        pool=pool_spec,
+        out_dir=out,
+        policy_path=None if policy_dir is None else Path(policy),
+        backbone_weights=backbone_weights,
+        display_path=display_path,
+    )
+    with scan_progress(console, enabled=not quiet) as progress:
+        result = run_scan(req, progress)
+    paths = render_reports(result, out, [f for f in pol.report.formats if f != "json"])
+    if quiet:
+        typer.echo(one_line(result))
+    else:
+        print_summary(console, result, str(out))
+        for fmt, path in paths.items():
+            console.print(f"  {fmt}: {path}")
+    if result.gate_fails(fail_on or pol.report.fail_on):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)

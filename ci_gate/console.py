@@ -1,0 +1,60 @@
+"""Terminal output: a rich progress bar on a TTY, a compact summary, and a quiet one-liner for CI logs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ci_gate.result import Result
+
+_STYLE = {"backdoor": "bold red", "suspicious": "yellow", "ok": "green"}
+
+
+@contextlib.contextmanager
+def scan_progress(console: Console, enabled: bool) -> Iterator:
+    """Yields a progress callback; a no-op unless ``enabled`` and the console is a terminal."""
+    if not (enabled and console.is_terminal):
+        yield None
+        return
+    columns = (TextColumn("inverting triggers"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("scan", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def one_line(result: Result) -> str:
+    if result.verdict == "backdoor":
+        top = next(c for c in result.classes if c.index == result.target_index)
+        return f"BACKDOOR target={result.target_class!r} anomaly={top.anomaly:.2f} trigger_asr={top.asr:.1%} model={result.model.path}"
+    return f"CLEAN max_anomaly={max(c.anomaly for c in result.classes):.2f} model={result.model.path}"
+
+
+def print_summary(console: Console, result: Result, out_dir: str, top: int = 10) -> None:
+    verdict = "[bold red]BACKDOOR DETECTED[/]" if result.verdict == "backdoor" else "[bold green]CLEAN[/]"
+    console.print(f"{verdict}  {result.model.path}  ({result.model.learner}, {len(result.classes)} candidate classes, {result.pool.n_images} pool images)")
+    if result.target_class is not None:
+        console.print(f"suspected target class: [bold]{result.target_class}[/]")
+    table = Table(show_header=True, header_style="bold")
+    for col in ("class", "trigger ASR", "base rate", "final loss", "anomaly", "status"):
+        table.add_column(col, justify="left" if col in ("class", "status") else "right")
+    ranked = sorted(result.classes, key=lambda c: c.anomaly, reverse=True)
+    for c in ranked[:top]:
+        table.add_row(c.name, f"{c.asr:.1%}", f"{c.base_rate:.1%}", f"{c.final_loss:.3f}", f"{c.anomaly:.2f}", f"[{_STYLE[c.status]}]{c.status}[/]")
+    console.print(table)
+    if len(ranked) > top:
+        console.print(f"({len(ranked) - top} more classes in the report)")
+    d = result.detection
+    console.print(f"rule: anomaly > {d.k:g} and trigger ASR >= {d.min_asr:.0%} (statistic {d.statistic}); scan {result.timings.inversion_s:.1f}s on {result.device}")
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    if result.pool.n_skipped:
+        console.print(f"[yellow]{result.pool.n_skipped} unreadable pool files skipped[/]")
+    console.print(f"results: {out_dir}")

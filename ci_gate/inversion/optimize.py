@@ -1,0 +1,162 @@
+"""Optimise the universal triggers.
+
+``invert`` is the fast path: several candidate classes are optimised together in one batch
+(their losses are summed, so each trigger only receives its own gradient, and Adam is
+element-wise, which makes the joint run equal to separate runs), and the classifier runs with
+truncated, cached text encoding. ``invert_reference`` is the straightforward one-class-at-a-time
+loop the paper describes; tests and ``ci-gate bench speed`` hold the two equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ci_gate.inversion.losses import margin, target_loss
+from ci_gate.model.classifier import PromptedClassifier
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    epsilon: float = 4 / 255
+    lr: float = 0.1
+    batch_size: int = 32
+    epochs: int = 1
+    loss: str = "margin"
+    seed: int = 0
+    eval_batch_size: int = 64
+
+
+@dataclass
+class ClassTrigger:
+    index: int
+    delta: torch.Tensor  # (3, S, S), |delta|_inf <= epsilon
+    asr: float
+    final_loss: float
+
+
+def _batch_order(n: int, settings: InversionSettings) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(settings.seed)
+    batches = []
+    for _ in range(settings.epochs):
+        perm = torch.randperm(n, generator=gen)
+        batches.extend(perm.split(settings.batch_size))
+    return batches
+
+
+def _perturbed_logits(classifier: PromptedClassifier, x: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """x: (B, 3, S, S); deltas: (K, 3, S, S) -> logits (K, B, C)."""
+    k, b = deltas.shape[0], x.shape[0]
+    xs = (x.unsqueeze(0) + deltas.unsqueeze(1)).clamp(0, 1).flatten(0, 1)
+    return classifier(xs).view(k, b, -1)
+
+
+def _evaluate(classifier: PromptedClassifier, images: torch.Tensor, deltas: torch.Tensor, targets: torch.Tensor, settings: InversionSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    hits = torch.zeros(len(targets), dtype=torch.float64)
+    losses = torch.zeros(len(targets), dtype=torch.float64)
+    device = deltas.device
+    with torch.no_grad():
+        for chunk in images.split(settings.eval_batch_size):
+            logits = _perturbed_logits(classifier, chunk.to(device), deltas)
+            k, b, c = logits.shape
+            tgt = targets.to(device).repeat_interleave(b)
+            flat = logits.reshape(k * b, c)
+            hits += (flat.argmax(1) == tgt).view(k, b).sum(1).double().cpu()
+            losses += margin(flat, tgt).view(k, b).sum(1).double().cpu()
+    n = images.shape[0]
+    return hits / n, losses / n
+
+
+def _optimise_group(
+    classifier: PromptedClassifier,
+    images: torch.Tensor,
+    targets: list[int],
+    settings: InversionSettings,
+    order: list[torch.Tensor],
+    on_step: Callable[[], None] | None,
+) -> list[ClassTrigger]:
+    device = classifier.mean.device
+    size = images.shape[-1]
+    deltas = torch.zeros(len(targets), 3, size, size, device=device, requires_grad=True)
+    opt = torch.optim.Adam([deltas], lr=settings.lr)
+    tgt = torch.tensor(targets, device=device)
+    for idx in order:
+        x = images[idx].to(device, non_blocking=True)
+        logits = _perturbed_logits(classifier, x, deltas)
+        k, b, c = logits.shape
+        per_sample = target_loss(settings.loss, logits.reshape(k * b, c), tgt.repeat_interleave(b)).view(k, b)
+        loss = per_sample.mean(dim=1).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            deltas.clamp_(-settings.epsilon, settings.epsilon)
+        if on_step:
+            on_step()
+    final = deltas.detach()
+    asr, final_loss = _evaluate(classifier, images, final, tgt.cpu(), settings)
+    return [
+        ClassTrigger(index=t, delta=final[i].cpu(), asr=float(asr[i]), final_loss=float(final_loss[i]))
+        for i, t in enumerate(targets)
+    ]
+
+
+def invert(
+    classifier: PromptedClassifier,
+    images: torch.Tensor,
+    settings: InversionSettings,
+    classes: list[int] | None = None,
+    class_batch: int = 8,
+    progress: Progress | None = None,
+) -> list[ClassTrigger]:
+    """Fast path: classes optimised ``class_batch`` at a time over the same seeded batch order."""
+    classifier.fast = True
+    classifier.freeze()
+    classes = list(range(classifier.n_classes)) if classes is None else list(classes)
+    order = _batch_order(images.shape[0], settings)
+    total, done = len(order) * len(classes), 0
+    results: list[ClassTrigger] = []
+    for start in range(0, len(classes), class_batch):
+        group = classes[start : start + class_batch]
+
+        def step(n=len(group)) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(done, total)
+
+        results.extend(_optimise_group(classifier, images, group, settings, order, step))
+    return results
+
+
+def invert_reference(
+    classifier: PromptedClassifier,
+    images: torch.Tensor,
+    settings: InversionSettings,
+    classes: list[int] | None = None,
+) -> list[ClassTrigger]:
+    """Straightforward path: one class at a time, full 77-token text encoding, nothing cached."""
+    classifier.fast = False
+    classifier.freeze()
+    try:
+        classes = list(range(classifier.n_classes)) if classes is None else list(classes)
+        order = _batch_order(images.shape[0], settings)
+        return [r for t in classes for r in _optimise_group(classifier, images, [t], settings, order, None)]
+    finally:
+        classifier.fast = True
+        classifier.freeze()
+
+
+def base_rates(classifier: PromptedClassifier, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """Fraction of clean pool images predicted as each class."""
+    device = classifier.mean.device
+    counts = torch.zeros(classifier.n_classes, dtype=torch.float64)
+    with torch.no_grad():
+        for chunk in images.split(batch_size):
+            pred = classifier(chunk.to(device)).argmax(1).cpu()
+            counts += torch.bincount(pred, minlength=classifier.n_classes).double()
+    return counts / images.shape[0]

@@ -1,0 +1,185 @@
+"""One scan, end to end: policy + checkpoint + pool -> model -> inversion -> scoring -> Result.
+
+This is the only module that knows the order of the stages; each stage is called through its
+own small interface, and everything a reporter needs ends up in the Result and the files next
+to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ci_gate import __version__
+from ci_gate.artifacts import slug, write_png, write_trigger
+from ci_gate.errors import InputError
+from ci_gate.inversion import InversionSettings, base_rates, invert
+from ci_gate.inversion.memory import choose_class_batch
+from ci_gate.model import load_classifier
+from ci_gate.policy import Policy
+from ci_gate.pool import load_pool
+from ci_gate.result import (
+    BackboneInfo,
+    ClassResult,
+    Detection,
+    Example,
+    ModelInfo,
+    PolicyInfo,
+    PoolInfo,
+    Result,
+    Timings,
+    ToolInfo,
+)
+from ci_gate.scoring import ClassStats, decide
+
+Progress = Callable[[int, int], None]
+N_EXAMPLES = 4
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    checkpoint: Path
+    policy: Policy
+    pool: str
+    out_dir: Path
+    policy_path: Path | None = None
+    backbone_weights: Path | None = None
+    display_path: str | None = None  # how reports name the checkpoint (repository-relative in CI)
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise InputError("policy", "device 'cuda' requested but no CUDA device is available")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def run_scan(req: ScanRequest, progress: Progress | None = None) -> Result:
+    policy = req.policy
+    t0 = time.perf_counter()
+    torch.manual_seed(policy.seed)
+    device = pick_device(policy.device)
+    loaded = load_classifier(req.checkpoint, extra_classes=policy.candidates.extra_classes, weights=req.backbone_weights)
+    clf = loaded.classifier
+    if clf.n_classes > policy.candidates.max_classes:
+        raise InputError(req.checkpoint, f"{clf.n_classes} candidate classes exceed the policy's max_classes={policy.candidates.max_classes}")
+    clf.to(device)
+    clf.autocast_dtype = _AUTOCAST[policy.inversion.precision]
+    meta = loaded.checkpoint.meta
+    t_load = time.perf_counter()
+
+    pool = load_pool(
+        req.pool,
+        meta.preprocessing.image_size,
+        policy.pool.min_images,
+        policy.pool.max_images,
+        meta.preprocessing.interpolation,
+        seed=policy.seed,
+    )
+    t_pool = time.perf_counter()
+
+    inv = policy.inversion
+    settings = InversionSettings(epsilon=inv.epsilon, lr=inv.lr, batch_size=inv.batch_size, epochs=inv.epochs, loss=inv.loss, seed=policy.seed)
+    clf.freeze()
+    class_batch = inv.class_batch if inv.class_batch != "auto" else choose_class_batch(clf, inv.batch_size, clf.n_classes, device)
+    triggers = invert(clf, pool.images, settings, class_batch=class_batch, progress=progress)
+    rates = base_rates(clf, pool.images)
+    t_inv = time.perf_counter()
+
+    det = policy.detection
+    stats = [ClassStats(asr=t.asr, base_rate=float(rates[t.index]), final_loss=t.final_loss) for t in triggers]
+    decision = decide(stats, det.statistic, det.k, det.min_asr, det.mad_floor)
+
+    out = req.out_dir
+    n_ckpt = len(meta.learner.class_names)
+    classes: list[ClassResult] = []
+    examples: list[Example] = []
+    for trig, s, stat, score, status in zip(triggers, stats, decision.statistic, decision.anomaly, decision.status):
+        name = clf.class_names[trig.index]
+        png, tensor = write_trigger(out, trig.index, name, trig.delta, inv.epsilon)
+        classes.append(
+            ClassResult(
+                index=trig.index,
+                name=name,
+                from_checkpoint=trig.index < n_ckpt,
+                asr=trig.asr,
+                base_rate=s.base_rate,
+                final_loss=trig.final_loss,
+                statistic=stat,
+                anomaly=score,
+                status=status,
+                trigger_linf=float(trig.delta.abs().max()),
+                trigger_png=png,
+                trigger_tensor=tensor,
+            )
+        )
+        if status != "ok":
+            examples.extend(_examples(clf, pool.images[:N_EXAMPLES], trig.delta, trig.index, name, out, device))
+
+    target = decision.target
+    total = time.perf_counter() - t0
+    result = Result(
+        tool=ToolInfo(version=__version__),
+        verdict=decision.verdict,
+        target_class=None if target is None else clf.class_names[target],
+        target_index=target,
+        model=ModelInfo(
+            path=req.display_path or str(req.checkpoint),
+            sha256=loaded.checkpoint.sha256,
+            format_version=meta.format_version,
+            learner=meta.learner.kind,
+            class_names=list(meta.learner.class_names),
+            n_ctx=meta.learner.n_ctx,
+            backbone=BackboneInfo(
+                architecture=meta.backbone.architecture or "inline",
+                pretrained=loaded.backbone.reference,
+                sha256=loaded.backbone.sha256,
+                quick_gelu=loaded.backbone.quick_gelu,
+            ),
+        ),
+        pool=PoolInfo(
+            source=str(req.pool),
+            sha256=pool.sha256,
+            n_images=len(pool),
+            n_skipped=len(pool.skipped),
+            skipped=[f"{n}: {why}" for n, why in pool.skipped[:20]],
+        ),
+        policy=PolicyInfo(name=policy.name, path=None if req.policy_path is None else str(req.policy_path), sha256=policy.sha256(), settings=policy.model_dump(mode="json")),
+        detection=Detection(statistic=det.statistic, k=det.k, min_asr=det.min_asr, median=decision.median, mad=decision.mad),
+        classes=classes,
+        examples=examples,
+        timings=Timings(load_s=t_load - t0, pool_s=t_pool - t_load, inversion_s=t_inv - t_pool, total_s=total),
+        device=str(device),
+        seed=policy.seed,
+        warnings=loaded.notes,
+    )
+    result.save(out / "result.json")
+    return result
+
+
+def _examples(clf, images: torch.Tensor, delta: torch.Tensor, index: int, name: str, out: Path, device: torch.device) -> list[Example]:
+    triggered = (images + delta).clamp(0, 1)
+    with torch.no_grad():
+        pred_clean = clf(images.to(device)).argmax(1).tolist()
+        pred_trig = clf(triggered.to(device)).argmax(1).tolist()
+    rows = []
+    for i in range(images.shape[0]):
+        base = f"examples/{slug(index, name)}_{i}"
+        write_png(out / f"{base}_clean.png", images[i])
+        write_png(out / f"{base}_triggered.png", triggered[i])
+        rows.append(
+            Example(
+                class_name=name,
+                clean_png=f"{base}_clean.png",
+                triggered_png=f"{base}_triggered.png",
+                predicted_clean=clf.class_names[pred_clean[i]],
+                predicted_triggered=clf.class_names[pred_trig[i]],
+            )
+        )
+    return rows
