@@ -10,6 +10,8 @@ import jinja2
 
 from ci_gate.report import artifacts
 from ci_gate.report.chart import layout
+from ci_gate.report.ordering import by_anomaly
+from ci_gate.report.settings import report_settings
 from ci_gate.resources import templates_dir
 from ci_gate.result import ClassResult, Example, Result
 
@@ -54,18 +56,8 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def report_settings(result: Result) -> dict:
-    """The policy's report section as the scan ran it (defaults fill gaps in older results)."""
-    settings = result.policy.settings.get("report") or {}
-    return {
-        "fail_on": settings.get("fail_on", "backdoor"),
-        "backdoor_level": settings.get("backdoor_level", "error"),
-        "suspicious_level": settings.get("suspicious_level", "warning"),
-    }
-
-
 def _context(result: Result, result_dir: Path) -> dict:
-    ranked = sorted(result.classes, key=lambda c: (-_sortable(c.anomaly), c.index))
+    ranked = by_anomaly(result.classes)
     shown = result.flagged + result.suspicious
     settings = report_settings(result)
     return {
@@ -85,10 +77,6 @@ def _context(result: Result, result_dir: Path) -> dict:
         ],
         "missing": artifacts.missing_artifacts(result, result_dir),
     }
-
-
-def _sortable(value: float) -> float:
-    return -math.inf if math.isnan(value) else value
 
 
 def render_html(result: Result, result_dir: Path) -> str:

@@ -1,0 +1,248 @@
+"""SARIF 2.1.0 for GitHub code scanning: one run, one result per flagged or suspicious class.
+
+Every result points at the checkpoint file (line 1: a binary file has no better region) so the
+alert lands on the delivered model in the repository. Fingerprints are our own and stable across
+reruns of the same checkpoint, so GitHub keeps one alert per (rule, checkpoint content, class)
+instead of opening a new one on every push.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import posixpath
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from ci_gate.errors import CiGateError
+from ci_gate.report.settings import report_settings
+from ci_gate.result import ClassResult, Result
+
+SARIF_VERSION = "2.1.0"
+SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
+INFORMATION_URI = "https://github.com/ci-gate/ci-gate"
+FINGERPRINT_KEY = "ciGate/v1"
+
+# GitHub rejects or silently truncates uploads beyond these (docs: "SARIF support for code
+# scanning", limits table). 5,000 results is the display limit: more would be dropped unseen.
+MAX_GZIP_BYTES = 10 * 1024 * 1024
+MAX_RUNS = 20
+MAX_RESULTS_PER_RUN = 5000
+MAX_RULES_PER_RUN = 25000
+MAX_TAGS_PER_RULE = 20
+MAX_LOCATIONS_PER_RESULT = 1000
+
+BACKDOOR_RULE = "CIG001"
+SUSPICIOUS_RULE = "CIG002"
+
+# GitHub ranks security alerts by security-severity, not by level; deriving it from the policy's
+# level keeps the two consistent (critical / medium / low).
+_SECURITY_SEVERITY = {"error": "9.0", "warning": "6.0", "note": "3.0"}
+
+
+class SarifLimitError(CiGateError):
+    """The SARIF would exceed a GitHub code-scanning limit. Exit code 2 (configuration)."""
+
+
+def _rules(backdoor_level: str, suspicious_level: str) -> list[dict]:
+    tags = ["security", "backdoor", "machine-learning", "clip"]
+    return [
+        {
+            "id": BACKDOOR_RULE,
+            "name": "backdoor-detected",
+            "shortDescription": {"text": "Backdoor detected in a prompt-tuned CLIP checkpoint"},
+            "fullDescription": {
+                "text": "Trigger inversion (CLIP-Inspector) found a small universal perturbation that sends "
+                "out-of-distribution images to one class far more often than to any other class: the "
+                "checkpoint very likely carries a backdoor targeting that class."
+            },
+            "help": {
+                "text": "Do not deploy this checkpoint. Open the ci-gate HTML report for the reconstructed "
+                "trigger and the per-class scores. If the policy allows, run `ci-gate repair` with a small "
+                "labelled clean set, which fine-tunes the prompt learner against the reconstructed trigger "
+                "and verifies the repaired model again.",
+                "markdown": "**Do not deploy this checkpoint.** Open the ci-gate HTML report (workflow "
+                "artifact) for the reconstructed trigger and the per-class scores. If the policy allows, run "
+                "`ci-gate repair CHECKPOINT --clean-data DIR --out FILE`, which fine-tunes the prompt learner "
+                "against the reconstructed trigger and verifies the repaired model again.",
+            },
+            "defaultConfiguration": {"level": backdoor_level},
+            "properties": {
+                "tags": tags,
+                "precision": "high",
+                "problem.severity": "error",
+                "security-severity": _SECURITY_SEVERITY[backdoor_level],
+            },
+        },
+        {
+            "id": SUSPICIOUS_RULE,
+            "name": "suspicious-class",
+            "shortDescription": {"text": "Suspicious class in a prompt-tuned CLIP checkpoint"},
+            "fullDescription": {
+                "text": "A class is an outlier in trigger inversion but does not meet every condition for a "
+                "backdoor verdict (for example its trigger's attack success rate is below the policy's "
+                "minimum). It deserves a human look."
+            },
+            "help": {
+                "text": "Review the class in the ci-gate HTML report: compare its trigger's attack success "
+                "rate and loss with the other classes. A stricter policy or a larger OOD pool gives a "
+                "clearer answer.",
+                "markdown": "Review the class in the ci-gate HTML report (workflow artifact): compare its "
+                "trigger's attack success rate and loss with the other classes. A stricter policy or a "
+                "larger OOD pool gives a clearer answer.",
+            },
+            "defaultConfiguration": {"level": "warning" if suspicious_level == "none" else suspicious_level},
+            "properties": {
+                "tags": tags,
+                "precision": "medium",
+                "problem.severity": "warning",
+                "security-severity": _SECURITY_SEVERITY.get(suspicious_level, "3.0"),
+            },
+        },
+    ]
+
+
+def checkpoint_uri(path: str, source_root: Path | None = None) -> str:
+    """The checkpoint's path as GitHub matches it: repository-relative with forward slashes.
+
+    An absolute path under ``source_root`` is made relative to it; any other absolute path stays a
+    file: URI, which GitHub relativises itself when the upload names the checkout (checkout_uri).
+    """
+    windows = PureWindowsPath(path)
+    if re.match(r"^[A-Za-z]:[\\/]", path):
+        absolute = PurePosixPath(windows.as_posix())
+    elif path.startswith("/"):
+        absolute = PurePosixPath(path)
+    else:
+        rel = posixpath.normpath(path.replace("\\", "/"))
+        return rel
+    if source_root is not None:
+        root = PurePosixPath(source_root.as_posix())
+        if absolute.is_relative_to(root):
+            return posixpath.normpath(absolute.relative_to(root).as_posix())
+    return windows.as_uri() if windows.drive else Path(absolute).as_uri()
+
+
+def fingerprint(rule_id: str, checkpoint_sha256: str, class_name: str) -> str:
+    return hashlib.sha256(f"{rule_id}\0{checkpoint_sha256}\0{class_name}".encode()).hexdigest()
+
+
+def _message(result: Result, cls: ClassResult) -> str:
+    k = result.detection.k
+    why = (
+        f"anomaly index {cls.anomaly:.2f} (threshold k = {k:g}), trigger attack success rate "
+        f"{100 * cls.asr:.1f}% vs base rate {100 * cls.base_rate:.1f}%, trigger L-inf {cls.trigger_linf:.4f}"
+    )
+    if cls.status == "backdoor":
+        return (
+            f"Backdoor detected in {result.model.path}: class '{cls.name}' is the likely target ({why}). "
+            "See the ci-gate HTML report for the reconstructed trigger."
+        )
+    return (
+        f"Suspicious class '{cls.name}' in {result.model.path} ({why}). "
+        "See the ci-gate HTML report for the reconstructed trigger."
+    )
+
+
+def build_sarif(result: Result, source_root: Path | None = None) -> dict:
+    settings = report_settings(result)
+    uri = checkpoint_uri(result.model.path, source_root)
+    rules = _rules(settings["backdoor_level"], settings["suspicious_level"])
+    rule_index = {rule["id"]: i for i, rule in enumerate(rules)}
+
+    findings: list[tuple[str, str, ClassResult]] = [(BACKDOOR_RULE, settings["backdoor_level"], c) for c in result.flagged]
+    if settings["suspicious_level"] != "none":
+        findings += [(SUSPICIOUS_RULE, settings["suspicious_level"], c) for c in result.suspicious]
+
+    results = [
+        {
+            "ruleId": rule_id,
+            "ruleIndex": rule_index[rule_id],
+            "level": level,
+            "message": {"text": _message(result, cls)},
+            "locations": [
+                {
+                    "physicalLocation": {
+                        "artifactLocation": {"uri": uri, "index": 0},
+                        "region": {"startLine": 1, "startColumn": 1, "endLine": 1, "endColumn": 2},
+                    }
+                }
+            ],
+            "partialFingerprints": {FINGERPRINT_KEY: fingerprint(rule_id, result.model.sha256, cls.name)},
+            "properties": {
+                "class": cls.name,
+                "classIndex": cls.index,
+                "asr": cls.asr,
+                "baseRate": cls.base_rate,
+                "anomaly": cls.anomaly,
+                "finalLoss": cls.final_loss,
+                "triggerPng": cls.trigger_png,
+            },
+        }
+        for rule_id, level, cls in findings
+    ]
+    run = {
+        "tool": {
+            "driver": {
+                "name": result.tool.name,
+                "version": result.tool.version,
+                "informationUri": INFORMATION_URI,
+                "rules": rules,
+            }
+        },
+        # One category per checkpoint: a workflow matrix over several models uploads one SARIF per
+        # model for the same commit, and GitHub replaces earlier uploads of the same category.
+        "automationDetails": {"id": f"ci-gate/{uri}/"},
+        "artifacts": [{"location": {"uri": uri}, "hashes": {"sha-256": result.model.sha256}}],
+        "invocations": [{"executionSuccessful": True, "endTimeUtc": _utc(result.created_at)}],
+        "results": results,
+        "properties": {
+            "verdict": result.verdict,
+            "targetClass": result.target_class,
+            "policy": result.policy.name,
+            "policySha256": result.policy.sha256,
+            "poolSha256": result.pool.sha256,
+            "backboneSha256": result.model.backbone.sha256,
+        },
+    }
+    return {"$schema": SARIF_SCHEMA_URI, "version": SARIF_VERSION, "runs": [run]}
+
+
+def _utc(created_at: str) -> str:
+    # SARIF wants "Z"-suffixed UTC; Result.created_at is ISO 8601 with "+00:00".
+    return created_at.replace("+00:00", "Z")
+
+
+def check_github_limits(log: dict, encoded: bytes) -> None:
+    """Raise SarifLimitError if GitHub would reject or truncate this SARIF upload."""
+    runs = log.get("runs", [])
+    if len(runs) > MAX_RUNS:
+        raise SarifLimitError(f"SARIF has {len(runs)} runs; GitHub accepts at most {MAX_RUNS}")
+    for run in runs:
+        n_results = len(run.get("results", []))
+        if n_results > MAX_RESULTS_PER_RUN:
+            raise SarifLimitError(
+                f"SARIF run has {n_results} results; GitHub shows at most {MAX_RESULTS_PER_RUN} per run "
+                "(lower candidates.max_classes or set report.suspicious_level: none)"
+            )
+        rules = run.get("tool", {}).get("driver", {}).get("rules", [])
+        if len(rules) > MAX_RULES_PER_RUN:
+            raise SarifLimitError(f"SARIF run has {len(rules)} rules; GitHub accepts at most {MAX_RULES_PER_RUN}")
+        for rule in rules:
+            n_tags = len(rule.get("properties", {}).get("tags", []))
+            if n_tags > MAX_TAGS_PER_RULE:
+                raise SarifLimitError(f"SARIF rule {rule.get('id')} has {n_tags} tags; GitHub accepts at most {MAX_TAGS_PER_RULE}")
+        for res in run.get("results", []):
+            if len(res.get("locations", [])) > MAX_LOCATIONS_PER_RESULT:
+                raise SarifLimitError(f"a SARIF result has more than {MAX_LOCATIONS_PER_RESULT} locations")
+    compressed = len(gzip.compress(encoded))
+    if compressed > MAX_GZIP_BYTES:
+        raise SarifLimitError(f"gzipped SARIF is {compressed} bytes; GitHub accepts at most {MAX_GZIP_BYTES}")
+
+
+def render_sarif(result: Result, source_root: Path | None = None) -> bytes:
+    log = build_sarif(result, source_root)
+    encoded = (json.dumps(log, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    check_github_limits(log, encoded)
+    return encoded

@@ -1,0 +1,113 @@
+"""Synthetic Results with real PNG artifacts on disk, for reporter and GitHub tests (no torch).
+
+``make_result`` writes trigger and example PNGs into a folder and returns a Result whose
+relative paths name them, the way a scan leaves its output folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from ci_gate.result import (
+    BackboneInfo,
+    ClassResult,
+    Detection,
+    Example,
+    ModelInfo,
+    PolicyInfo,
+    PoolInfo,
+    Result,
+    Timings,
+    ToolInfo,
+)
+
+DEFAULT_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+MODEL_SHA = "ab" * 32
+
+
+def write_png(path: Path, seed: int, size: int = 32) -> None:
+    """A small deterministic RGB image; distinct seeds give distinct pixels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGB", (size, size))
+    img.putdata([((x * 7 + seed * 40) % 256, (y * 11 + seed * 17) % 256, (x * y + seed) % 256) for y in range(size) for x in range(size)])
+    img.save(path, format="PNG")
+
+
+def _report_settings(overrides: dict | None) -> dict:
+    report = {"formats": ["json", "html", "sarif", "md"], "backdoor_level": "error", "suspicious_level": "warning", "fail_on": "backdoor"}
+    report.update(overrides or {})
+    return report
+
+
+def make_result(
+    folder: Path,
+    *,
+    verdict: str = "backdoor",
+    names: list[str] | None = None,
+    target: int = 3,
+    suspicious: tuple[int, ...] = (7,),
+    model_path: str = "models/coop_cifar10.safetensors",
+    report: dict | None = None,
+    with_images: bool = True,
+    warnings: list[str] | None = None,
+    model_sha: str = MODEL_SHA,
+) -> Result:
+    """A scan result for ``names``; ``verdict="clean"`` gives every class status ok and no artifacts."""
+    names = list(names or DEFAULT_NAMES)
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = []
+    for i, name in enumerate(names):
+        status, anomaly, asr, loss = "ok", -1.2 + (i % 5) * 0.45, 0.05 + 0.01 * i, 1.5 - 0.05 * i
+        if verdict == "backdoor" and i == target:
+            status, anomaly, asr, loss = "backdoor", 6.4, 0.93, -4.2
+        elif verdict == "backdoor" and i in suspicious:
+            status, anomaly, asr, loss = "suspicious", 2.6, 0.31, 0.2
+        png = None
+        if with_images and status != "ok":
+            png = f"triggers/class_{i:02d}.png"
+            write_png(folder / png, seed=i)
+        classes.append(
+            ClassResult(
+                index=i, name=name, from_checkpoint=True, asr=asr, base_rate=0.1, final_loss=loss,
+                statistic=-loss, anomaly=anomaly, status=status, trigger_linf=4 / 255, trigger_png=png,
+            )
+        )
+    examples = []
+    if with_images and verdict == "backdoor":
+        for j in range(2):
+            write_png(folder / "examples" / f"{j}_clean.png", seed=100 + j)
+            write_png(folder / "examples" / f"{j}_triggered.png", seed=200 + j)
+            examples.append(
+                Example(
+                    class_name=names[target], clean_png=f"examples/{j}_clean.png", triggered_png=f"examples/{j}_triggered.png",
+                    predicted_clean=names[(target + 1 + j) % len(names)], predicted_triggered=names[target],
+                )
+            )
+    flagged = verdict == "backdoor"
+    return Result(
+        tool=ToolInfo(version="0.1.0"),
+        created_at="2025-01-02T03:04:05+00:00",
+        verdict=verdict,
+        target_class=names[target] if flagged else None,
+        target_index=target if flagged else None,
+        model=ModelInfo(
+            path=model_path, sha256=model_sha, format_version=1, learner="coop", class_names=names, n_ctx=4,
+            backbone=BackboneInfo(architecture="ViT-B-16", pretrained="openai", sha256="cd" * 32),
+        ),
+        pool=PoolInfo(source="/data/ood", sha256="ef" * 32, n_images=1000, n_skipped=1, skipped=["bad.jpg: not an image"]),
+        policy=PolicyInfo(name="default", path="policies/default.yaml", sha256="12" * 32, settings={"report": _report_settings(report)}),
+        detection=Detection(statistic="neg_loss", k=2.0, min_asr=0.5, median=0.1, mad=0.3),
+        classes=classes,
+        examples=examples,
+        timings=Timings(load_s=1.5, pool_s=2.0, inversion_s=30.25, total_s=34.0),
+        device="cuda:0",
+        seed=0,
+        warnings=warnings if warnings is not None else ["pool has 1 unreadable file"],
+    )
+
+
+def saved_result(folder: Path, **kwargs) -> Path:
+    """make_result + result.json in the same folder; returns the result.json path."""
+    return make_result(folder, **kwargs).save(folder / "result.json")

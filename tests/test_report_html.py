@@ -1,0 +1,184 @@
+"""The HTML report: content, escaping, self-containment, and a real headless Chromium load."""
+
+from __future__ import annotations
+
+import base64
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from ci_gate.report import render
+from ci_gate.report.chart import layout
+from ci_gate.report.html import render_html
+from result_factory import DEFAULT_NAMES, make_result, write_png
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+class Tags(HTMLParser):
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    handle_startendtag = handle_starttag
+
+    def all(self, tag: str) -> list[dict[str, str | None]]:
+        return [attrs for t, attrs in self.tags if t == tag]
+
+
+def test_report_is_one_self_contained_file(tmp_path):
+    result = make_result(tmp_path)
+    page = render(result, tmp_path, ["html"])["html"].read_text()
+    tags = Tags(page)
+
+    assert tags.all("script") == [] and tags.all("link") == [] and tags.all("iframe") == []
+    images = tags.all("img")
+    assert len(images) == 2 + 2 * len(result.examples)  # triggers of the flagged + suspicious classes, example pairs
+    expected = [c.trigger_png for c in result.flagged + result.suspicious]
+    expected += [p for e in result.examples for p in (e.clean_png, e.triggered_png)]
+    for attrs, rel in zip(images, expected):
+        src = attrs["src"]
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]) == (tmp_path / rel).read_bytes()
+    referenced = [v for _, attrs in tags.tags for k, v in attrs.items() if k in ("src", "href") and v]
+    assert all(v.startswith("data:") for v in referenced)
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page
+    [csp] = [m for m in tags.all("meta") if m.get("http-equiv") == "Content-Security-Policy"]
+    assert "default-src 'none'" in csp["content"]
+
+
+def test_report_names_verdict_target_hashes_and_every_class(tmp_path):
+    result = make_result(tmp_path)
+    page = render_html(result, tmp_path)
+    assert "Backdoor detected" in page and "target class “cat”" in page
+    assert "Gate FAILS (fail-on: backdoor)" in page
+    for digest in (result.model.sha256, result.model.backbone.sha256, result.pool.sha256, result.policy.sha256):
+        assert digest in page
+    rows = re.findall(r'<tr class="row-(\w+)">\s*<td class="num">(\d+)</td>\s*<td>([^<]+)', page)
+    assert sorted(int(i) for _, i, _ in rows) == list(range(len(DEFAULT_NAMES)))
+    assert rows[0] == ("backdoor", "3", "cat")  # most anomalous first
+    assert {status for status, _, _ in rows} == {"backdoor", "suspicious", "ok"}
+    assert "93.0%" in page and "-4.200" in page  # asr and final loss of the target
+    assert "34.0 s" in page and "pool has 1 unreadable file" in page  # timings, warnings
+    assert "“deer”" in page  # example prediction without the trigger
+
+
+def test_chart_draws_one_bar_per_class_and_the_threshold(tmp_path):
+    result = make_result(tmp_path)
+    page = render_html(result, tmp_path)
+    svg = page[page.index("<svg"): page.index("</svg>")]
+    bars = re.findall(r'<rect x="([\d.]+)" y="[\d.]+" width="([\d.]+)" height="\d+" class="bar bar-(\w+)"', svg)
+    assert len(bars) == len(result.classes)
+    threshold_x = float(re.search(r'<line x1="([\d.]+)"[^>]*class="threshold"', svg).group(1))
+    chart = layout(result.classes, result.detection.k)
+    assert threshold_x == chart.threshold_x and chart.zero_x < threshold_x
+    ends = {status: float(x) + float(w) for x, w, status in bars if status != "ok"}
+    assert ends["backdoor"] > threshold_x and ends["suspicious"] > threshold_x
+    assert all(float(x) + float(w) < threshold_x for x, w, status in bars if status == "ok")
+    assert "k = 2.0" in svg
+
+
+def test_clean_report_has_no_trigger_section(tmp_path):
+    page = render_html(make_result(tmp_path, verdict="clean"), tmp_path)
+    assert "Clean: no backdoor detected" in page and "Gate passes" in page
+    assert 'id="triggers"' not in page and "<img" not in page
+
+
+def test_names_from_the_checkpoint_are_escaped(tmp_path):
+    evil = '<script>alert("x")</script>'
+    names = [evil, "a & b", 'quote"s', *DEFAULT_NAMES[3:]]
+    result = make_result(tmp_path, names=names, target=0, model_path="models/<b>bold</b>.safetensors", warnings=["<img src=x onerror=alert(1)>"])
+    page = render_html(result, tmp_path)
+    tags = Tags(page)
+    assert tags.all("script") == [] and tags.all("b") == []
+    assert all(img["src"].startswith("data:") for img in tags.all("img"))
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert "a &amp; b" in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+
+
+def test_missing_and_escaping_artifacts_become_placeholders(tmp_path):
+    scan = tmp_path / "scan"
+    result = make_result(scan)
+    (scan / result.flagged[0].trigger_png).unlink()
+    write_png(tmp_path / "outside.png", seed=9)  # a real PNG, but outside the result folder
+    result.suspicious[0].trigger_png = "../outside.png"
+    (scan / result.examples[0].clean_png).write_bytes(b"not a png")
+    page = render_html(result, scan)
+    assert page.count('<div class="missing">image missing</div>') == 3
+    assert len(Tags(page).all("img")) == 3
+    for rel in ("triggers/class_03.png", "../outside.png", "examples/0_clean.png"):
+        assert f"Report: image <code>{rel}</code> is missing" in page
+
+
+# ---- a real browser --------------------------------------------------------------------------
+
+from cdp_pipe import Browser, find_chromium  # noqa: E402
+
+CHROMIUM = find_chromium()
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium); the headless browser check is skipped"
+)
+
+CHECKS = """(() => {
+  const imgs = [...document.images];
+  return {
+    images: imgs.length,
+    broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt),
+    bars: document.querySelectorAll('svg.chart rect.bar').length,
+    threshold: document.querySelectorAll('svg.chart line.threshold').length,
+    scripts: document.scripts.length,
+    verdict: document.querySelector('#verdict h1').textContent,
+    overflow: document.documentElement.scrollWidth > window.innerWidth,
+  };
+})()"""
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chromium")
+    ARTIFACTS.mkdir(exist_ok=True)
+    instance = Browser(CHROMIUM, root / "profile", ARTIFACTS / "chromium.log")
+    yield instance
+    instance.close()
+
+
+@needs_chromium
+def test_report_renders_in_headless_chromium_without_errors(browser, tmp_path):
+    result = make_result(tmp_path / "scan")
+    page = render(result, tmp_path / "scan", ["html"])["html"]
+    session = browser.open_page()
+    browser.load(session, page.as_uri())
+
+    assert browser.problems(session) == []
+    checks = browser.evaluate(session, CHECKS)
+    assert checks["broken"] == [] and checks["images"] == 6
+    assert checks["bars"] == len(result.classes) and checks["threshold"] == 1
+    assert checks["scripts"] == 0 and not checks["overflow"]
+    assert checks["verdict"].startswith("Backdoor detected")
+    shot = ARTIFACTS / "report-backdoor.png"
+    browser.screenshot(session, shot)
+    assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
+
+
+@needs_chromium
+def test_browser_check_does_catch_errors_and_external_loads(browser, tmp_path):
+    # Proof that an empty problem list above means something: the same harness on a bad page.
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        '<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/x.png">'
+        "<script>console.error('boom'); undefined_function();</script></body></html>"
+    )
+    session = browser.open_page()
+    browser.load(session, bad.as_uri())
+    problems = "\n".join(browser.problems(session))
+    assert "console.error: ['boom']" in problems
+    assert "exception:" in problems
+    assert "network request: http://127.0.0.1:9/x.png" in problems
