@@ -1,0 +1,74 @@
+"""Upload a SARIF file to GitHub code scanning (POST /repos/{owner}/{repo}/code-scanning/sarifs)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ci_gate.github.client import GitHubClient, GitHubError
+from ci_gate.report.sarif import check_github_limits
+
+
+@dataclass(frozen=True)
+class SarifUpload:
+    id: str
+    url: str | None
+
+
+def encode_sarif(sarif: bytes) -> str:
+    """gzip then base64, the encoding the endpoint requires."""
+    return base64.b64encode(gzip.compress(sarif)).decode("ascii")
+
+
+def upload_sarif(
+    client: GitHubClient,
+    sarif: bytes,
+    *,
+    commit_sha: str,
+    ref: str,
+    tool_name: str = "ci-gate",
+    checkout_uri: str | None = None,
+) -> SarifUpload:
+    """Send the SARIF as it is on disk.
+
+    Raises ValueError if it is not JSON and SarifLimitError if GitHub would reject it anyway, both
+    before anything is sent.
+    """
+    log = json.loads(sarif)
+    check_github_limits(log, sarif)
+    body = {"commit_sha": commit_sha, "ref": ref, "sarif": encode_sarif(sarif), "tool_name": tool_name}
+    if checkout_uri:
+        body["checkout_uri"] = checkout_uri
+    answer = client.post(client.repo_path("/code-scanning/sarifs"), body)
+    return SarifUpload(id=str(answer.get("id", "")), url=answer.get("url"))
+
+
+def wait_for_processing(
+    client: GitHubClient,
+    upload: SarifUpload,
+    *,
+    timeout_s: float = 120.0,
+    poll_s: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """Poll until GitHub has processed the upload; raise if it rejected the file.
+
+    Returns the final processing_status ("complete"), or "pending" when the timeout runs out:
+    processing continues on GitHub's side, so a slow queue is not a failure of the gate.
+    """
+    path = client.repo_path(f"/code-scanning/sarifs/{upload.id}")
+    deadline = clock() + timeout_s
+    while True:
+        status = client.get(path)
+        state = status.get("processing_status", "pending")
+        if state == "failed":
+            errors = "; ".join(status.get("errors") or []) or "no detail given"
+            raise GitHubError("GET", path, None, f"code scanning rejected the SARIF: {errors}")
+        if state == "complete" or clock() >= deadline:
+            return state
+        sleep(poll_s)

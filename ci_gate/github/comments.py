@@ -1,0 +1,52 @@
+"""One ci-gate comment per pull request (per checkpoint), updated in place on every run.
+
+Our comment is recognised by a hidden HTML marker on its first line, so reruns edit it instead of
+piling up new comments. A key (the checkpoint path) gives each model of a workflow matrix its own
+comment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ci_gate.github.client import GitHubClient
+
+MARKER = "<!-- ci-gate -->"
+MAX_BODY_CHARS = 65536  # GitHub's limit for an issue comment
+
+
+@dataclass(frozen=True)
+class Comment:
+    id: int
+    url: str
+    created: bool
+
+
+def marker_line(key: str | None = None) -> str:
+    if not key:
+        return MARKER
+    # "--" cannot appear inside an HTML comment; a key is a path, so nothing is lost.
+    return f"<!-- ci-gate key={key.replace('--', '-').replace('>', '')} -->"
+
+
+def comment_body(markdown: str, key: str | None = None) -> str:
+    body = f"{marker_line(key)}\n{markdown}"
+    if len(body) > MAX_BODY_CHARS:
+        note = "\n\n_(truncated: the full summary is in the workflow run's job summary)_\n"
+        body = body[: MAX_BODY_CHARS - len(note)] + note
+    return body
+
+
+def _is_ours(body: str | None, marker: str) -> bool:
+    return bool(body) and body.split("\n", 1)[0].strip() == marker
+
+
+def upsert_comment(client: GitHubClient, *, number: int, markdown: str, key: str | None = None) -> Comment:
+    marker = marker_line(key)
+    body = comment_body(markdown, key)
+    for comment in client.paginate(client.repo_path(f"/issues/{number}/comments")):
+        if _is_ours(comment.get("body"), marker):
+            updated = client.patch(client.repo_path(f"/issues/comments/{comment['id']}"), {"body": body})
+            return Comment(id=updated["id"], url=updated.get("html_url", ""), created=False)
+    created = client.post(client.repo_path(f"/issues/{number}/comments"), {"body": body})
+    return Comment(id=created["id"], url=created.get("html_url", ""), created=True)
