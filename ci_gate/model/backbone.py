@@ -61,16 +61,44 @@ def _tag_wants_quick_gelu(spec: BackboneSpec) -> bool:
     return bool(cfg and cfg.get("quick_gelu", False))
 
 
+def is_torchscript_archive(path: Path) -> bool:
+    """TorchScript zips carry compiled code (``constants.pkl``, ``code/``); plain torch.save zips do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") for n in zf.namelist())
+
+
+def decide_quick_gelu(spec: BackboneSpec, config_quick_gelu: bool, openai_format: bool) -> tuple[bool, str | None]:
+    """Which activation the backbone gets, and a note when we override the architecture's own choice.
+
+    Pure apart from open_clip's in-memory pretrained registry (no download), so it is testable
+    for real architecture names and tags without fetching weights.
+    """
+    if openai_format or _tag_wants_quick_gelu(spec):
+        if spec.quick_gelu is False:
+            raise InputError(
+                spec.pretrained or "backbone",
+                "these are OpenAI CLIP weights, trained with QuickGELU, but the checkpoint sets quick_gelu=false; "
+                "the features would be silently wrong (use the '-quickgelu' architecture)",
+            )
+        note = None
+        if not config_quick_gelu:
+            note = f"OpenAI weights detected: using QuickGELU for {spec.architecture or 'inline config'} (as the '-quickgelu' variant)"
+        return True, note
+    if spec.quick_gelu is not None:
+        return spec.quick_gelu, None
+    return config_quick_gelu, None
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
         except Exception as exc:
             raise InputError(path, f"not a readable safetensors file: {exc}") from None
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            if any(n.endswith("constants.pkl") for n in zf.namelist()):
-                raise InputError(path, "TorchScript archive: ci-gate does not execute TorchScript; convert it to a state dict first")
+    if is_torchscript_archive(path):
+        raise InputError(path, "TorchScript archive: ci-gate does not execute TorchScript; convert it to a state dict first")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -123,20 +151,10 @@ def build_backbone(
         state = read_state_dict(path)
         reference = str(spec.pretrained or path.name)
 
-    quick_gelu = bool(cfg.pop("quick_gelu", False))
     openai_format = any(k in state for k in _OPENAI_MARKERS)
-    if openai_format or _tag_wants_quick_gelu(spec):
-        if spec.quick_gelu is False:
-            raise InputError(
-                spec.pretrained or "backbone",
-                "these are OpenAI CLIP weights, trained with QuickGELU, but the checkpoint sets quick_gelu=false; "
-                "the features would be silently wrong (use the '-quickgelu' architecture)",
-            )
-        if not quick_gelu:
-            notes.append(f"OpenAI weights detected: using QuickGELU for {spec.architecture or 'inline config'} (as the '-quickgelu' variant)")
-        quick_gelu = True
-    elif spec.quick_gelu is not None:
-        quick_gelu = spec.quick_gelu
+    quick_gelu, note = decide_quick_gelu(spec, bool(cfg.pop("quick_gelu", False)), openai_format)
+    if note:
+        notes.append(note)
     for key in _OPENAI_MARKERS:
         state.pop(key, None)
 
