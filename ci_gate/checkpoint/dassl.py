@@ -1,0 +1,220 @@
+"""Read Dassl's pickled CoOp/CoCoOp prompt-learner checkpoints (``prompt_learner/model.pth.tar-N``).
+
+These files are pickles, so they are read only through ``torch.load(weights_only=True)``, which
+rebuilds tensors and plain containers and refuses every other Python object. Dassl also pickles
+its training state next to the weights: ``optimizer.state_dict()`` (plain) and
+``scheduler.state_dict()``, which for the warmup schedulers CoOp/CoCoOp use by default contains
+the *successor* scheduler object and, through it, the optimizer object. Refusing those would
+refuse nearly every real checkpoint, so a short, fixed list of training-state class names is
+mapped to :class:`_InertRecord`, a class of ours with no behaviour, through torch's own
+allowlist. The real classes are never imported and nothing from the file is called; the
+training state is discarded.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ci_gate.errors import InputError
+from ci_gate.io import sha256_bytes
+from ci_gate.model.backbone import is_torchscript_archive
+
+DasslKind = Literal["coop", "cocoop"]
+META_NET_KEYS = ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight", "meta_net.linear2.bias")
+TOKEN_KEYS = ("token_prefix", "token_suffix")
+
+
+class _InertRecord:
+    """Stand-in for a pickled optimizer or LR scheduler: keeps the pickled state, runs nothing."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_InertRecord":
+        return object.__new__(cls)
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _plain_dict(*_args: Any) -> dict:
+    # Stands in for collections.defaultdict (the optimizer's per-parameter state); the unpickler
+    # only fills plain dicts, and the default factory is never needed.
+    return {}
+
+
+def _inert_factory() -> dict:
+    return {}
+
+
+_TRAINING_STATE_CLASSES = (
+    "torch.optim.lr_scheduler.StepLR",
+    "torch.optim.lr_scheduler.MultiStepLR",
+    "torch.optim.lr_scheduler.CosineAnnealingLR",
+    "torch.optim.lr_scheduler.ExponentialLR",
+    "torch.optim.lr_scheduler.ConstantLR",
+    "torch.optim.lr_scheduler.LinearLR",
+    "torch.optim.sgd.SGD",
+    "torch.optim.adam.Adam",
+    "torch.optim.adamw.AdamW",
+    "torch.optim.rmsprop.RMSprop",
+    "dassl.optim.radam.RAdam",
+    "dassl.optim.radam.PlainRAdam",
+    "dassl.optim.radam.AdamW",
+    "dassl.optim.lr_scheduler.ConstantWarmupScheduler",
+    "dassl.optim.lr_scheduler.LinearWarmupScheduler",
+)
+_INERT_GLOBALS: list[tuple[Any, str]] = [
+    *((_InertRecord, name) for name in _TRAINING_STATE_CLASSES),
+    (_plain_dict, "collections.defaultdict"),
+    (_inert_factory, "builtins.dict"),
+]
+_INERT_NAMES = frozenset(name for _, name in _INERT_GLOBALS)
+
+
+@dataclass(frozen=True)
+class DasslPromptLearner:
+    """The prompt-learner tensors of one Dassl checkpoint, as stored (usually fp16)."""
+
+    path: Path
+    sha256: str
+    kind: DasslKind
+    ctx: torch.Tensor  # (n_ctx, width)
+    meta_net: dict[str, torch.Tensor]  # Dassl names, empty for CoOp
+    token_prefix: torch.Tensor  # (n_cls, 1, width): SOS embedding per class
+    token_suffix: torch.Tensor  # (n_cls, L - 1 - n_ctx, width): class name, '.', EOS, padding
+    epoch: int | None
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.ctx.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.ctx.shape[1])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.token_suffix.shape[0])
+
+    def learner_tensors(self) -> dict[str, torch.Tensor]:
+        """What ci-gate's format stores; token_prefix/suffix are rebuilt from the class names."""
+        return {"ctx": self.ctx, **self.meta_net}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _unsafe_globals(data: bytes) -> list[str]:
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+    except Exception:  # only used to word the message; the refusal itself already happened
+        return []
+    return sorted(set(found) - _INERT_NAMES)
+
+
+def load_pickled_safely(path: Path) -> tuple[Any, str]:
+    """``torch.load(weights_only=True)`` with the inert training-state names -> (object, SHA-256).
+
+    The bytes are read once, so the digest is of exactly what was parsed.
+    """
+    if not path.is_file():
+        raise InputError(path, "prompt-learner checkpoint not found")
+    if is_torchscript_archive(path):
+        raise InputError(path, "TorchScript archive: ci-gate does not execute TorchScript; pass Dassl's prompt_learner/model.pth.tar-N")
+    data = path.read_bytes()
+    try:
+        with torch.serialization.safe_globals(_INERT_GLOBALS):
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        objects = _unsafe_globals(data)
+        what = ", ".join(objects[:5]) if objects else _first_line(exc)
+        raise InputError(
+            path,
+            f"refused: the file holds Python objects that ci-gate does not unpickle ({what}); "
+            "only tensors and plain containers are read (torch.load weights_only=True)",
+        ) from None
+    except Exception as exc:  # truncated zip, not a torch file at all, ...
+        raise InputError(path, f"not a readable PyTorch checkpoint: {type(exc).__name__}: {_first_line(exc)}") from None
+    return obj, sha256_bytes(data)
+
+
+def _state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
+    state = obj.get("state_dict") if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) else obj
+    if not isinstance(state, dict) or not any(str(k).removeprefix("module.") == "ctx" for k in state):
+        raise InputError(path, "not a Dassl prompt-learner checkpoint (expected a 'state_dict' holding 'ctx')")
+    out = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise InputError(path, f"state_dict entry {key!r} is not a tensor")
+        out[str(key).removeprefix("module.")] = value
+    return out
+
+
+def _detect_kind(path: Path, state: dict[str, torch.Tensor], requested: str) -> DasslKind:
+    if requested not in ("auto", "coop", "cocoop"):
+        raise InputError(None, f"unknown learner kind {requested!r} (auto, coop or cocoop)")
+    present = [k for k in META_NET_KEYS if k in state]
+    if requested == "auto":
+        if present and len(present) != len(META_NET_KEYS):
+            raise InputError(path, f"incomplete CoCoOp meta-net: missing {sorted(set(META_NET_KEYS) - set(present))}")
+        return "cocoop" if present else "coop"
+    if requested == "coop" and present:
+        raise InputError(path, "--kind coop, but the checkpoint has a CoCoOp meta-net (meta_net.*); use --kind cocoop or auto")
+    if requested == "cocoop" and len(present) != len(META_NET_KEYS):
+        raise InputError(path, f"--kind cocoop, but the checkpoint lacks meta-net tensors {sorted(set(META_NET_KEYS) - set(present))}")
+    return requested  # type: ignore[return-value]
+
+
+def _check_shapes(path: Path, state: dict[str, torch.Tensor], kind: DasslKind) -> None:
+    known = {"ctx", *TOKEN_KEYS, *(META_NET_KEYS if kind == "cocoop" else ())}
+    unknown = sorted(set(state) - known)
+    if unknown:
+        raise InputError(path, f"tensors ci-gate cannot convert (another prompt-learning method?): {unknown[:5]}")
+    missing = [k for k in TOKEN_KEYS if k not in state]
+    if missing:
+        raise InputError(path, f"no {missing}: without the stored prompt tokens the class names and backbone cannot be verified")
+    for name, t in state.items():
+        if not t.is_floating_point():
+            raise InputError(path, f"tensor {name!r} has dtype {t.dtype}, expected floating point")
+        if not torch.isfinite(t).all():
+            raise InputError(path, f"tensor {name!r} contains NaN or Inf")
+    ctx, prefix, suffix = state["ctx"], state["token_prefix"], state["token_suffix"]
+    if ctx.dim() == 3:
+        raise InputError(
+            path,
+            f"class-specific context (CSC, ctx shape {tuple(ctx.shape)}) is not supported: "
+            "ci-gate's CoOp/CoCoOp learners share one context across classes",
+        )
+    if ctx.dim() != 2 or ctx.shape[0] < 1:
+        raise InputError(path, f"ctx has shape {tuple(ctx.shape)}, expected (n_ctx, width)")
+    width = ctx.shape[1]
+    if prefix.dim() != 3 or prefix.shape[1] != 1 or prefix.shape[2] != width:
+        raise InputError(path, f"token_prefix has shape {tuple(prefix.shape)}, expected (n_classes, 1, {width})")
+    if suffix.dim() != 3 or suffix.shape[0] != prefix.shape[0] or suffix.shape[2] != width:
+        raise InputError(path, f"token_suffix has shape {tuple(suffix.shape)}, expected ({prefix.shape[0]}, length, {width})")
+
+
+def read_dassl_checkpoint(path: str | Path, kind: str = "auto") -> DasslPromptLearner:
+    """Parse and shape-check a Dassl prompt-learner file. Never writes to it."""
+    path = Path(path)
+    obj, digest = load_pickled_safely(path)
+    state = _state_dict(path, obj)
+    resolved = _detect_kind(path, state, kind)
+    _check_shapes(path, state, resolved)
+    epoch = obj.get("epoch") if isinstance(obj, dict) else None
+    return DasslPromptLearner(
+        path=path,
+        sha256=digest,
+        kind=resolved,
+        ctx=state["ctx"],
+        meta_net={k: state[k] for k in META_NET_KEYS if resolved == "cocoop"},
+        token_prefix=state["token_prefix"],
+        token_suffix=state["token_suffix"],
+        epoch=epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
+    )

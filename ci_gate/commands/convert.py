@@ -1,0 +1,61 @@
+"""``ci-gate convert``: Dassl CoOp/CoCoOp prompt learner -> self-describing ci-gate checkpoint."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ci_gate.checkpoint.convert import BackboneSource, ConvertRequest, convert, load_inline_config, parse_class_names
+
+
+class Kind(str, Enum):
+    auto = "auto"
+    coop = "coop"
+    cocoop = "cocoop"
+
+
+def convert_command(
+    source: Path = typer.Argument(..., help="Dassl prompt_learner/model.pth.tar-N (read with torch.load weights_only=True; never modified)."),
+    classes: str = typer.Option(..., "--classes", help="Class names in training order: a file with one per line, or 'a,b,c'."),
+    out: Path = typer.Option(..., "--out", help="Output .safetensors checkpoint (written atomically)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="open_clip architecture name, e.g. ViT-B-16."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Inline open_clip model config (JSON) instead of --arch."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip pretrained tag (e.g. openai) or a weights file."),
+    backbone_weights: Optional[Path] = typer.Option(
+        None, "--backbone-weights", help="Local backbone weights (.safetensors or a torch.save state dict; TorchScript is refused)."
+    ),
+    embed_backbone: bool = typer.Option(False, "--embed-backbone", help="Store the backbone tensors in the output."),
+    kind: Kind = typer.Option(Kind.auto, "--kind", help="Learner kind; auto detects CoCoOp by its meta-net."),
+    ctx_init: Optional[str] = typer.Option(None, "--ctx-init", help="Text the context was initialised from (recorded; must have n_ctx tokens)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="open_clip download cache for pretrained tags."),
+) -> None:
+    """Convert a CoOp/CoCoOp checkpoint after checking the class names and backbone against its stored prompt tokens."""
+    request = ConvertRequest(
+        source=source,
+        class_names=parse_class_names(classes),
+        backbone=BackboneSource(
+            architecture=arch,
+            config=load_inline_config(config) if config is not None else None,
+            config_path=config,
+            pretrained=pretrained,
+            weights=backbone_weights,
+            cache_dir=cache_dir,
+            embed=embed_backbone,
+        ),
+        out=out,
+        kind=kind.value,
+        ctx_init=ctx_init,
+        classes_ref=classes if Path(classes).is_file() else "--classes",
+    )
+    result = convert(request)
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    # sha256sum's layout, so the line can be fed to `sha256sum -c`.
+    typer.echo(f"{result.sha256}  {result.out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert_command)
