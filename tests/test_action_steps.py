@@ -1,0 +1,135 @@
+"""Run the action's shell steps for real: a pull request where verify finds a backdoor, repair
+succeeds and auto-commit is on. GitHub is the local fake server; `ci-gate verify` and
+`ci-gate repair` are stand-ins (they need a GPU model), every other step runs the real CLI.
+
+`if:` conditions are not evaluated here (test_action_yml.py checks them); the scenario is one in
+which every step runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from github_fake import FakeGitHub
+from test_github_api import parse_github_output
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+TOKEN = "ghs_actionStepsT0ken"
+
+# verify/repair stand-ins; everything else goes to the real CLI with only the commands the steps
+# use registered, so the test does not pay for importing torch.
+SHIM = """#!/bin/bash
+if [ "$1" = verify ]; then
+  printf '%s\\n' "$@" > "$CI_GATE_TEST_LOG.verify"
+  out=""; prev=""; for a in "$@"; do [ "$prev" = --out ] && out="$a"; prev="$a"; done
+  "$PYTHON" -c "import sys; sys.path.insert(0, '$TESTS'); from pathlib import Path; from result_factory import saved_result; saved_result(Path(sys.argv[1]), model_path='models/coop.safetensors')" "$out"
+  exit 1
+fi
+if [ "$1" = repair ]; then
+  printf '%s\\n' "$@" > "$CI_GATE_TEST_LOG.repair"
+  out=""; prev=""; for a in "$@"; do [ "$prev" = --out ] && out="$a"; prev="$a"; done
+  mkdir -p "$(dirname "$out")" && printf 'repaired\\0' > "$out"
+  exit 0
+fi
+exec "$PYTHON" -c "import ci_gate.commands as c; c._MODULES = ('report', 'github'); from ci_gate.cli import main; main()" "$@"
+"""
+
+
+def _expressions(fake: FakeGitHub, inputs: dict[str, str], outputs: dict[str, dict[str, str]]):
+    context = {
+        "github.server_url": "https://github.com",
+        "github.repository": fake.repo,
+        "github.run_id": "42",
+        "github.event.pull_request.head.sha || github.sha": FakeGitHub.BASE_SHA,
+        "github.head_ref || github.ref_name": "feature",
+        "github.event.pull_request.number": "5",
+    }
+
+    def evaluate(expr: str) -> str:
+        expr = expr.strip()
+        if m := re.fullmatch(r"inputs\.([\w-]+)", expr):
+            return inputs[m.group(1)]
+        if m := re.fullmatch(r"steps\.([\w-]+)\.outputs\.([\w-]+)", expr):
+            return outputs.get(m.group(1), {}).get(m.group(2), "")
+        return context[expr]  # a KeyError here means action.yml grew an expression this test must learn
+
+    return lambda text: re.sub(r"\$\{\{(.*?)\}\}", lambda m: evaluate(m.group(1)), text)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_pull_request_with_backdoor_repair_and_auto_commit(tmp_path):
+    fake = FakeGitHub(TOKEN).start()
+    try:
+        fake.refs["refs/heads/feature"] = FakeGitHub.BASE_SHA
+        workspace = tmp_path / "ws"
+        (workspace / "models").mkdir(parents=True)
+        (workspace / "models" / "coop.safetensors").write_bytes(b"original")
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "ci-gate").write_text(SHIM)
+        (bin_dir / "ci-gate").chmod(0o755)
+
+        action = yaml.safe_load((REPO / "action.yml").read_text())
+        inputs = {name: str(spec.get("default", "")) for name, spec in action["inputs"].items()}
+        inputs.update(
+            {"checkpoint": "models/coop.safetensors", "repair": "true", "clean-data": "/data/clean", "auto-commit": "true",
+             "token": TOKEN, "extra-args": "--set detection.k=2.5", "fail-on": "suspicious"}
+        )
+        outputs: dict[str, dict[str, str]] = {"setup": {"artifact-name": "ci-gate-report-models_coop.safetensors"}}
+        substitute = _expressions(fake, inputs, outputs)
+        summary = tmp_path / "step_summary"
+        codes = {}
+        for step in action["runs"]["steps"]:
+            sid = step.get("id", step["name"])
+            if "run" not in step or sid == "setup":  # setup pip-installs the action; upload-artifact is GitHub's
+                continue
+            output_file = tmp_path / f"output_{sid.replace(' ', '_')}"
+            env = {
+                "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHON": sys.executable,
+                "PYTHONPATH": str(REPO), "TESTS": str(TESTS), "CI_GATE_TEST_LOG": str(tmp_path / "log"),
+                "GITHUB_OUTPUT": str(output_file), "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_WORKSPACE": str(workspace),
+                "GITHUB_REPOSITORY": fake.repo, "GITHUB_API_URL": fake.url, "GITHUB_SHA": "b" * 40,
+                "GITHUB_REF": "refs/pull/5/merge", "RUNNER_TEMP": str(tmp_path),
+            }
+            env.update({k: substitute(str(v)) for k, v in step.get("env", {}).items()})
+            done = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=workspace, env=env, capture_output=True, text=True, timeout=120)
+            codes[sid] = done.returncode
+            assert "::warning::" not in done.stdout and "::error::could not" not in done.stdout, (sid, done.stdout, done.stderr)
+            outputs[sid] = parse_github_output(output_file.read_text()) if output_file.exists() else {}
+    finally:
+        fake.stop()
+
+    verify_args = (tmp_path / "log.verify").read_text().split("\n")
+    assert verify_args[:2] == ["verify", "models/coop.safetensors"]
+    assert "--display-path" in verify_args and "report.fail_on=suspicious" in verify_args and "detection.k=2.5" in verify_args
+    assert outputs["verify"]["exit-code"] == "1"
+    assert outputs["publish"]["verdict"] == "backdoor" and outputs["publish"]["target-class"] == "cat"
+    assert (workspace / outputs["publish"]["report-html"]).is_file()
+    assert "`ci-gate-report-models_coop.safetensors`" in (workspace / outputs["publish"]["report-md"]).read_text()
+    assert summary.read_text().startswith("## :x: ci-gate: backdoor detected")
+
+    [upload] = fake.sarifs.values()
+    assert upload["request"]["ref"] == "refs/pull/5/merge"
+    assert upload["sarif"]["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "models/coop.safetensors"
+    [comment] = fake.comments[5]
+    assert comment["body"].startswith("<!-- ci-gate key=models/coop.safetensors -->\n## :x: ci-gate")
+
+    repair_args = (tmp_path / "log.repair").read_text().split("\n")
+    assert repair_args[:2] == ["repair", "models/coop.safetensors"] and "--clean-data" in repair_args
+    [pr] = fake.pulls
+    assert (pr["head"], pr["base"]) == ("ci-gate/repair/feature", "feature")
+    head = fake.refs["refs/heads/ci-gate/repair/feature"]
+    assert fake.commits[head]["parents"] == [{"sha": FakeGitHub.BASE_SHA}]
+    assert outputs["commit"]["pr-url"] == pr["html_url"]
+    assert codes["Gate"] == 1  # the job ends with verify's exit code
+    for path in tmp_path.rglob("output_*"):
+        assert TOKEN not in path.read_text()
