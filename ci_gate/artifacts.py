@@ -32,6 +32,12 @@ def _png_bytes(image01: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
+def save_image(path: Path, image: Image.Image) -> None:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def write_png(path: Path, image01: torch.Tensor) -> None:
     atomic_write_bytes(path, _png_bytes(image01))
 

@@ -71,7 +71,7 @@ def tune(
             opt.step()
             if isinstance(trigger, LearnedTrigger):
                 trigger.project()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         if log:
             log(f"epoch {epoch + 1}/{settings.epochs} loss {total / n:.4f}")
     for p in params:

@@ -1,0 +1,92 @@
+"""The demo pipeline: build a small CLIP, tune a clean and a backdoored CoCoOp model, verify both."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from open_clip.model import CLIP
+from open_clip.tokenizer import SimpleTokenizer
+
+from ci_gate.artifacts import save_image
+from ci_gate.checkpoint.format import LearnerSpec, Preprocessing
+from ci_gate.demo.synthetic import SHAPES, ood_pool, shapes_dataset
+from ci_gate.model.small import embedded_backbone, small_config
+from ci_gate.policy import load_policy
+from ci_gate.result import Result
+from ci_gate.scan import ScanRequest, run_scan
+from ci_gate.tuning.pretrain import PretrainSettings, pretrain_clip, zero_shot_accuracy
+from ci_gate.tuning.recipes import tune_checkpoint
+from ci_gate.tuning.train import TuneSettings, accuracy, attack_success_rate
+
+CONFIG = "tiny-32"
+TARGET = "star"
+POOL_SIZE = 300
+
+
+@dataclass
+class DemoOutcome:
+    name: str
+    expected: str
+    result: Result
+    out_dir: Path
+    clean_accuracy: float
+    attack_success: float | None
+
+    @property
+    def correct(self) -> bool:
+        if self.result.verdict != self.expected:
+            return False
+        return self.expected == "clean" or self.result.target_class == TARGET
+
+
+def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> list[DemoOutcome]:
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    cfg = small_config(CONFIG)
+    size = cfg["vision_cfg"]["image_size"]
+
+    log("1/4 generating data and pretraining a small CLIP on it")
+    corpus = shapes_dataset(per_class=160, size=size, seed=seed)
+    tuning = shapes_dataset(per_class=48, size=size, seed=seed + 1)
+    held_out = shapes_dataset(per_class=40, size=size, seed=seed + 2)
+    torch.manual_seed(seed)
+    clip = CLIP(**copy.deepcopy(cfg))
+    tok = SimpleTokenizer()
+    pretrain_clip(clip, tok, corpus, PretrainSettings(epochs=12, lr=3e-3, seed=seed))
+    state = {k: v.detach().clone() for k, v in clip.state_dict().items()}
+    spec, backbone = embedded_backbone(cfg, state)
+    log(f"    zero-shot accuracy on held-out shapes: {zero_shot_accuracy(backbone.clip, backbone.tokenizer, held_out):.1%} ({time.perf_counter() - t0:.0f}s)")
+
+    pool_dir = out / "pool"
+    _, pool_images = ood_pool(POOL_SIZE, size, seed=seed + 3)
+    for i, img in enumerate(pool_images):
+        save_image(pool_dir / f"{i:04d}.png", img)
+
+    learner = LearnerSpec(kind="cocoop", class_names=list(SHAPES))
+    pre = Preprocessing(image_size=size)
+    target = SHAPES.index(TARGET)
+    plans = [
+        ("clean", None, TuneSettings(epochs=10, lr=5e-3, seed=seed)),
+        ("backdoored", "badclip", TuneSettings(epochs=20, lr=5e-3, seed=seed, poison_rate=0.2, target=target)),
+    ]
+    policy, _ = load_policy("default", ["pool.min_images=100"])
+    outcomes = []
+    for step, (name, attack, settings) in enumerate(plans, start=2):
+        log(f"{step}/4 prompt-tuning the {name} CoCoOp model" + (f" (BadCLIP backdoor, target '{TARGET}')" if attack else ""))
+        model_dir = out / name
+        tuned = tune_checkpoint(
+            backbone, spec, learner, pre, tuning, settings, model_dir / "model.safetensors",
+            attack=attack, backbone_tensors=state, provenance={"demo": name, "seed": seed},
+        )
+        acc = accuracy(tuned.classifier, held_out)
+        asr = attack_success_rate(tuned.classifier, held_out, tuned.trigger, target) if tuned.trigger else None
+        log(f"    clean accuracy {acc:.1%}" + (f", attack success {asr:.1%}" if asr is not None else ""))
+        result = run_scan(ScanRequest(checkpoint=tuned.path, policy=policy, pool=str(pool_dir), out_dir=model_dir / "report"))
+        outcomes.append(DemoOutcome(name, "clean" if attack is None else "backdoor", result, model_dir / "report", acc, asr))
+    log(f"4/4 done in {time.perf_counter() - t0:.0f}s")
+    return outcomes
