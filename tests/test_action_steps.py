@@ -8,7 +8,6 @@ which every step runs.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess

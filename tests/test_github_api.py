@@ -266,6 +266,23 @@ def test_token_is_not_in_errors_even_when_the_server_echoes_it(fake):
         assert "***" in str(info.value)
 
 
+def test_pagination_never_follows_a_link_to_another_host(fake):
+    fake.inject(Fault(200, {"Link": '<http://127.0.0.2:9/steal?page=2>; rel="next"'}, []))
+    with client_for(fake) as client, pytest.raises(GitHubError, match="leaves the API host"):
+        list(client.paginate("/repos/octo/models/issues/1/comments"))
+    assert len(fake.requests) == 1
+
+
+def test_token_is_sent_even_with_netrc_credentials(fake, tmp_path, monkeypatch):
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login someone password other-secret\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with client_for(fake) as client:
+        client.get("/repos/octo/models/pulls")
+    assert fake.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
+
+
 def test_token_is_not_in_network_errors():
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))

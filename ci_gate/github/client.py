@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+import requests.auth
 
 from ci_gate import __version__
 from ci_gate.errors import CiGateError
@@ -42,6 +43,20 @@ class RetryPolicy:
     max_wait_s: float = 120.0  # a rate-limit reset further away than this is an error, not a wait
 
 
+class _BearerAuth(requests.auth.AuthBase):
+    # An auth object rather than a plain header: requests would otherwise replace the header with
+    # credentials from ~/.netrc, which self-hosted runners sometimes carry.
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "_BearerAuth(***)"
+
+
 class GitHubClient:
     """Calls to one repository (``owner/name``) on one API host."""
 
@@ -69,9 +84,9 @@ class GitHubClient:
         self._sleep = sleep
         self._clock = clock
         self._session = requests.Session()
+        self._session.auth = _BearerAuth(token)
         self._session.headers.update(
             {
-                "Authorization": f"Bearer {token}",
                 "Accept": "application/vnd.github+json",
                 "X-GitHub-Api-Version": API_VERSION,
                 "User-Agent": f"ci-gate/{__version__}",
@@ -166,6 +181,9 @@ class GitHubClient:
             next_url = response.links.get("next", {}).get("url")
             if not next_url:
                 return
+            if not next_url.startswith(self.api_url + "/"):
+                # The session sends the token with every request: never to another host.
+                raise GitHubError("GET", self._redact(path), None, "pagination link leaves the API host")
             response = self.request("GET", next_url)
 
 
