@@ -77,6 +77,22 @@ def test_encode_sarif_round_trips():
     assert gzip.decompress(base64.b64decode(encode_sarif(data))) == data
 
 
+def test_processing_that_is_not_yet_known_counts_as_pending(fake, sarif_bytes):
+    sleeps = Sleeps()
+    with client_for(fake, sleeps) as client:
+        upload = upload_sarif(client, sarif_bytes, commit_sha=HEAD_SHA, ref="refs/heads/main")
+        fake.inject(Fault(404, body={"message": "Not Found"}))
+        assert wait_for_processing(client, upload, poll_s=0.5, sleep=sleeps) == "complete"
+    assert sleeps == [0.5]
+
+
+def test_slow_processing_returns_pending_at_the_timeout(fake, sarif_bytes):
+    fake.sarif_status = "pending"
+    with client_for(fake) as client:
+        upload = upload_sarif(client, sarif_bytes, commit_sha=HEAD_SHA, ref="refs/heads/main")
+        assert wait_for_processing(client, upload, timeout_s=0, poll_s=0) == "pending"
+
+
 def test_rejected_sarif_processing_raises(fake, sarif_bytes):
     fake.sarif_status = "failed"
     with client_for(fake) as client, pytest.raises(GitHubError, match="rejected the SARIF: locationFromSarifResult"):

@@ -64,7 +64,8 @@ def wait_for_processing(
     path = client.repo_path(f"/code-scanning/sarifs/{upload.id}")
     deadline = clock() + timeout_s
     while True:
-        status = client.get(path)
+        # Right after the upload GitHub may not know the id yet (404): that is still "pending".
+        status = client.get_optional(path) or {}
         state = status.get("processing_status", "pending")
         if state == "failed":
             errors = "; ".join(status.get("errors") or []) or "no detail given"
