@@ -86,6 +86,17 @@ def test_chart_draws_one_bar_per_class_and_the_threshold(tmp_path):
     assert "k = 2.0" in svg
 
 
+def test_chart_keeps_its_scale_with_non_finite_scores(tmp_path):
+    result = make_result(tmp_path)
+    result.classes[3].anomaly = float("inf")
+    result.classes[0].anomaly = float("nan")
+    chart = layout(result.classes, result.detection.k)
+    widths = {bar.name: bar.width for bar in chart.bars}
+    assert widths["cat"] < chart.plot_right - chart.plot_left
+    assert widths["horse"] > 0.25 * widths["cat"]  # finite scores stay readable next to the infinity
+    assert "∞" in render_html(result, tmp_path)
+
+
 def test_clean_report_has_no_trigger_section(tmp_path):
     page = render_html(make_result(tmp_path, verdict="clean"), tmp_path)
     assert "Clean: no backdoor detected" in page and "Gate passes" in page

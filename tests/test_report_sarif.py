@@ -49,6 +49,16 @@ def test_the_schema_check_is_real(tmp_path, validator):
     assert len(_errors(validator, broken)) >= 2
 
 
+def test_non_finite_scores_still_give_strict_json(tmp_path, validator):
+    result = make_result(tmp_path)
+    result.classes[3].anomaly = float("inf")
+    result.classes[7].final_loss = float("nan")
+    text = render(result, tmp_path, ["sarif"])["sarif"].read_text()
+    log = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert _errors(validator, log) == []
+    assert {r["properties"]["class"]: r["properties"]["anomaly"] for r in log["runs"][0]["results"]}["cat"] is None
+
+
 def test_has_what_github_code_scanning_requires(tmp_path):
     log = _log(tmp_path)
     assert log["$schema"] == "https://json.schemastore.org/sarif-2.1.0.json" and log["version"] == "2.1.0"

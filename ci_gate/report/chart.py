@@ -54,11 +54,12 @@ class ChartLayout:
     k: float
 
 
-def _finite(value: float) -> float:
-    # A degenerate scan can yield inf/nan; the chart must still draw, the table shows the raw value.
-    if math.isnan(value):
-        return 0.0
-    return max(min(value, 1e6), -1e6)
+def _drawable(values: list[float], k: float) -> list[float]:
+    # A degenerate scan can yield inf/nan; the chart must still draw (the table shows the raw
+    # value): nan sits at 0 and an infinity just past the largest finite score.
+    finite = [abs(v) for v in values if math.isfinite(v)]
+    bound = 1.25 * max([k, *finite])
+    return [0.0 if math.isnan(v) else max(min(v, bound), -bound) for v in values]
 
 
 def _tick_step(span: float) -> float:
@@ -71,7 +72,7 @@ def _tick_step(span: float) -> float:
 
 
 def layout(classes: list[ClassResult], k: float) -> ChartLayout:
-    values = [_finite(c.anomaly) for c in classes]
+    values = _drawable([c.anomaly for c in classes], k)
     lo = min([0.0, *values])
     hi = max([k, *values])
     span = hi - lo or 1.0

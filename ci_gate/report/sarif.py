@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import posixpath
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -173,10 +174,10 @@ def build_sarif(result: Result, source_root: Path | None = None) -> dict:
             "properties": {
                 "class": cls.name,
                 "classIndex": cls.index,
-                "asr": cls.asr,
-                "baseRate": cls.base_rate,
-                "anomaly": cls.anomaly,
-                "finalLoss": cls.final_loss,
+                "asr": _json_number(cls.asr),
+                "baseRate": _json_number(cls.base_rate),
+                "anomaly": _json_number(cls.anomaly),
+                "finalLoss": _json_number(cls.final_loss),
                 "triggerPng": cls.trigger_png,
             },
         }
@@ -207,6 +208,11 @@ def build_sarif(result: Result, source_root: Path | None = None) -> dict:
         },
     }
     return {"$schema": SARIF_SCHEMA_URI, "version": SARIF_VERSION, "runs": [run]}
+
+
+def _json_number(value: float) -> float | None:
+    # JSON has no NaN or Infinity; GitHub rejects a file that contains them.
+    return value if math.isfinite(value) else None
 
 
 def _utc(created_at: str) -> str:
@@ -243,6 +249,6 @@ def check_github_limits(log: dict, encoded: bytes) -> None:
 
 def render_sarif(result: Result, source_root: Path | None = None) -> bytes:
     log = build_sarif(result, source_root)
-    encoded = (json.dumps(log, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    encoded = (json.dumps(log, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
     check_github_limits(log, encoded)
     return encoded
