@@ -13,7 +13,7 @@ import pytest
 from ci_gate.cli import main
 from ci_gate.github import GitHubClient, GitHubError, RetryPolicy
 from ci_gate.github.branch_commit import commit_file
-from ci_gate.github.code_scanning import encode_sarif, upload_sarif, wait_for_processing
+from ci_gate.github.code_scanning import encode_sarif, prepare_sarif, upload_sarif, wait_for_processing
 from ci_gate.github.comments import MARKER, upsert_comment
 from ci_gate.github.outputs import append_step_summary, format_outputs, result_outputs, write_outputs
 from ci_gate.github.pulls import open_or_update_pr, pr_number_from_ref
@@ -52,11 +52,16 @@ def sarif_bytes(tmp_path: Path) -> bytes:
     return render(result, tmp_path / "scan", ["sarif"])["sarif"].read_bytes()
 
 
+@pytest.fixture
+def sarif(sarif_bytes):
+    return prepare_sarif(sarif_bytes)
+
+
 # ---- code scanning ---------------------------------------------------------------------------
 
-def test_upload_sends_gzip_base64_sarif_with_commit_ref_and_auth(fake, sarif_bytes):
+def test_upload_sends_gzip_base64_sarif_with_commit_ref_and_auth(fake, sarif, sarif_bytes):
     with client_for(fake) as client:
-        upload = upload_sarif(client, sarif_bytes, commit_sha=HEAD_SHA, ref="refs/pull/7/merge", checkout_uri="file:///work/repo")
+        upload = upload_sarif(client, sarif, commit_sha=HEAD_SHA, ref="refs/pull/7/merge", checkout_uri="file:///work/repo")
         assert wait_for_processing(client, upload, poll_s=0) == "complete"
 
     stored = fake.sarifs[upload.id]
@@ -77,43 +82,44 @@ def test_encode_sarif_round_trips():
     assert gzip.decompress(base64.b64decode(encode_sarif(data))) == data
 
 
-def test_processing_that_is_not_yet_known_counts_as_pending(fake, sarif_bytes):
+def test_processing_that_is_not_yet_known_counts_as_pending(fake, sarif):
     sleeps = Sleeps()
     with client_for(fake, sleeps) as client:
-        upload = upload_sarif(client, sarif_bytes, commit_sha=HEAD_SHA, ref="refs/heads/main")
+        upload = upload_sarif(client, sarif, commit_sha=HEAD_SHA, ref="refs/heads/main")
         fake.inject(Fault(404, body={"message": "Not Found"}))
         assert wait_for_processing(client, upload, poll_s=0.5, sleep=sleeps) == "complete"
     assert sleeps == [0.5]
 
 
-def test_slow_processing_returns_pending_at_the_timeout(fake, sarif_bytes):
+def test_slow_processing_returns_pending_at_the_timeout(fake, sarif):
     fake.sarif_status = "pending"
     with client_for(fake) as client:
-        upload = upload_sarif(client, sarif_bytes, commit_sha=HEAD_SHA, ref="refs/heads/main")
+        upload = upload_sarif(client, sarif, commit_sha=HEAD_SHA, ref="refs/heads/main")
         assert wait_for_processing(client, upload, timeout_s=0, poll_s=0) == "pending"
 
 
-def test_rejected_sarif_processing_raises(fake, sarif_bytes):
+def test_rejected_sarif_processing_raises(fake, sarif):
     fake.sarif_status = "failed"
     with client_for(fake) as client, pytest.raises(GitHubError, match="rejected the SARIF: locationFromSarifResult"):
-        wait_for_processing(client, upload_sarif(client, sarif_bytes, commit_sha=HEAD_SHA, ref="refs/heads/main"), poll_s=0)
+        wait_for_processing(client, upload_sarif(client, sarif, commit_sha=HEAD_SHA, ref="refs/heads/main"), poll_s=0)
 
 
-def test_oversized_sarif_is_refused_before_sending(fake):
+def test_prepare_refuses_what_github_would_reject():
     results = [{"ruleId": "CIG002", "message": {"text": "x"}, "locations": []}] * 5001
     sarif = json.dumps({"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "t"}}, "results": results}]}).encode()
-    with client_for(fake) as client, pytest.raises(SarifLimitError, match="5001 results"):
-        upload_sarif(client, sarif, commit_sha=HEAD_SHA, ref="refs/heads/main")
-    assert fake.requests == []
+    with pytest.raises(SarifLimitError, match="5001 results"):
+        prepare_sarif(sarif)
+    with pytest.raises(ValueError):
+        prepare_sarif(b"{not json")
 
 
 # ---- retries ---------------------------------------------------------------------------------
 
-def test_retries_5xx_with_exponential_backoff(fake, sarif_bytes):
+def test_retries_5xx_with_exponential_backoff(fake, sarif):
     fake.inject(Fault(502), Fault(503), Fault(500))
     sleeps = Sleeps()
     with client_for(fake, sleeps) as client:
-        upload = upload_sarif(client, sarif_bytes, commit_sha=HEAD_SHA, ref="refs/heads/main")
+        upload = upload_sarif(client, sarif, commit_sha=HEAD_SHA, ref="refs/heads/main")
     assert upload.id in fake.sarifs
     assert len(fake.requests) == 4
     assert sleeps == pytest.approx([0.001, 0.002, 0.004])

@@ -8,7 +8,6 @@ failed API call exits 1 (GitHubError).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import typer
 from ci_gate.errors import InputError
 from ci_gate.github import DEFAULT_API_URL, GitHubClient
 from ci_gate.github.branch_commit import commit_file, repo_relative
-from ci_gate.github.code_scanning import upload_sarif, wait_for_processing
+from ci_gate.github.code_scanning import prepare_sarif, upload_sarif, wait_for_processing
 from ci_gate.github.comments import upsert_comment
 from ci_gate.github.outputs import append_step_summary, result_outputs, write_outputs
 from ci_gate.github.pulls import open_or_update_pr, pr_number_from_ref
@@ -77,16 +76,15 @@ def upload_sarif_command(
     github_output: Path | None = _GITHUB_OUTPUT,
 ) -> None:
     """Upload a SARIF file to code scanning."""
-    data = _read(sarif)
     try:
-        json.loads(data)
+        prepared = prepare_sarif(_read(sarif))
     except ValueError as exc:
         raise InputError(sarif, f"not valid JSON: {exc}") from None
     commit_sha = _required(sha, "--sha", "GITHUB_SHA")
     full_ref = _required(ref, "--ref", "GITHUB_REF")
     with _client(token_env, repo, api_url) as client:
         upload = upload_sarif(
-            client, data, commit_sha=commit_sha, ref=full_ref, tool_name=tool_name,
+            client, prepared, commit_sha=commit_sha, ref=full_ref, tool_name=tool_name,
             checkout_uri=checkout.resolve().as_uri() if checkout else None,
         )
         typer.echo(f"uploaded {sarif} to code scanning (id {upload.id})")

@@ -24,23 +24,29 @@ def encode_sarif(sarif: bytes) -> str:
     return base64.b64encode(gzip.compress(sarif)).decode("ascii")
 
 
+@dataclass(frozen=True)
+class PreparedSarif:
+    """A SARIF file checked against GitHub's limits and encoded for upload."""
+
+    encoded: str
+
+
+def prepare_sarif(sarif: bytes) -> PreparedSarif:
+    """Check before anything is sent: ValueError if not JSON, SarifLimitError if GitHub would refuse it."""
+    check_github_limits(json.loads(sarif), sarif)
+    return PreparedSarif(encode_sarif(sarif))
+
+
 def upload_sarif(
     client: GitHubClient,
-    sarif: bytes,
+    sarif: PreparedSarif,
     *,
     commit_sha: str,
     ref: str,
     tool_name: str = "ci-gate",
     checkout_uri: str | None = None,
 ) -> SarifUpload:
-    """Send the SARIF as it is on disk.
-
-    Raises ValueError if it is not JSON and SarifLimitError if GitHub would reject it anyway, both
-    before anything is sent.
-    """
-    log = json.loads(sarif)
-    check_github_limits(log, sarif)
-    body = {"commit_sha": commit_sha, "ref": ref, "sarif": encode_sarif(sarif), "tool_name": tool_name}
+    body = {"commit_sha": commit_sha, "ref": ref, "sarif": sarif.encoded, "tool_name": tool_name}
     if checkout_uri:
         body["checkout_uri"] = checkout_uri
     answer = client.post(client.repo_path("/code-scanning/sarifs"), body)
