@@ -24,8 +24,6 @@ from ci_gate.report import SummaryLinks
 from ci_gate.report.markdown import summary_markdown
 from ci_gate.result import load_result
 
-app = typer.Typer(name="github", help="GitHub steps of the ci-gate action (REST API, no Actions toolkit).", no_args_is_help=True)
-
 _TOKEN_ENV = typer.Option("GITHUB_TOKEN", "--token-env", help="Environment variable that holds the token.")
 _REPO = typer.Option(None, "--repo", envvar="GITHUB_REPOSITORY", help="owner/name.")
 _API_URL = typer.Option(DEFAULT_API_URL, "--api-url", envvar="GITHUB_API_URL", help="REST API root.")
@@ -59,7 +57,6 @@ def _write_outputs(github_output: Path | None, values: dict[str, str]) -> None:
         write_outputs(github_output, values)
 
 
-@app.command("upload-sarif")
 def upload_sarif_command(
     sarif: Path = typer.Argument(..., help="report.sarif written by ci-gate."),
     sha: str | None = typer.Option(None, "--sha", envvar="GITHUB_SHA", help="Commit the analysis belongs to."),
@@ -93,7 +90,6 @@ def upload_sarif_command(
     _write_outputs(github_output, {"sarif-id": upload.id})
 
 
-@app.command("comment")
 def comment_command(
     summary: Path = typer.Argument(..., help="Markdown to post (summary.md)."),
     pr: int | None = typer.Option(None, "--pr", help="Pull request number (default: from GITHUB_REF refs/pull/N/...)."),
@@ -114,7 +110,6 @@ def comment_command(
     typer.echo(f"{'posted' if comment.created else 'updated'} comment {comment.url or comment.id}")
 
 
-@app.command("commit-repair")
 def commit_repair_command(
     repaired: Path = typer.Argument(..., help="The repaired (and re-verified) checkpoint file."),
     path: str = typer.Option(..., "--path", help="Repository-relative path the checkpoint replaces."),
@@ -165,7 +160,6 @@ def _default_pr_body(path: str) -> str:
     )
 
 
-@app.command("outputs")
 def outputs_command(
     result_json: Path = typer.Argument(..., help="result.json of the scan."),
     github_output: Path | None = _GITHUB_OUTPUT,
@@ -184,4 +178,9 @@ def outputs_command(
 
 
 def register(root: typer.Typer) -> None:
-    root.add_typer(app, name="github")
+    group = typer.Typer(name="github", help="GitHub steps of the ci-gate action (REST API, no Actions toolkit).", no_args_is_help=True)
+    group.command("upload-sarif")(upload_sarif_command)
+    group.command("comment")(comment_command)
+    group.command("commit-repair")(commit_repair_command)
+    group.command("outputs")(outputs_command)
+    root.add_typer(group, name="github")
