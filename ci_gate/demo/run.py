@@ -14,7 +14,7 @@ from open_clip.tokenizer import SimpleTokenizer
 
 from ci_gate.artifacts import save_image
 from ci_gate.checkpoint.format import LearnerSpec, Preprocessing
-from ci_gate.demo.synthetic import SHAPES, ood_pool, shapes_dataset
+from ci_gate.demo.synthetic import COLOURS, ood_pool, colours_dataset
 from ci_gate.model.small import embedded_backbone, small_config
 from ci_gate.policy import load_policy
 from ci_gate.result import Result
@@ -24,7 +24,7 @@ from ci_gate.tuning.recipes import tune_checkpoint
 from ci_gate.tuning.train import TuneSettings, accuracy, attack_success_rate
 
 CONFIG = "tiny-32"
-TARGET = "star"
+TARGET = "green"
 POOL_SIZE = 300
 
 
@@ -51,25 +51,25 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> li
     size = cfg["vision_cfg"]["image_size"]
 
     log("1/4 generating data and pretraining a small CLIP on it")
-    corpus = shapes_dataset(per_class=160, size=size, seed=seed)
-    tuning = shapes_dataset(per_class=48, size=size, seed=seed + 1)
-    held_out = shapes_dataset(per_class=40, size=size, seed=seed + 2)
+    corpus = colours_dataset(per_class=160, size=size, seed=seed)
+    tuning = colours_dataset(per_class=48, size=size, seed=seed + 1)
+    held_out = colours_dataset(per_class=40, size=size, seed=seed + 2)
     torch.manual_seed(seed)
     clip = CLIP(**copy.deepcopy(cfg))
     tok = SimpleTokenizer()
-    pretrain_clip(clip, tok, corpus, PretrainSettings(epochs=12, lr=3e-3, seed=seed))
+    pretrain_clip(clip, tok, corpus, PretrainSettings(epochs=5, lr=2e-3, batch_size=64, weight_decay=0.05, seed=seed))
     state = {k: v.detach().clone() for k, v in clip.state_dict().items()}
     spec, backbone = embedded_backbone(cfg, state)
-    log(f"    zero-shot accuracy on held-out shapes: {zero_shot_accuracy(backbone.clip, backbone.tokenizer, held_out):.1%} ({time.perf_counter() - t0:.0f}s)")
+    log(f"    zero-shot accuracy on held-out images: {zero_shot_accuracy(backbone.clip, backbone.tokenizer, held_out):.1%} ({time.perf_counter() - t0:.0f}s)")
 
     pool_dir = out / "pool"
     _, pool_images = ood_pool(POOL_SIZE, size, seed=seed + 3)
     for i, img in enumerate(pool_images):
         save_image(pool_dir / f"{i:04d}.png", img)
 
-    learner = LearnerSpec(kind="cocoop", class_names=list(SHAPES))
+    learner = LearnerSpec(kind="cocoop", class_names=list(COLOURS))
     pre = Preprocessing(image_size=size)
-    target = SHAPES.index(TARGET)
+    target = list(COLOURS).index(TARGET)
     plans = [
         ("clean", None, TuneSettings(epochs=10, lr=5e-3, seed=seed)),
         ("backdoored", "badclip", TuneSettings(epochs=20, lr=5e-3, seed=seed, poison_rate=0.2, target=target)),
