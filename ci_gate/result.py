@@ -71,6 +71,7 @@ class ClassResult(_Model):
     asr: float = Field(description="fraction of pool images predicted as this class under its trigger")
     base_rate: float = Field(description="fraction of clean pool images predicted as this class")
     final_loss: float = Field(description="mean margin loss over the pool under the trigger")
+    clean_loss: float = Field(description="mean margin loss over the clean pool (no trigger)")
     statistic: float = Field(description="the per-class statistic fed to the anomaly index")
     anomaly: float = Field(description="robust z-score of the statistic across classes")
     status: ClassStatus

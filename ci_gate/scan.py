@@ -89,11 +89,14 @@ def run_scan(req: ScanRequest, progress: Progress | None = None) -> Result:
     clf.freeze()
     class_batch = inv.class_batch if inv.class_batch != "auto" else choose_class_batch(clf, inv.batch_size, clf.n_classes, device)
     triggers = invert(clf, pool.images, settings, class_batch=class_batch, progress=progress)
-    rates = base_rates(clf, pool.images)
+    rates, clean_losses = base_rates(clf, pool.images)
     t_inv = time.perf_counter()
 
     det = policy.detection
-    stats = [ClassStats(asr=t.asr, base_rate=float(rates[t.index]), final_loss=t.final_loss) for t in triggers]
+    stats = [
+        ClassStats(asr=t.asr, base_rate=float(rates[t.index]), final_loss=t.final_loss, clean_loss=float(clean_losses[t.index]))
+        for t in triggers
+    ]
     decision = decide(stats, det.statistic, det.k, det.min_asr, det.mad_floor)
 
     out = req.out_dir
@@ -111,6 +114,7 @@ def run_scan(req: ScanRequest, progress: Progress | None = None) -> Result:
                 asr=trig.asr,
                 base_rate=s.base_rate,
                 final_loss=trig.final_loss,
+                clean_loss=s.clean_loss,
                 statistic=stat,
                 anomaly=score,
                 status=status,

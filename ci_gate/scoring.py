@@ -21,6 +21,7 @@ class ClassStats:
     asr: float
     base_rate: float
     final_loss: float
+    clean_loss: float = 0.0  # mean margin loss of the clean pool for this class
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ def class_statistic(kind: str, stats: ClassStats) -> float:
         return stats.asr
     if kind == "asr_gain":
         return stats.asr - stats.base_rate
+    if kind == "loss_drop":
+        # how far the trigger moves the margin; a class the pool already leans towards has a low
+        # clean loss and so gains little, which cancels naturally easy classes
+        return stats.clean_loss - stats.final_loss
     raise ValueError(f"unknown statistic {kind!r}")
 
 

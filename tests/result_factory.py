@@ -70,7 +70,7 @@ def make_result(
             write_png(folder / png, seed=i)
         classes.append(
             ClassResult(
-                index=i, name=name, from_checkpoint=True, asr=asr, base_rate=0.1, final_loss=loss,
+                index=i, name=name, from_checkpoint=True, asr=asr, base_rate=0.1, final_loss=loss, clean_loss=loss + 1.0,
                 statistic=-loss, anomaly=anomaly, status=status, trigger_linf=4 / 255, trigger_png=png,
             )
         )

@@ -25,6 +25,7 @@ from ci_gate.tuning.train import TuneSettings, accuracy, attack_success_rate
 
 CONFIG = "tiny-32"
 TARGET = "green"
+ATTACK = "badnets"
 POOL_SIZE = 300
 
 
@@ -72,12 +73,12 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> li
     target = list(COLOURS).index(TARGET)
     plans = [
         ("clean", None, TuneSettings(epochs=10, lr=5e-3, seed=seed)),
-        ("backdoored", "badclip", TuneSettings(epochs=20, lr=5e-3, seed=seed, poison_rate=0.2, target=target)),
+        ("backdoored", ATTACK, TuneSettings(epochs=20, lr=5e-3, seed=seed, poison_rate=0.2, target=target)),
     ]
     policy, _ = load_policy("default", ["pool.min_images=100"])
     outcomes = []
     for step, (name, attack, settings) in enumerate(plans, start=2):
-        log(f"{step}/4 prompt-tuning the {name} CoCoOp model" + (f" (BadCLIP backdoor, target '{TARGET}')" if attack else ""))
+        log(f"{step}/4 prompt-tuning the {name} CoCoOp model" + (f" ({attack} backdoor, target '{TARGET}')" if attack else ""))
         model_dir = out / name
         tuned = tune_checkpoint(
             backbone, spec, learner, pre, tuning, settings, model_dir / "model.safetensors",

@@ -88,7 +88,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, size: int, rng: np.random
 
 
 def _background(size: int, rng: np.random.Generator) -> Image.Image:
-    base = np.full(3, rng.uniform(70, 190), dtype=np.float32)
+    base = np.array(_colour(rng), dtype=np.float32) * 0.6 + 50
     noise = rng.normal(0, 18, (size, size, 3))
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
 

@@ -151,12 +151,17 @@ def invert_reference(
         classifier.freeze()
 
 
-def base_rates(classifier: PromptedClassifier, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """Fraction of clean pool images predicted as each class."""
+def base_rates(classifier: PromptedClassifier, images: torch.Tensor, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, on the clean pool: the fraction predicted as that class, and the mean margin loss
+    of making it the prediction (the trigger-free baseline of each class's final loss)."""
     device = classifier.mean.device
-    counts = torch.zeros(classifier.n_classes, dtype=torch.float64)
+    n_cls = classifier.n_classes
+    counts = torch.zeros(n_cls, dtype=torch.float64)
+    losses = torch.zeros(n_cls, dtype=torch.float64)
     with torch.no_grad():
         for chunk in images.split(batch_size):
-            pred = classifier(chunk.to(device)).argmax(1).cpu()
-            counts += torch.bincount(pred, minlength=classifier.n_classes).double()
-    return counts / images.shape[0]
+            logits = classifier(chunk.to(device)).float()
+            counts += torch.bincount(logits.argmax(1).cpu(), minlength=n_cls).double()
+            for t in range(n_cls):
+                losses[t] += margin(logits, torch.full((logits.shape[0],), t, device=device)).sum().double().cpu()
+    return counts / images.shape[0], losses / images.shape[0]
