@@ -41,6 +41,8 @@ def _root(
 def _register() -> None:
     from ci_gate.commands import registered_commands
 
+    if app.registered_commands:  # main() may run more than once in one process (tests)
+        return
     for register in registered_commands():
         register(app)
 
