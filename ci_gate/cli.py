@@ -50,7 +50,9 @@ def _register() -> None:
 def main(argv: list[str] | None = None) -> None:
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        # With standalone_mode=False click does not exit: it *returns* the code of a
+        # `raise typer.Exit(n)` (typer.Exit is not click's Exit, so the handler below never sees it).
+        code = app(args=argv, standalone_mode=False)
     except CiGateError as exc:
         if _state["debug"]:
             raise
@@ -70,4 +72,4 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
         raise
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
