@@ -35,7 +35,7 @@ def verify(
     out: Path = typer.Option(Path("ci-gate-report"), "--out", "-o", help="Folder for result.json, reports and triggers."),
     overrides: list[str] = typer.Option([], "--set", help="Override one policy field, e.g. --set detection.k=2.5"),
     backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local backbone weights file (instead of the pretrained tag)."),
-    fail_on: str = typer.Option(None, "--fail-on", help="What fails the gate: backdoor, suspicious or never (default from policy)."),
+    fail_on: str = typer.Option(None, "--fail-on", help="What fails the gate: backdoor, suspicious or never; same as --set report.fail_on=VALUE (default from policy)."),
     display_path: str = typer.Option(None, "--display-path", help="Checkpoint path as reports should name it (repository-relative)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line of output, no progress bar (for CI logs)."),
 ) -> None:
@@ -45,6 +45,10 @@ def verify(
 
     if fail_on is not None and fail_on not in ("backdoor", "suspicious", "never"):
         raise InputError("--fail-on", f"expected backdoor, suspicious or never, got {fail_on!r}")
+    # --fail-on is shorthand for --set report.fail_on=...: as a policy override it is recorded in
+    # result.json and the reports (policy settings and hash), so they show what failed the gate.
+    if fail_on is not None:
+        overrides = [*overrides, f"report.fail_on={fail_on}"]
     pol, policy_dir = load_policy(policy, overrides)
     pool_spec = resolve_pool(pool, pol, policy_dir)
     if out.exists() and not out.is_dir():
@@ -68,7 +72,7 @@ def verify(
         print_summary(console, result, str(out))
         for fmt, path in paths.items():
             console.print(f"  {fmt}: {path}")
-    if result.gate_fails(fail_on or pol.report.fail_on):
+    if result.gate_fails(pol.report.fail_on):
         raise typer.Exit(1)
 
 
