@@ -8,8 +8,6 @@ from typing import Optional
 
 import typer
 
-from ci_gate.checkpoint.convert import BackboneSource, ConvertRequest, convert, load_inline_config, parse_class_names
-
 
 class Kind(str, Enum):
     auto = "auto"
@@ -33,6 +31,9 @@ def convert_command(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="open_clip download cache for pretrained tags."),
 ) -> None:
     """Convert a CoOp/CoCoOp checkpoint after checking the class names and backbone against its stored prompt tokens."""
+    # torch and open_clip load here, not at import: every other command (and --help) starts without them.
+    from ci_gate.checkpoint.convert import BackboneSource, ConvertRequest, convert, load_inline_config, parse_class_names
+
     request = ConvertRequest(
         source=source,
         class_names=parse_class_names(classes),

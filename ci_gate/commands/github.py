@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ci_gate.errors import InputError
-from ci_gate.github import DEFAULT_API_URL, GitHubClient
-from ci_gate.github.branch_commit import commit_file, repo_relative
-from ci_gate.github.code_scanning import prepare_sarif, upload_sarif, wait_for_processing
-from ci_gate.github.comments import upsert_comment
-from ci_gate.github.outputs import append_step_summary, result_outputs, write_outputs
-from ci_gate.github.pulls import open_or_update_pr, pr_number_from_ref
-from ci_gate.report import SummaryLinks
-from ci_gate.report.markdown import summary_markdown
-from ci_gate.result import load_result
+
+# requests, pydantic and jinja2 load inside the commands that use them, so the CLI (and
+# `ci-gate --help`) starts without them.
+if TYPE_CHECKING:
+    from ci_gate.github import GitHubClient
 
 _TOKEN_ENV = typer.Option("GITHUB_TOKEN", "--token-env", help="Environment variable that holds the token.")
 _REPO = typer.Option(None, "--repo", envvar="GITHUB_REPOSITORY", help="owner/name.")
-_API_URL = typer.Option(DEFAULT_API_URL, "--api-url", envvar="GITHUB_API_URL", help="REST API root.")
+_API_URL = typer.Option(None, "--api-url", envvar="GITHUB_API_URL", help="REST API root (default: https://api.github.com).")
 _GITHUB_OUTPUT = typer.Option(None, "--github-output", envvar="GITHUB_OUTPUT", help="File to append step outputs to.")
 
 
@@ -36,12 +33,14 @@ def _required(value: str | None, option: str, env: str) -> str:
     return value
 
 
-def _client(token_env: str, repo: str | None, api_url: str) -> GitHubClient:
+def _client(token_env: str, repo: str | None, api_url: str | None) -> GitHubClient:
+    from ci_gate.github import DEFAULT_API_URL, GitHubClient
+
     token = os.environ.get(token_env, "")
     if not token:
         raise InputError("--token-env", f"${token_env} is empty or not set")
     try:
-        return GitHubClient(api_url, _required(repo, "--repo", "GITHUB_REPOSITORY"), token)
+        return GitHubClient(api_url or DEFAULT_API_URL, _required(repo, "--repo", "GITHUB_REPOSITORY"), token)
     except ValueError as exc:
         raise InputError("--repo", str(exc)) from None
 
@@ -54,6 +53,8 @@ def _read(path: Path) -> bytes:
 
 def _write_outputs(github_output: Path | None, values: dict[str, str]) -> None:
     if github_output is not None:
+        from ci_gate.github.outputs import write_outputs
+
         write_outputs(github_output, values)
 
 
@@ -69,10 +70,12 @@ def upload_sarif_command(
     wait_timeout: float = typer.Option(120.0, "--wait-timeout", help="Seconds to wait for processing."),
     token_env: str = _TOKEN_ENV,
     repo: str | None = _REPO,
-    api_url: str = _API_URL,
+    api_url: str | None = _API_URL,
     github_output: Path | None = _GITHUB_OUTPUT,
 ) -> None:
     """Upload a SARIF file to code scanning."""
+    from ci_gate.github.code_scanning import prepare_sarif, upload_sarif, wait_for_processing
+
     try:
         prepared = prepare_sarif(_read(sarif))
     except ValueError as exc:
@@ -97,9 +100,12 @@ def comment_command(
     key: str | None = typer.Option(None, "--key", help="Keeps one comment per key, e.g. the checkpoint path in a matrix."),
     token_env: str = _TOKEN_ENV,
     repo: str | None = _REPO,
-    api_url: str = _API_URL,
+    api_url: str | None = _API_URL,
 ) -> None:
     """Post the summary on the pull request, or update ci-gate's earlier comment there."""
+    from ci_gate.github.comments import upsert_comment
+    from ci_gate.github.pulls import pr_number_from_ref
+
     markdown = _read(summary).decode("utf-8", errors="replace")
     number = pr if pr is not None else pr_number_from_ref(ref or "")
     if number is None:
@@ -123,10 +129,13 @@ def commit_repair_command(
     body_file: Path | None = typer.Option(None, "--body-file", help="Markdown for the pull request description."),
     token_env: str = _TOKEN_ENV,
     repo: str | None = _REPO,
-    api_url: str = _API_URL,
+    api_url: str | None = _API_URL,
     github_output: Path | None = _GITHUB_OUTPUT,
 ) -> None:
     """Commit a repaired checkpoint to a branch and open (or update) a pull request for it."""
+    from ci_gate.github.branch_commit import commit_file, repo_relative
+    from ci_gate.github.pulls import open_or_update_pr
+
     content = _read(repaired)
     sha = _required(base_sha, "--base-sha", "GITHUB_SHA")
     target = _required(base_branch, "--base-branch", "GITHUB_HEAD_REF or GITHUB_REF_NAME")
@@ -168,6 +177,10 @@ def outputs_command(
     artifact_name: str | None = typer.Option(None, "--artifact-name", help="Workflow artifact holding the reports."),
 ) -> None:
     """Set the action outputs (verdict, target-class, report paths) and append the job summary."""
+    from ci_gate.github.outputs import append_step_summary, result_outputs
+    from ci_gate.report.markdown import SummaryLinks, summary_markdown
+    from ci_gate.result import load_result
+
     result = load_result(result_json)
     values = result_outputs(result, result_json)
     _write_outputs(github_output, values)

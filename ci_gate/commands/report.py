@@ -7,12 +7,15 @@ from pathlib import Path
 import typer
 
 from ci_gate.errors import InputError
-from ci_gate.report import FORMATS, SummaryLinks, render, unknown_formats
-from ci_gate.report.artifacts import missing_artifacts
-from ci_gate.result import load_result
+
+# Same as ci_gate.report.FORMATS (tests check): spelled out so that building the CLI does not
+# import the reporters (jinja2, pydantic); they load when the command runs.
+FORMATS_HELP = "json,html,sarif,md"
 
 
 def parse_formats(spec: str) -> list[str]:
+    from ci_gate.report import FORMATS, unknown_formats
+
     formats = [f.strip().lower() for f in spec.split(",") if f.strip()]
     bad = unknown_formats(formats)
     if not formats or bad:
@@ -23,7 +26,7 @@ def parse_formats(spec: str) -> list[str]:
 def report(
     result_json: Path = typer.Argument(..., help="A result.json written by `ci-gate verify`."),
     formats: str | None = typer.Option(
-        None, "--format", "-f", help=f"Comma-separated formats from {','.join(FORMATS)} (default: the policy's report.formats)."
+        None, "--format", "-f", help=f"Comma-separated formats from {FORMATS_HELP} (default: the policy's report.formats)."
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: the result's folder)."),
     run_url: str | None = typer.Option(None, "--run-url", help="Workflow run the Markdown summary links to."),
@@ -33,6 +36,10 @@ def report(
     ),
 ) -> None:
     """Re-render HTML, SARIF, Markdown and JSON reports from a saved result."""
+    from ci_gate.report import FORMATS, SummaryLinks, render
+    from ci_gate.report.artifacts import missing_artifacts
+    from ci_gate.result import load_result
+
     result = load_result(result_json)
     result_dir = result_json.parent
     chosen = parse_formats(formats) if formats else list(result.policy.settings.get("report", {}).get("formats") or FORMATS)
