@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text
@@ -24,7 +24,16 @@ ClassStatus = Literal["ok", "suspicious", "backdoor"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A degenerate scan can produce NaN or +-inf scores. JSON has no such numbers: write them as
+    # the strings "NaN", "Infinity", "-Infinity" (strict JSON that loads back to the same float)
+    # rather than pydantic's default null, which a float field cannot read back.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
+
+
+def _null_is_nan(value: object) -> object:
+    # result.json files written before the "strings" setting above hold null for a non-finite
+    # score; which one is lost, so read it back as NaN.
+    return float("nan") if value is None else value
 
 
 class ToolInfo(_Model):
@@ -79,6 +88,10 @@ class ClassResult(_Model):
     trigger_png: str | None = None
     trigger_tensor: str | None = None
 
+    _scores = field_validator(
+        "asr", "base_rate", "final_loss", "clean_loss", "statistic", "anomaly", "trigger_linf", mode="before"
+    )(_null_is_nan)
+
 
 class Example(_Model):
     class_name: str
@@ -101,6 +114,8 @@ class Detection(_Model):
     min_asr: float
     median: float
     mad: float
+
+    _scores = field_validator("median", "mad", mode="before")(_null_is_nan)
 
 
 class Result(_Model):
