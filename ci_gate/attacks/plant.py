@@ -1,0 +1,208 @@
+"""Planting backdoors: the attacks' training recipes, reusable by the benchmark zoo and the canary.
+
+Two levels, as in the threat model:
+- prompt level (:func:`poison_prompt_tuning`): the provider follows the protocol (encoders frozen,
+  only the CoOp/CoCoOp learner trains) but mixes triggered, relabelled copies into each batch.
+  Learnable triggers (BadCLIP, SIBA-like) are optimised in the same step and projected back into
+  their budget. The adaptive BadCLIP also sees copies whose trigger is perturbed by Gaussian
+  noise, labelled with their TRUE class, so only the exact trigger works: its basin narrows and a
+  generic universal perturbation is less likely to fall into it. WaNet adds its "noise mode"
+  cross-samples (randomly jittered warps, true label).
+- encoder level (:func:`poison_encoder`): the image encoder itself is fine-tuned on poisoned data
+  and the model is delivered as a zero-shot classifier ("a photo of a {name}."), no prompt learner.
+
+Poisoned copies are drawn from images whose label is not the target and appended to the clean
+batch: ``poison_rate`` is the ratio of poisoned to clean images in every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ci_gate.attacks.triggers import Trigger, WaNetTrigger, make_trigger
+from ci_gate.data import LabeledImages
+from ci_gate.model.classifier import PromptedClassifier
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """How one attack plants its backdoor. ``trigger`` is a :func:`make_trigger` name."""
+
+    name: str
+    trigger: str
+    level: Literal["prompt", "encoder"] = "prompt"
+    poison_rate: float = 0.1
+    adaptive: bool = False  # narrow the trigger's basin (adaptive BadCLIP)
+    cross_rate: float = 0.0  # WaNet noise-mode cross-samples per clean image
+    trigger_kwargs: dict = field(default_factory=dict)
+    description: str = ""
+
+
+ATTACKS: dict[str, AttackSpec] = {
+    "badclip": AttackSpec("badclip", "badclip", poison_rate=0.2, description="BadCLIP: additive L-inf 4/255 trigger learned jointly with the prompt learner"),
+    "adaptive_badclip": AttackSpec("adaptive_badclip", "badclip", poison_rate=0.2, adaptive=True, description="BadCLIP trained to ignore Gaussian-perturbed triggers (narrow basin)"),
+    "blended": AttackSpec("blended", "blended", poison_rate=0.1, description="Blended: fixed noise image alpha-blended, 10% poisoned"),
+    "wanet": AttackSpec("wanet", "wanet", poison_rate=0.1, cross_rate=0.1, description="WaNet: fixed smooth warp, 10% poisoned (+ noise-mode cross-samples)"),
+    "siba": AttackSpec("siba", "siba", poison_rate=0.1, description="SIBA-like sparse invisible trigger: 5% of pixels, L-inf 16/255, values learned"),
+    "badnets": AttackSpec("badnets", "badnets", poison_rate=0.1, description="BadNets: random-pattern corner patch, 10% poisoned"),
+    "encoder": AttackSpec("encoder", "blended", level="encoder", poison_rate=0.1, description="encoder-level: image encoder fine-tuned on Blended-poisoned data, zero-shot head"),
+}
+
+
+def attack_spec(name: str) -> AttackSpec:
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose from {sorted(ATTACKS)}")
+    return ATTACKS[name]
+
+
+def build_trigger(spec: AttackSpec, image_size: int, seed: int) -> Trigger:
+    return make_trigger(spec.trigger, image_size, seed=seed, **spec.trigger_kwargs)
+
+
+@dataclass(frozen=True)
+class PoisonSettings:
+    epochs: int = 10
+    lr: float = 2e-3
+    batch_size: int = 32
+    seed: int = 0
+    trigger_lr: float = 1e-2
+    adaptive_sigma: float = 4 / 255  # std of the Gaussian added to the trigger for adaptive negatives
+    adaptive_copies: int = 1  # perturbed-trigger negatives per poisoned image
+
+
+def _poison_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    trigger: Trigger | None,
+    target: int | None,
+    spec: AttackSpec | None,
+    gen: torch.Generator,
+    settings: PoisonSettings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if trigger is None or target is None or spec is None:
+        return x, y
+    src = torch.nonzero(y != target).flatten()
+    n_poison = min(len(src), max(1, round(spec.poison_rate * len(y))))
+    pick = src[torch.randperm(len(src), generator=gen)[:n_poison]]
+    xs, ys = [x, trigger(x[pick])], [y, torch.full((n_poison,), target, dtype=y.dtype)]
+    if spec.adaptive and hasattr(trigger, "delta"):
+        for _ in range(settings.adaptive_copies):
+            noise = torch.randn(x[pick].shape, generator=gen) * settings.adaptive_sigma
+            xs.append((trigger(x[pick]) + noise).clamp(0, 1))
+            ys.append(y[pick])
+    if spec.cross_rate > 0 and isinstance(trigger, WaNetTrigger):
+        n_cross = max(1, round(spec.cross_rate * len(y)))
+        idx = torch.randperm(len(y), generator=gen)[:n_cross]
+        xs.append(trigger.noise_grid(x[idx], gen))
+        ys.append(y[idx])
+    return torch.cat(xs), torch.cat(ys)
+
+
+def poison_prompt_tuning(
+    classifier: PromptedClassifier,
+    data: LabeledImages,
+    settings: PoisonSettings,
+    spec: AttackSpec | None = None,
+    trigger: Trigger | None = None,
+    target: int | None = None,
+    log: Log | None = None,
+) -> PromptedClassifier:
+    """Train ``classifier.learner`` in place (encoders frozen); with a spec/trigger/target, poisoned."""
+    assert classifier.learner is not None, "zero-shot classifiers have no prompt learner to tune"
+    torch.manual_seed(settings.seed)
+    classifier.eval()
+    classifier.invalidate_cache()
+    classifier.fast = True
+    for p in classifier.parameters():
+        p.requires_grad_(False)
+    params = list(classifier.learner.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    groups = [{"params": params, "lr": settings.lr}]
+    learnable = trigger is not None and getattr(trigger, "learnable", False)
+    if learnable:
+        trigger.delta.requires_grad_(True)
+        groups.append({"params": [trigger.delta], "lr": settings.trigger_lr})
+    opt = torch.optim.Adam(groups)
+    gen = torch.Generator().manual_seed(settings.seed)
+    for epoch in range(settings.epochs):
+        total = 0.0
+        for idx in torch.randperm(len(data), generator=gen).split(settings.batch_size):
+            x, y = _poison_batch(data.images[idx], data.labels[idx], trigger, target, spec, gen, settings)
+            loss = F.cross_entropy(classifier(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if learnable:
+                trigger.project()
+            total += float(loss.detach()) * len(idx)
+        if log:
+            log(f"epoch {epoch + 1}/{settings.epochs} loss {total / len(data):.4f}")
+    for p in params:
+        p.requires_grad_(False)
+    if learnable:
+        trigger.delta.requires_grad_(False)
+    classifier.freeze()
+    return classifier
+
+
+def poison_encoder(
+    classifier: PromptedClassifier,
+    data: LabeledImages,
+    settings: PoisonSettings,
+    spec: AttackSpec,
+    trigger: Trigger,
+    target: int,
+    log: Log | None = None,
+) -> PromptedClassifier:
+    """Fine-tune the image encoder of a zero-shot classifier on poisoned data (text tower frozen).
+
+    The classifier must own its backbone (build it on a private copy): its ``visual`` weights
+    change in place.
+    """
+    assert classifier.learner is None, "encoder-level attacks deliver a zero-shot classifier"
+    torch.manual_seed(settings.seed)
+    classifier.eval()  # no dropout in these towers; layer norms have no running statistics
+    for p in classifier.parameters():
+        p.requires_grad_(False)
+    params = list(classifier.visual.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    groups = [{"params": params, "lr": settings.lr}]
+    learnable = getattr(trigger, "learnable", False)
+    if learnable:
+        trigger.delta.requires_grad_(True)
+        groups.append({"params": [trigger.delta], "lr": settings.trigger_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(settings.seed)
+    classifier.freeze()  # caches the zero-shot text features; they do not depend on the image tower
+    for p in params:
+        p.requires_grad_(True)
+    for epoch in range(settings.epochs):
+        total = 0.0
+        for idx in torch.randperm(len(data), generator=gen).split(settings.batch_size):
+            x, y = _poison_batch(data.images[idx], data.labels[idx], trigger, target, spec, gen, settings)
+            loss = F.cross_entropy(classifier(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if learnable:
+                trigger.project()
+            total += float(loss.detach()) * len(idx)
+        if log:
+            log(f"encoder epoch {epoch + 1}/{settings.epochs} loss {total / len(data):.4f}")
+    for p in params:
+        p.requires_grad_(False)
+    classifier.freeze()
+    return classifier
+
+
+def with_defaults(settings: PoisonSettings, **overrides) -> PoisonSettings:
+    return replace(settings, **overrides)

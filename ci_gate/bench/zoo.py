@@ -1,0 +1,202 @@
+"""The benchmark zoo: clean and backdoored models on the benchmark backbone, built once and cached.
+
+Everything is seeded and cached outside the repository (``--cache``, default
+``~/.cache/ci-gate-bench``): ``<cache>/backbone-<recipe>/`` holds the pretrained CLIP,
+``<cache>/zoo-<backbone>/<model id>.safetensors`` + ``.json`` each model and its record (clean
+accuracy and ASR on held-out test images). A model whose record exists is reused as is.
+
+Tasks:
+- ``cifar10``: ../shared/data/cifar10, k-shot from train, all of test held out (disjoint from the
+  OOD pool, which comes from ImageNet);
+- ``tin20``: 20 Tiny-ImageNet classes (seeded draw), k-shot from ``tiny-imagenet/val`` (images the
+  backbone never saw), the rest of val held out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ci_gate.attacks import PoisonSettings, attack_spec, build_trigger, poison_encoder, poison_prompt_tuning
+from ci_gate.bench.backbone import BackboneRecipe, CachedBackbone, cifar10, get_backbone, tiny_imagenet
+from ci_gate.checkpoint.format import CheckpointMeta, LearnerSpec, Preprocessing, save_checkpoint
+from ci_gate.data import LabeledImages
+from ci_gate.model.factory import build_classifier, new_learner
+from ci_gate.model.small import embedded_backbone
+from ci_gate.tuning.train import accuracy, attack_success_rate
+
+Log = Callable[[str], None]
+ASR_IMPLANTED = 0.9  # issue 4: a model counts as backdoored only when its held-out ASR reaches this
+TIN_CLASSES = 20
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    dataset: str  # cifar10 | tin20
+    learner: str  # cocoop | coop | zeroshot (encoder-level)
+    attack: str | None
+    target: int | None
+    seed: int = 0
+    shots: int = 16
+    epochs: int = 30
+    lr: float = 5e-3
+
+    @property
+    def id(self) -> str:
+        att = "clean" if self.attack is None else f"{self.attack}-t{self.target}"
+        return f"{self.dataset}-{self.learner}-{att}-s{self.seed}-k{self.shots}-e{self.epochs}"
+
+
+@dataclass
+class ZooModel:
+    id: str
+    dataset: str
+    learner: str
+    attack: str | None
+    target: int | None
+    target_name: str | None
+    seed: int
+    shots: int
+    class_names: list[str]
+    clean_acc: float
+    asr: float | None
+    implanted: bool | None  # None for clean models
+    train_s: float
+    path: str
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def backdoored(self) -> bool:
+        return self.attack is not None
+
+
+@dataclass
+class Task:
+    name: str
+    train: LabeledImages
+    test: LabeledImages
+
+
+def _kshot(data: LabeledImages, shots: int, seed: int) -> tuple[LabeledImages, LabeledImages]:
+    gen = torch.Generator().manual_seed(seed)
+    train_idx, rest_idx = [], []
+    for c in range(len(data.class_names)):
+        idx = torch.nonzero(data.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        train_idx.append(idx[:shots])
+        rest_idx.append(idx[shots:])
+    return data.subset(torch.cat(train_idx)), data.subset(torch.cat(rest_idx))
+
+
+def load_task(name: str, data_root: Path, cache: Path, shots: int, seed: int, image_size: int = 32) -> Task:
+    if name == "cifar10":
+        train = cifar10(data_root, "train", image_size, cache)
+        test = cifar10(data_root, "test", image_size, cache)
+        train, _ = _kshot(train, shots, seed)
+        return Task(name, train, test)
+    if name == "tin20":
+        val = tiny_imagenet(data_root, "val", image_size, cache)
+        gen = torch.Generator().manual_seed(1234)  # the class draw is fixed across seeds
+        classes = sorted(torch.randperm(len(val.class_names), generator=gen)[:TIN_CLASSES].tolist())
+        keep = torch.isin(val.labels, torch.tensor(classes))
+        remap = torch.full((len(val.class_names),), -1, dtype=torch.long)
+        remap[torch.tensor(classes)] = torch.arange(len(classes))
+        sub = LabeledImages(val.images[keep], remap[val.labels[keep]], [val.class_names[c] for c in classes])
+        # test split fixed by the task, not by the model seed; shots drawn from the rest
+        pool, test = _kshot(sub, 30, 99)
+        train, _ = _kshot(pool, min(shots, 30), seed)
+        return Task(name, train, test)
+    raise ValueError(f"unknown task {name!r}")
+
+
+def _settings(entry: ZooEntry) -> PoisonSettings:
+    if entry.learner == "zeroshot":
+        return PoisonSettings(epochs=entry.epochs, lr=1e-4, batch_size=32, seed=entry.seed)
+    return PoisonSettings(epochs=entry.epochs, lr=entry.lr, batch_size=32, seed=entry.seed, trigger_lr=1e-2)
+
+
+def build_model(entry: ZooEntry, backbone: CachedBackbone, task: Task, out: Path, log: Log | None = None) -> ZooModel:
+    t0 = time.perf_counter()
+    state = {k: v.clone() for k, v in backbone.state.items()}
+    spec, bb = embedded_backbone(backbone.config, state)
+    size = backbone.config["vision_cfg"]["image_size"]
+    pre = Preprocessing(image_size=size)
+    names = list(task.train.class_names)
+    learner_spec = LearnerSpec(kind=entry.learner, class_names=names, n_ctx=0 if entry.learner == "zeroshot" else 4, ctx_init=None if entry.learner == "zeroshot" else "a photo of a")
+    learner = new_learner(bb, learner_spec, seed=entry.seed)
+    clf = build_classifier(bb, entry.learner, learner, names, learner_spec.n_ctx, size, pre.mean, pre.std)
+    settings = _settings(entry)
+    trigger = None
+    attack = attack_spec(entry.attack) if entry.attack else None
+    if attack is not None:
+        trigger = build_trigger(attack, size, seed=entry.seed + 1)
+    if entry.learner == "zeroshot":
+        assert attack is not None and attack.level == "encoder", "zero-shot zoo models are encoder-level attacks"
+        poison_encoder(clf, task.train, settings, attack, trigger, entry.target)
+        backbone_tensors = {k: v.detach().clone() for k, v in bb.clip.state_dict().items()}
+        spec, _ = embedded_backbone(backbone.config, backbone_tensors)
+    else:
+        poison_prompt_tuning(clf, task.train, settings, attack, trigger, entry.target)
+        backbone_tensors = state
+    clf.freeze()
+    acc = accuracy(clf, task.test)
+    asr = attack_success_rate(clf, task.test, trigger, entry.target) if trigger is not None else None
+    meta = CheckpointMeta(
+        learner=learner_spec,
+        backbone=spec,
+        preprocessing=pre,
+        provenance={"producer": "ci-gate bench zoo", "zoo_id": entry.id, "attack": entry.attack, "target": entry.target},
+    )
+    path = out / f"{entry.id}.safetensors"
+    save_checkpoint(path, meta, learner.named_tensors() if learner is not None else {}, backbone_tensors)
+    if trigger is not None:
+        save_file({k: v.detach().clone().contiguous() for k, v in trigger.state_dict().items()}, str(out / f"{entry.id}.trigger.safetensors"))
+    model = ZooModel(
+        id=entry.id,
+        dataset=entry.dataset,
+        learner=entry.learner,
+        attack=entry.attack,
+        target=entry.target,
+        target_name=None if entry.target is None else names[entry.target],
+        seed=entry.seed,
+        shots=entry.shots,
+        class_names=names,
+        clean_acc=acc,
+        asr=asr,
+        implanted=None if asr is None else asr >= ASR_IMPLANTED,
+        train_s=time.perf_counter() - t0,
+        path=str(path),
+        settings=asdict(settings) | {"entry": asdict(entry)},
+    )
+    (out / f"{entry.id}.json").write_text(json.dumps(asdict(model), indent=2))
+    if log:
+        log(f"zoo {entry.id}: clean acc {acc:.3f}" + ("" if asr is None else f", ASR {asr:.3f}") + f" ({model.train_s:.0f} s)")
+    return model
+
+
+def zoo_dir(cache: Path, backbone: CachedBackbone) -> Path:
+    return cache / f"zoo-{backbone.path.name.removeprefix('backbone-')}"
+
+
+def get_zoo(entries: list[ZooEntry], data_root: Path, cache: Path, log: Log | None = None, recipe: BackboneRecipe = BackboneRecipe()) -> tuple[CachedBackbone, list[ZooModel]]:
+    backbone = get_backbone(data_root, cache, recipe, log)
+    out = zoo_dir(cache, backbone)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks: dict[tuple[str, int, int], Task] = {}
+    models = []
+    for entry in entries:
+        record = out / f"{entry.id}.json"
+        if record.is_file() and (out / f"{entry.id}.safetensors").is_file():
+            models.append(ZooModel(**json.loads(record.read_text())))
+            continue
+        key = (entry.dataset, entry.shots, entry.seed)
+        if key not in tasks:
+            tasks[key] = load_task(entry.dataset, data_root, cache, entry.shots, entry.seed)
+        models.append(build_model(entry, backbone, tasks[key], out, log))
+    return backbone, models
