@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_has_what_github_code_scanning_requires(tmp_path):
     assert log["$schema"] == "https://json.schemastore.org/sarif-2.1.0.json" and log["version"] == "2.1.0"
     [run] = log["runs"]
     driver = run["tool"]["driver"]
-    assert driver["name"] == "ci-gate" and driver["version"] == "0.1.0" and driver["informationUri"].startswith("https://")
+    assert driver["name"] == "ci-gate" and driver["version"] == "0.1.0"
     rules = {r["id"]: r for r in driver["rules"]}
     assert rules["CIG001"]["name"] == "backdoor-detected" and rules["CIG002"]["name"] == "suspicious-class"
     for rule in rules.values():
@@ -179,3 +180,21 @@ def test_other_github_limits(tmp_path):
     tagged["runs"][0]["tool"]["driver"]["rules"][0]["properties"]["tags"] = [f"t{i}" for i in range(21)]
     with pytest.raises(SarifLimitError, match="21 tags"):
         sarif.check_github_limits(tagged, encoded)
+
+
+def test_information_uri_comes_from_project_url(tmp_path, validator, monkeypatch):
+    import ci_gate
+
+    # set: an absolute https URL, the same one everywhere
+    if ci_gate.PROJECT_URL is not None:
+        parsed = urllib.parse.urlsplit(ci_gate.PROJECT_URL)
+        assert parsed.scheme == "https" and parsed.netloc, "PROJECT_URL must be an absolute https URL"
+    monkeypatch.setattr(ci_gate, "PROJECT_URL", "https://example.org/ci-gate")
+    log = _log(tmp_path / "set")
+    assert log["runs"][0]["tool"]["driver"]["informationUri"] == "https://example.org/ci-gate"
+    assert _errors(validator, log) == []
+    # unset: the optional field is left out, never filled with a placeholder
+    monkeypatch.setattr(ci_gate, "PROJECT_URL", None)
+    log = _log(tmp_path / "unset")
+    assert "informationUri" not in log["runs"][0]["tool"]["driver"]
+    assert _errors(validator, log) == []

@@ -16,13 +16,13 @@ import posixpath
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import ci_gate
 from ci_gate.errors import CiGateError
 from ci_gate.report.settings import report_settings
 from ci_gate.result import ClassResult, Result
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
-INFORMATION_URI = "https://github.com/ci-gate/ci-gate"
 FINGERPRINT_KEY = "ciGate/v1"
 
 # GitHub rejects or silently truncates uploads beyond these (docs: "SARIF support for code
@@ -183,15 +183,12 @@ def build_sarif(result: Result, source_root: Path | None = None) -> dict:
         }
         for rule_id, level, cls in findings
     ]
+    driver = {"name": result.tool.name, "version": result.tool.version}
+    if ci_gate.PROJECT_URL:  # optional in SARIF; never a made-up address
+        driver["informationUri"] = ci_gate.PROJECT_URL
+    driver["rules"] = rules
     run = {
-        "tool": {
-            "driver": {
-                "name": result.tool.name,
-                "version": result.tool.version,
-                "informationUri": INFORMATION_URI,
-                "rules": rules,
-            }
-        },
+        "tool": {"driver": driver},
         # One category per checkpoint: a workflow matrix over several models uploads one SARIF per
         # model for the same commit, and GitHub replaces earlier uploads of the same category.
         "automationDetails": {"id": f"ci-gate/{uri}/"},
