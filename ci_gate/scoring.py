@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 MAD_TO_SIGMA = 1.4826  # makes the MAD a consistent estimator of a normal distribution's sigma
+REFERENCE_STATISTICS = ("ref_loss_gain", "ref_asr_gain", "ref_drop_gain")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,11 @@ class ClassStats:
     base_rate: float
     final_loss: float
     clean_loss: float = 0.0  # mean margin loss of the clean pool for this class
+    # clean reference: the same backbone with hand-written prompts ("a photo of a {class}."),
+    # inverted with the same settings and pool; None when no reference was run
+    ref_asr: float | None = None
+    ref_final_loss: float | None = None
+    ref_clean_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,17 @@ def class_statistic(kind: str, stats: ClassStats) -> float:
         # how far the trigger moves the margin; a class the pool already leans towards has a low
         # clean loss and so gains little, which cancels naturally easy classes
         return stats.clean_loss - stats.final_loss
+    if kind in REFERENCE_STATISTICS:
+        if stats.ref_final_loss is None or stats.ref_asr is None or stats.ref_clean_loss is None:
+            raise ValueError(f"statistic {kind!r} needs the clean-reference inversion (ref_* fields)")
+        if kind == "ref_loss_gain":
+            # how much lower the delivered model's inversion loss is than the hand-written-prompt
+            # model's on the same backbone: the backdoor makes its target easier than CLIP itself
+            return stats.ref_final_loss - stats.final_loss
+        if kind == "ref_asr_gain":
+            return stats.asr - stats.ref_asr
+        if kind == "ref_drop_gain":
+            return (stats.clean_loss - stats.final_loss) - (stats.ref_clean_loss - stats.ref_final_loss)
     raise ValueError(f"unknown statistic {kind!r}")
 
 
