@@ -66,8 +66,14 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # click usage errors and friends
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+        # typer >= 0.20 vendors click: its usage errors (unknown option, missing argument) derive
+        # from typer.TyperException, not click's ClickException. Both are bad input: exit 2.
+        usage_errors = (click.exceptions.ClickException, *([typer.TyperException] if hasattr(typer, "TyperException") else []))
+        if isinstance(exc, usage_errors):
+            if hasattr(exc, "show"):
+                exc.show()
+            else:
+                typer.echo(f"ci-gate: error: {exc}", err=True)
             sys.exit(2)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)

@@ -62,3 +62,15 @@ def test_report_format_help_lists_every_format():
     from ci_gate.report import FORMATS
 
     assert FORMATS_HELP.split(",") == list(FORMATS)
+
+
+def test_usage_errors_exit_2_without_a_traceback(tmp_path):
+    # exit 1 means "the gate fails"; a mistyped flag in a workflow must not read as a backdoor
+    done = [
+        subprocess.run([sys.executable, "-m", "ci_gate", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        for argv in (["verify", "x.safetensors", "--bogus"], ["report"], ["no-such-command"])
+    ]
+    assert [d.returncode for d in done] == [2, 2, 2], [d.stderr for d in done]
+    assert all("Traceback" not in d.stderr for d in done)
+    assert "--bogus" in done[0].stderr and "result_json" in done[1].stderr.lower()
