@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-_BENCHMARKS: tuple[str, ...] = ()
+_BENCHMARKS: tuple[str, ...] = ("detection",)
 
 
 def register(app: typer.Typer) -> None:

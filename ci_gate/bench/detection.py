@@ -1,0 +1,362 @@
+"""``ci-gate bench detection``: how often is ci-gate right? (issue 4)
+
+Builds or reuses the zoo (ci_gate.bench.zoo), scans every model whose backdoor really implanted
+(held-out ASR >= 90%) and every clean model with
+
+- CLIP-Inspector exactly as ``ci-gate verify`` runs it (``run_scan`` with the bundled default
+  policy, CPU),
+- the clean reference: the same backbone with hand-written prompts, inverted with the same
+  settings and pool (feeds the ``ref_*`` statistics of ci_gate.scoring),
+- Neural Cleanse and Pixel Backdoor (ci_gate.baselines) on the same classifier, pool and classes,
+
+and writes ``detection.json``, ``detection.md`` and ``roc.png`` to ``--out``. Per-model results
+are kept under ``--out/models/`` and reused, so an interrupted full run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ci_gate.baselines import BaselineSettings, neural_cleanse, pixel_backdoor
+from ci_gate.bench import metrics
+from ci_gate.bench.zoo import ATTACK_ORDER, ZooModel, get_zoo, profile_entries
+from ci_gate.inversion import InversionSettings, base_rates, invert
+from ci_gate.model import load_classifier
+from ci_gate.model.factory import build_classifier
+from ci_gate.policy import Policy, load_policy
+from ci_gate.pool import load_pool
+from ci_gate.scoring import ClassStats, decide
+
+DEFAULT_CACHE = Path.home() / ".cache" / "ci-gate-bench"
+DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+STATISTICS = ("loss_drop", "neg_loss", "asr", "asr_gain", "ref_loss_gain", "ref_asr_gain", "ref_drop_gain")
+
+PROFILES = {
+    # baselines: epochs over the pool and pool size (the paper: 5 epochs over the full pool)
+    "quick": {"baseline_epochs": 2, "baseline_pool": 256},
+    "full": {"baseline_epochs": 5, "baseline_pool": 1000},
+}
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclass
+class ModelScan:
+    model: str
+    ci: dict  # verdict, target, score (max anomaly), seconds, classes (per-class raw stats)
+    reference: dict  # per-class ref stats, seconds
+    nc: dict
+    pixel: dict
+
+
+def _ci_scan(model: ZooModel, policy: Policy, pool_path: str, out: Path) -> dict:
+    from ci_gate.scan import ScanRequest, run_scan
+
+    res = run_scan(ScanRequest(checkpoint=Path(model.path), policy=policy, pool=pool_path, out_dir=out))
+    classes = [
+        {"index": c.index, "name": c.name, "asr": c.asr, "base_rate": c.base_rate, "final_loss": c.final_loss, "clean_loss": c.clean_loss, "anomaly": c.anomaly}
+        for c in res.classes
+    ]
+    score = max((c["anomaly"] for c in classes if math.isfinite(c["anomaly"])), default=math.nan)
+    return {"verdict": res.verdict, "target": res.target_index, "score": score, "seconds": res.timings.total_s, "inversion_s": res.timings.inversion_s, "classes": classes}
+
+
+def _reference(model: ZooModel, policy: Policy, images: torch.Tensor) -> dict:
+    """Invert the delivered checkpoint's backbone with hand-written prompts (zero-shot)."""
+    t0 = time.perf_counter()
+    loaded = load_classifier(model.path)
+    pre = loaded.checkpoint.meta.preprocessing
+    clf = build_classifier(loaded.backbone, "zeroshot", None, list(loaded.classifier.class_names), 0, pre.image_size, pre.mean, pre.std)
+    clf.freeze()
+    inv = policy.inversion
+    settings = InversionSettings(epsilon=inv.epsilon, lr=inv.lr, batch_size=inv.batch_size, epochs=inv.epochs, loss=inv.loss, seed=policy.seed)
+    trig = invert(clf, images, settings, class_batch=clf.n_classes)
+    rates, clean = base_rates(clf, images)
+    return {
+        "classes": [{"index": t.index, "asr": t.asr, "final_loss": t.final_loss, "clean_loss": float(clean[t.index]), "base_rate": float(rates[t.index])} for t in trig],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _baseline(fn, model: ZooModel, images: torch.Tensor, settings: BaselineSettings) -> dict:
+    loaded = load_classifier(model.path)
+    clf = loaded.classifier
+    res = fn(clf, images, settings)
+    return {
+        "verdict": "backdoor" if res.flagged else "clean",
+        "target": res.target,
+        "score": res.score,
+        "seconds": res.seconds,
+        "classes": [asdict(c) | {"anomaly": a} for c, a in zip(res.classes, res.anomaly)],
+    }
+
+
+def scan_model(model: ZooModel, policy: Policy, pool_path: str, pool_images: torch.Tensor, profile: dict, out: Path) -> ModelScan:
+    record = out / "models" / f"{model.id}.json"
+    key = {"policy": policy.sha256(), "profile": profile, "pool": pool_path}
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        if saved.get("key") == key:
+            return ModelScan(**saved["scan"])
+    torch.manual_seed(0)
+    ci = _ci_scan(model, policy, pool_path, out / "scans" / model.id)
+    ref = _reference(model, policy, pool_images)
+    bsettings = BaselineSettings(epochs=profile["baseline_epochs"])
+    base_images = pool_images[: profile["baseline_pool"]]
+    nc = _baseline(neural_cleanse, model, base_images, bsettings)
+    px = _baseline(pixel_backdoor, model, base_images, bsettings)
+    scan = ModelScan(model=model.id, ci=ci, reference=ref, nc=nc, pixel=px)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"key": key, "scan": asdict(scan)}, indent=1))
+    return scan
+
+
+def class_stats(scan: ModelScan) -> list[ClassStats]:
+    ref = {c["index"]: c for c in scan.reference["classes"]}
+    return [
+        ClassStats(
+            asr=c["asr"], base_rate=c["base_rate"], final_loss=c["final_loss"], clean_loss=c["clean_loss"],
+            ref_asr=ref[c["index"]]["asr"], ref_final_loss=ref[c["index"]]["final_loss"], ref_clean_loss=ref[c["index"]]["clean_loss"],
+        )
+        for c in scan.ci["classes"]
+    ]
+
+
+def _summary(rows: list[dict]) -> dict:
+    """rows: {positive, flagged, target_pred, target_true, score}."""
+    if not rows:
+        return {"n": 0}
+    pos = [r["positive"] for r in rows]
+    return {
+        "n": len(rows),
+        "n_backdoored": sum(pos),
+        "accuracy": metrics.detection_accuracy([r["flagged"] for r in rows], pos),
+        "auroc": metrics.auroc([r["score"] for r in rows], pos),
+        "target_f1": metrics.target_f1([r["target_pred"] for r in rows], [r["target_true"] for r in rows]),
+        "confusion": metrics.confusion([r["flagged"] for r in rows], pos),
+    }
+
+
+def _rows_for(method: str, models: list[ZooModel], scans: dict[str, ModelScan], policy: Policy, statistic: str | None = None) -> list[dict]:
+    det = policy.detection
+    rows = []
+    for m in models:
+        s = scans[m.id]
+        if method == "ci":
+            stat = statistic or det.statistic
+            d = decide(class_stats(s), stat, det.k, det.min_asr, det.mad_floor)
+            finite = [a for a in d.anomaly if math.isfinite(a)]
+            flagged, target, score = d.verdict == "backdoor", d.target, max(finite) if finite else math.nan
+        else:
+            r = getattr(s, method)
+            flagged, target, score = r["verdict"] == "backdoor", r["target"], r["score"]
+        rows.append({"model": m.id, "attack": m.attack or "clean", "dataset": m.dataset, "learner": m.learner, "positive": m.backdoored, "flagged": flagged, "target_pred": target, "target_true": m.target, "score": score})
+    return rows
+
+
+def _breakdown(rows: list[dict], key: str) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r[key], []).append(r)
+    out = {}
+    for name, g in groups.items():
+        out[name] = {
+            "n": len(g),
+            "correct": sum(1 for r in g if r["flagged"] == r["positive"]),
+            "target_right": sum(1 for r in g if r["positive"] and r["target_pred"] == r["target_true"]),
+        }
+        if key != "attack":
+            out[name].update({k: v for k, v in _summary(g).items() if k in ("accuracy", "auroc", "target_f1")})
+    return out
+
+
+def evaluate(models: list[ZooModel], scans: dict[str, ModelScan], policy: Policy) -> dict:
+    counted = [m for m in models if not m.backdoored or m.implanted]
+    out = {"methods": {}, "statistics": {}}
+    for method in ("ci", "nc", "pixel"):
+        rows = _rows_for(method, counted, scans, policy)
+        out["methods"][method] = {
+            "overall": _summary(rows),
+            "per_attack": _breakdown(rows, "attack"),
+            "per_dataset": _breakdown(rows, "dataset"),
+            "per_learner": _breakdown(rows, "learner"),
+            "roc": metrics.roc_curve([r["score"] for r in rows], [r["positive"] for r in rows]),
+            "rows": rows,
+        }
+    for stat in STATISTICS:
+        rows = _rows_for("ci", counted, scans, policy, statistic=stat)
+        out["statistics"][stat] = _summary(rows) | {"per_attack": _breakdown(rows, "attack")}
+    return out
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return "nan" if math.isnan(x) else f"{x:.3f}"
+    return str(x)
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    ev = report["evaluation"]
+    lines = [f"# ci-gate detection benchmark ({report['profile']} profile)", ""]
+    bb = report["backbone"]
+    lines += [
+        f"Backbone: `{bb['recipe']['config']}` CLIP pretrained here on {bb['corpus_images']} images / {bb['corpus_classes']} captioned classes "
+        f"({bb['pretrain_s']:.0f} s); zero-shot top-1 tiny-imagenet/val {bb['zero_shot_tiny_imagenet_val']:.3f}, cifar10/test {bb['zero_shot_cifar10_test']:.3f}.",
+        "",
+        f"Models: {report['counts']['total']} built, {report['counts']['clean']} clean, {report['counts']['implanted']} backdoored and implanted (ASR >= 0.9), "
+        f"{report['counts']['failed']} attacks failed to implant (excluded from the detection metrics). Total wall time {report['wall_s'] / 60:.1f} min.",
+        "",
+        "## Detection (default policy for CI; baselines at anomaly index > 2)",
+        "",
+        "| method | models | accuracy | AUROC | target F1 | TP | FP | TN | FN | mean s/scan |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = {"ci": "CLIP-Inspector (ci-gate)", "nc": "Neural Cleanse", "pixel": "Pixel Backdoor"}
+    for m, label in names.items():
+        o = ev["methods"][m]["overall"]
+        c = o.get("confusion", {})
+        lines.append(f"| {label} | {o['n']} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {c.get('tp')} | {c.get('fp')} | {c.get('tn')} | {c.get('fn')} | {report['mean_seconds'][m]:.1f} |")
+    lines += ["", "## Per attack (correct verdicts / models; right target among backdoored)", "", "| attack | n | CI | CI target | NC | NC target | Pixel | Pixel target |", "|---|---|---|---|---|---|---|---|"]
+    for att, g in ev["methods"]["ci"]["per_attack"].items():
+        nc, px = ev["methods"]["nc"]["per_attack"][att], ev["methods"]["pixel"]["per_attack"][att]
+        tgt = lambda d: "-" if att == "clean" else f"{d['target_right']}/{d['n']}"  # noqa: E731
+        lines.append(f"| {att} | {g['n']} | {g['correct']}/{g['n']} | {tgt(g)} | {nc['correct']}/{nc['n']} | {tgt(nc)} | {px['correct']}/{px['n']} | {tgt(px)} |")
+    lines += ["", "## Per dataset and learner", "", "| group | n | CI acc | CI AUROC | CI F1 | NC AUROC | Pixel AUROC |", "|---|---|---|---|---|---|---|"]
+    for key in ("per_dataset", "per_learner"):
+        for name, g in ev["methods"]["ci"][key].items():
+            nc, px = ev["methods"]["nc"][key][name], ev["methods"]["pixel"][key][name]
+            lines.append(f"| {name} | {g['n']} | {_fmt(g.get('accuracy'))} | {_fmt(g.get('auroc'))} | {_fmt(g.get('target_f1'))} | {_fmt(nc.get('auroc'))} | {_fmt(px.get('auroc'))} |")
+    lines += ["", "## CI statistic variants (k=2, min_asr=0.5, same scans)", "", "| statistic | accuracy | AUROC | target F1 | FP | FN |", "|---|---|---|---|---|---|"]
+    for stat, o in ev["statistics"].items():
+        c = o.get("confusion", {})
+        lines.append(f"| {stat} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {c.get('fp')} | {c.get('fn')} |")
+    lines += ["", "## Zoo", "", "| model | clean acc | ASR | implanted | CI verdict (target) | anomaly | NC | Pixel |", "|---|---|---|---|---|---|---|---|"]
+    ci_rows = {r["model"]: r for r in ev["methods"]["ci"]["rows"]}
+    nc_rows = {r["model"]: r for r in ev["methods"]["nc"]["rows"]}
+    px_rows = {r["model"]: r for r in ev["methods"]["pixel"]["rows"]}
+    for z in report["zoo"]:
+        r = ci_rows.get(z["id"])
+        ci = "-" if r is None else f"{'backdoor' if r['flagged'] else 'clean'} ({_fmt(r['target_pred'])})"
+        nc = "-" if z["id"] not in nc_rows else f"{'backdoor' if nc_rows[z['id']]['flagged'] else 'clean'} {_fmt(nc_rows[z['id']]['score'])}"
+        px = "-" if z["id"] not in px_rows else f"{'backdoor' if px_rows[z['id']]['flagged'] else 'clean'} {_fmt(px_rows[z['id']]['score'])}"
+        target = "" if z["target"] is None else f" (target {z['target']})"
+        lines.append(f"| {z['id']}{target} | {z['clean_acc']:.3f} | {_fmt(z['asr'])} | {_fmt(z['implanted'])} | {ci} | {_fmt(None if r is None else r['score'])} | {nc} | {px} |")
+    lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def draw_roc(curves: dict[str, list[tuple[float, float]]], aucs: dict[str, float], path: Path, size: int = 480) -> None:
+    """ROC plot with Pillow (no plotting dependency)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), "white")
+    d = ImageDraw.Draw(img)
+    m = 50
+    w = size - 2 * m
+    d.rectangle([m, m, m + w, m + w], outline="black")
+    d.line([m, m + w, m + w, m], fill=(190, 190, 190))
+    for i in range(1, 5):
+        t = m + w * i / 5
+        d.line([t, m + w, t, m + w + 4], fill="black")
+        d.line([m - 4, t, m, t], fill="black")
+        d.text((t - 8, m + w + 8), f"{i / 5:.1f}", fill="black")
+        d.text((m - 30, m + w - w * i / 5 - 5), f"{i / 5:.1f}", fill="black")
+    d.text((m + w / 2 - 40, size - 20), "false positive rate", fill="black")
+    d.text((5, m - 20), "true positive rate", fill="black")
+    colours = {"ci": (200, 30, 30), "nc": (30, 90, 200), "pixel": (40, 150, 60)}
+    labels = {"ci": "CLIP-Inspector", "nc": "Neural Cleanse", "pixel": "Pixel Backdoor"}
+    for n, (name, pts) in enumerate(curves.items()):
+        xy = []
+        for a, b in zip(pts, pts[1:]):  # step plot
+            xy += [(m + w * a[0], m + w - w * a[1]), (m + w * b[0], m + w - w * a[1]), (m + w * b[0], m + w - w * b[1])]
+        d.line(xy, fill=colours[name], width=3 - n % 2)
+        d.text((m + w - 190, m + w - 20 - 16 * (len(curves) - n)), f"{labels[name]}  AUROC {_fmt(aucs[name])}", fill=colours[name])
+    tmp = path.with_suffix(".tmp.png")
+    img.save(tmp)
+    tmp.replace(path)
+
+
+def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None, threads: int, limit: int | None = None) -> dict:
+    t0 = time.perf_counter()
+    torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = profile_entries(profile)
+    if limit:
+        entries = entries[:limit]
+    backbone, models = get_zoo(entries, data_root, cache, log=_log)
+    _log(f"zoo ready: {len(models)} models ({time.perf_counter() - t0:.0f} s)")
+    policy, _ = load_policy("default", overrides=["device=cpu"])
+    pool_path = pool or str(data_root / "ood" / "imagenet-1k")
+    size = backbone.config["vision_cfg"]["image_size"]
+    pool_images = load_pool(pool_path, size, policy.pool.min_images, policy.pool.max_images, seed=policy.seed).images
+    settings = PROFILES[profile]
+    scans: dict[str, ModelScan] = {}
+    to_scan = [m for m in models if not m.backdoored or m.implanted]
+    for i, m in enumerate(to_scan):
+        s = scan_model(m, policy, pool_path, pool_images, settings, out)
+        scans[m.id] = s
+        _log(
+            f"[{i + 1}/{len(to_scan)}] {m.id}: CI {s.ci['verdict']} ({s.ci['target']}, {s.ci['score']:.2f}, {s.ci['seconds']:.0f} s) "
+            f"NC {s.nc['verdict']} ({s.nc['score']:.2f}, {s.nc['seconds']:.0f} s) Pixel {s.pixel['verdict']} ({s.pixel['score']:.2f}, {s.pixel['seconds']:.0f} s)"
+        )
+    ev = evaluate(models, scans, policy)
+    mean_s = {k: (sum(getattr(s, k)["seconds"] for s in scans.values()) / max(1, len(scans))) for k in ("ci", "nc", "pixel")}
+    mean_s["reference"] = sum(s.reference["seconds"] for s in scans.values()) / max(1, len(scans))
+    report = {
+        "profile": profile,
+        "command": f"ci-gate bench detection --profile {profile} --cache {cache} --out {out}",
+        "backbone": backbone.info,
+        "zoo": [asdict(m) for m in models],
+        "counts": {
+            "total": len(models),
+            "clean": sum(1 for m in models if not m.backdoored),
+            "implanted": sum(1 for m in models if m.backdoored and m.implanted),
+            "failed": sum(1 for m in models if m.backdoored and not m.implanted),
+        },
+        "policy": {"name": policy.name, "sha256": policy.sha256(), "detection": policy.detection.model_dump()},
+        "baseline_settings": asdict(BaselineSettings(epochs=settings["baseline_epochs"])) | {"pool_images": settings["baseline_pool"]},
+        "evaluation": ev,
+        "mean_seconds": mean_s,
+        "wall_s": time.perf_counter() - t0,
+    }
+    tmp = out / "detection.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out / "detection.json")
+    write_markdown(report, out / "detection.md")
+    draw_roc({k: ev["methods"][k]["roc"] for k in ("ci", "nc", "pixel")}, {k: ev["methods"][k]["overall"].get("auroc", math.nan) for k in ("ci", "nc", "pixel")}, out / "roc.png")
+    _log(f"wrote {out / 'detection.json'}, detection.md, roc.png ({report['wall_s'] / 60:.1f} min)")
+    return report
+
+
+def register(bench_app) -> None:
+    import typer
+
+    @bench_app.command("detection")
+    def detection(
+        profile: str = typer.Option("quick", "--profile", help="quick (about 15 min on 2 CPU cores once the backbone is cached) or full (40+ models)."),
+        cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="Where the backbone, datasets and zoo are cached (outside the repository)."),
+        out: Path = typer.Option(Path("bench-detection"), "--out", help="Folder for detection.json, detection.md, roc.png."),
+        data: Path = typer.Option(DATA_ROOT, "--data", help="The shared data folder (cifar10, tiny-imagenet, ood)."),
+        pool: str = typer.Option(None, "--pool", help="OOD pool (default: <data>/ood/imagenet-1k)."),
+        threads: int = typer.Option(1, "--threads", help="torch threads (leave cores to others on shared machines)."),
+        limit: int = typer.Option(None, "--limit", help="Only the first N zoo models (smoke runs)."),
+    ) -> None:
+        """Build or reuse the zoo, scan it with CI, Neural Cleanse and Pixel Backdoor, report."""
+        if profile not in PROFILES:
+            raise typer.BadParameter(f"profile must be one of {sorted(PROFILES)}")
+        report = run(profile, cache, out, data, pool, threads, limit)
+        ci = report["evaluation"]["methods"]["ci"]["overall"]
+        typer.echo(f"CI accuracy {_fmt(ci.get('accuracy'))} AUROC {_fmt(ci.get('auroc'))} target F1 {_fmt(ci.get('target_f1'))}; see {out / 'detection.md'}")
+
+
+__all__ = ["register", "run", "evaluate", "draw_roc", "replace"]
