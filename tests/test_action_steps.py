@@ -24,14 +24,18 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 TOKEN = "ghs_actionStepsT0ken"
 
-# verify/repair stand-ins; everything else goes to the real CLI with only the commands the steps
-# use registered, so the test does not pay for importing torch.
+# verify/repair stand-ins; everything else goes to the real CLI (which starts without torch, see
+# test_cli_startup.py).
 SHIM = """#!/bin/bash
 if [ "$1" = verify ]; then
-  printf '%s\\n' "$@" > "$CI_GATE_TEST_LOG.verify"
   out=""; prev=""; for a in "$@"; do [ "$prev" = --out ] && out="$a"; prev="$a"; done
-  "$PYTHON" -c "import sys; sys.path.insert(0, '$TESTS'); from pathlib import Path; from result_factory import saved_result; saved_result(Path(sys.argv[1]), model_path='models/coop.safetensors')" "$out"
-  exit 1
+  case "$2" in
+    */repaired/*) log=reverify; verdict=clean; code=0 ;;
+    *) log=verify; verdict=backdoor; code=1 ;;
+  esac
+  printf '%s\\n' "$@" > "$CI_GATE_TEST_LOG.$log"
+  "$PYTHON" -c "import sys; sys.path.insert(0, '$TESTS'); from pathlib import Path; from result_factory import saved_result; saved_result(Path(sys.argv[1]), model_path='models/coop.safetensors', verdict=sys.argv[2])" "$out" "$verdict"
+  exit $code
 fi
 if [ "$1" = repair ]; then
   printf '%s\\n' "$@" > "$CI_GATE_TEST_LOG.repair"
@@ -39,7 +43,7 @@ if [ "$1" = repair ]; then
   mkdir -p "$(dirname "$out")" && printf 'repaired\\0' > "$out"
   exit 0
 fi
-exec "$PYTHON" -c "import ci_gate.commands as c; c._MODULES = ('report', 'github'); from ci_gate.cli import main; main()" "$@"
+exec "$PYTHON" -m ci_gate "$@"
 """
 
 
@@ -81,7 +85,8 @@ def test_pull_request_with_backdoor_repair_and_auto_commit(tmp_path):
         inputs = {name: str(spec.get("default", "")) for name, spec in action["inputs"].items()}
         inputs.update(
             {"checkpoint": "models/coop.safetensors", "repair": "true", "clean-data": "/data/clean", "auto-commit": "true",
-             "token": TOKEN, "extra-args": "--set detection.k=2.5", "fail-on": "suspicious"}
+             "token": TOKEN, "extra-args": "--set detection.k=2.5", "fail-on": "suspicious",
+             "backbone-weights": "/weights/vit-b-16.safetensors"}
         )
         outputs: dict[str, dict[str, str]] = {"setup": {"artifact-name": "ci-gate-report-models_coop.safetensors"}}
         substitute = _expressions(fake, inputs, outputs)
@@ -109,7 +114,9 @@ def test_pull_request_with_backdoor_repair_and_auto_commit(tmp_path):
 
     verify_args = (tmp_path / "log.verify").read_text().split("\n")
     assert verify_args[:2] == ["verify", "models/coop.safetensors"]
-    assert "--display-path" in verify_args and "report.fail_on=suspicious" in verify_args and "detection.k=2.5" in verify_args
+    assert "--display-path" in verify_args and "detection.k=2.5" in verify_args
+    assert verify_args[verify_args.index("--fail-on") + 1] == "suspicious"
+    assert verify_args[verify_args.index("--backbone-weights") + 1] == "/weights/vit-b-16.safetensors"
     assert outputs["verify"]["exit-code"] == "1"
     assert outputs["publish"]["verdict"] == "backdoor" and outputs["publish"]["target-class"] == "cat"
     assert (workspace / outputs["publish"]["report-html"]).is_file()
@@ -124,6 +131,13 @@ def test_pull_request_with_backdoor_repair_and_auto_commit(tmp_path):
 
     repair_args = (tmp_path / "log.repair").read_text().split("\n")
     assert repair_args[:2] == ["repair", "models/coop.safetensors"] and "--clean-data" in repair_args
+    # the repaired model is verified again, under the same gate settings, before it is committed
+    repaired = outputs["repair"]["candidate"]
+    reverify_args = (tmp_path / "log.reverify").read_text().split("\n")
+    assert reverify_args[:2] == ["verify", repaired]
+    assert reverify_args[reverify_args.index("--fail-on") + 1] == "suspicious" and "detection.k=2.5" in reverify_args
+    assert reverify_args[reverify_args.index("--display-path") + 1] == "models/coop.safetensors"
+    assert outputs["reverify"]["repaired-checkpoint"] == repaired
     [pr] = fake.pulls
     assert (pr["head"], pr["base"]) == ("ci-gate/repair/feature", "feature")
     head = fake.refs["refs/heads/ci-gate/repair/feature"]

@@ -21,12 +21,12 @@ def action() -> dict:
 def test_inputs_and_outputs(action):
     expected_inputs = {
         "checkpoint", "policy", "pool", "output-dir", "fail-on", "upload-sarif", "repair", "clean-data",
-        "auto-commit", "branch", "python", "extra-args",
+        "auto-commit", "branch", "python", "extra-args", "backbone-weights",
     }
     assert expected_inputs <= set(action["inputs"])
     assert action["inputs"]["checkpoint"]["required"] is True
     assert action["inputs"]["policy"]["default"] == "default"
-    assert {"verdict", "target-class", "report-html", "report-sarif", "result-json"} <= set(action["outputs"])
+    assert {"verdict", "target-class", "report-html", "report-sarif", "report-md", "result-json"} <= set(action["outputs"])
 
 
 def test_outputs_and_conditions_reference_existing_steps(action):
@@ -57,16 +57,23 @@ def test_scripts_are_valid_bash(action):
 def test_flow_installs_itself_verifies_publishes_and_exits_with_verifys_code(action):
     steps = action["runs"]["steps"]
     names = [s.get("id") or s.get("uses") or s["name"] for s in steps]
-    assert names.index("setup") < names.index("verify") < names.index("publish") < names.index("repair") < names.index("commit")
+    assert (
+        names.index("setup") < names.index("verify") < names.index("publish") < names.index("repair")
+        < names.index("reverify") < names.index("commit")
+    )
     setup = steps[0]["run"]
     assert 'pip install' in setup and '"$GITHUB_ACTION_PATH"' in setup
     assert any(s.get("uses", "").startswith("actions/upload-artifact@") for s in steps)
     joined = "\n".join(s.get("run", "") for s in steps)
     for command in ("ci-gate github upload-sarif", "ci-gate github comment", "ci-gate github outputs", "ci-gate report"):
         assert command in joined
-    # the repaired checkpoint is committed only when repair (which re-verifies) succeeded
+    # the repaired checkpoint is committed only when the action verified it again and it passed
+    # (a push with the workflow token starts no new run that could check it)
     commit = next(s for s in steps if s.get("id") == "commit")
-    assert "steps.repair.outputs.repaired-checkpoint != ''" in commit["if"]
+    assert "steps.reverify.outputs.repaired-checkpoint != ''" in commit["if"]
+    reverify = next(s for s in steps if s.get("id") == "reverify")
+    assert reverify["run"].lstrip().startswith("set -uo pipefail\nargs=(verify \"$CANDIDATE\"")
+    assert 'if [ "$code" -eq 0 ]; then\n  echo "repaired-checkpoint=$CANDIDATE"' in reverify["run"]
     last = steps[-1]
     assert last["if"] == "always()" and "steps.verify.outputs.exit-code" in last["env"]["CODE"]
     assert 'exit "$code"' in last["run"]
