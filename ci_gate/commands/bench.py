@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-_BENCHMARKS: tuple[str, ...] = ("detection",)
+_BENCHMARKS: tuple[str, ...] = ("detection", "speed")
 
 
 def register(app: typer.Typer) -> None:

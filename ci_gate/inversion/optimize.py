@@ -2,9 +2,14 @@
 
 ``invert`` is the fast path: several candidate classes are optimised together in one batch
 (their losses are summed, so each trigger only receives its own gradient, and Adam is
-element-wise, which makes the joint run equal to separate runs), and the classifier runs with
-truncated, cached text encoding. ``invert_reference`` is the straightforward one-class-at-a-time
-loop the paper describes; tests and ``ci-gate bench speed`` hold the two equal.
+element-wise, which makes the joint run equal to separate runs; the image tower has no
+cross-sample layers such as batch norm in eval mode), and the classifier runs with truncated,
+cached and shared-prefix text encoding. ``invert_reference`` is the straightforward
+one-class-at-a-time loop the paper describes; tests/test_inversion_exact.py and
+``ci-gate bench speed`` hold the two equal.
+
+Every class sees the same seeded batch order whichever group or process it runs in, which is
+what lets ``ci_gate.distributed`` split the classes across processes and merge the results.
 """
 
 from __future__ import annotations
@@ -139,8 +144,11 @@ def invert_reference(
     settings: InversionSettings,
     classes: list[int] | None = None,
 ) -> list[ClassTrigger]:
-    """Straightforward path: one class at a time, full 77-token text encoding, nothing cached."""
+    """Straightforward path: one class at a time, full 77-token text encoding through open_clip's
+    own blocks, nothing cached, fp32 whatever the classifier's autocast setting."""
+    dtype = classifier.autocast_dtype
     classifier.fast = False
+    classifier.autocast_dtype = None
     classifier.freeze()
     try:
         classes = list(range(classifier.n_classes)) if classes is None else list(classes)
@@ -148,6 +156,7 @@ def invert_reference(
         return [r for t in classes for r in _optimise_group(classifier, images, [t], settings, order, None)]
     finally:
         classifier.fast = True
+        classifier.autocast_dtype = dtype
         classifier.freeze()
 
 

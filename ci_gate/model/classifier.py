@@ -15,9 +15,12 @@ from ci_gate.model.text import TextEncoder
 class PromptedClassifier(nn.Module):
     """Frozen CLIP image/text towers + a prompt learner (or fixed zero-shot text features).
 
-    ``fast=True`` truncates text sequences at the longest prompt's EOS and caches text features
-    that do not depend on the input; ``fast=False`` is the straightforward reference (full
-    context, recomputed every call). Both give the same logits up to float rounding.
+    ``fast=True`` truncates text sequences at the longest prompt's EOS, caches text features
+    that do not depend on the input (CoOp, zero-shot) and, for CoCoOp, encodes each image's
+    context prefix once for all classes (ci_gate.model.text); ``fast=False`` is the
+    straightforward reference (full context through open_clip's own blocks, recomputed every
+    call). Both give the same logits up to float rounding; tests/test_inversion_exact.py holds
+    them to it.
     """
 
     def __init__(
@@ -60,7 +63,13 @@ class PromptedClassifier(nn.Module):
         return self.learner is not None and self.learner.meta_net is not None
 
     def text_length(self) -> int:
-        return self.prompts.fast_length if self.fast else self.text.context_length
+        # truncation is only exact for a causal text tower
+        return self.prompts.fast_length if self.fast and self.text.causal else self.text.context_length
+
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether the fast path encodes CoCoOp prompts with the shared per-image prefix."""
+        return self.fast and self.conditional and self.text.shares_prefix and self.prompts.sos_shared
 
     def freeze(self) -> "PromptedClassifier":
         """Freeze every weight and cache input-independent text features (for inversion)."""
@@ -95,7 +104,10 @@ class PromptedClassifier(nn.Module):
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             img = self.image_features(images01)
-            if self.conditional:
+            if self.shares_prefix:
+                txt = F.normalize(self.learner.text_features_shared(self.text, self.prompts, img).float(), dim=-1)
+                logits = torch.einsum("bd,bcd->bc", img, txt)
+            elif self.conditional:
                 txt = F.normalize(self.learner.text_features(self.text, self.prompts, self.text_length(), img).float(), dim=-1)
                 logits = torch.einsum("bd,bcd->bc", img, txt)
             else:

@@ -39,10 +39,29 @@ class PromptTokens(nn.Module):
         self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)
         self.register_buffer("token_suffix", emb[:, 1 + n_ctx :].clone(), persistent=False)
         self.register_buffer("eos_index", eos, persistent=False)
+        # Kept on the host so the fast path never syncs with the device to learn shapes.
+        self.fast_length = int(eos.max()) + 1
+        # Classes grouped by EOS position (stable order), for the shared-prefix pass: within a
+        # group every prompt has the same length, so nothing is padded. ``group_order`` lists
+        # classes group by group; ``group_inverse`` puts the outputs back in class order.
+        order = torch.sort(eos, stable=True).indices
+        self.groups: list[tuple[int, int, int]] = []  # (start, end, suffix length) in group order
+        start = 0
+        for value, count in zip(*torch.unique_consecutive(eos[order], return_counts=True)):
+            self.groups.append((start, start + int(count), int(value) + 1 - (1 + n_ctx)))
+            start += int(count)
+        self.register_buffer("group_order", order, persistent=False)
+        self.register_buffer("group_inverse", torch.argsort(order), persistent=False)
+        # class-token embeddings in group order, cut after the longest EOS: slicing a group out of
+        # this is a view, so a forward pass copies nothing that does not depend on the image
+        longest = max(s for _, _, s in self.groups)
+        self.register_buffer("grouped_suffix", self.token_suffix[order, :longest].clone(), persistent=False)
+        # every prompt starts with the same SOS token, so the prefix is class-independent
+        self.sos_shared = bool((tokens[:, 0] == tokens[0, 0]).all())
 
-    @property
-    def fast_length(self) -> int:
-        return int(self.eos_index.max()) + 1
+    def group_suffixes(self) -> list[torch.Tensor]:
+        """Per EOS group, the class-token embeddings (C_g, S_g, d) that follow the context."""
+        return [self.grouped_suffix[a:b, :s] for a, b, s in self.groups]
 
     def assemble(self, ctx: torch.Tensor, length: int) -> torch.Tensor:
         """ctx: (M, d) or (B, M, d) -> prompts (C, length, d) or (B, C, length, d)."""
@@ -104,12 +123,29 @@ class PromptLearner(nn.Module):
             emb = prompts.assemble(self.ctx, length)
             return encoder(emb, prompts.eos_index)
         assert image_features is not None
-        bias = self.meta_net(image_features.to(self.ctx.dtype))
-        ctx = self.ctx.unsqueeze(0) + bias.unsqueeze(1)
+        ctx = self.conditional_context(image_features)
         emb = prompts.assemble(ctx, length)
         batch, n_cls = emb.shape[:2]
         feats = encoder(emb.flatten(0, 1), prompts.eos_index.repeat(batch))
         return feats.view(batch, n_cls, -1)
+
+    def conditional_context(self, image_features: torch.Tensor) -> torch.Tensor:
+        """CoCoOp: v_m + pi(x) for every image, (B, M, d)."""
+        bias = self.meta_net(image_features.to(self.ctx.dtype))
+        return self.ctx.unsqueeze(0) + bias.unsqueeze(1)
+
+    def text_features_shared(self, encoder: TextEncoder, prompts: PromptTokens, image_features: torch.Tensor) -> torch.Tensor:
+        """CoCoOp text features (B, C, D) with the per-image prefix encoded once for all classes.
+
+        Equal to ``text_features`` (see ci_gate.model.text); callers check
+        ``encoder.shares_prefix`` and ``prompts.sos_shared`` first.
+        """
+        ctx = self.conditional_context(image_features)
+        batch = ctx.shape[0]
+        sos = prompts.token_prefix[:1].expand(batch, -1, -1)
+        prefix = torch.cat([sos, ctx.to(sos.dtype)], dim=1)
+        feats = torch.cat(encoder.forward_shared_prefix(prefix, prompts.group_suffixes()), dim=1)
+        return feats.index_select(1, prompts.group_inverse)
 
     def named_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors as stored in checkpoints (Dassl names)."""
