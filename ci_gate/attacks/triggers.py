@@ -107,17 +107,18 @@ class WaNetTrigger(Trigger):
         return self._sample(images, (self.warp + jitter.to(self.warp)).clamp(-1, 1))
 
 
-class SparseTrigger(Trigger):
+class SparseTrigger(LearnedTrigger):
     """Sparse invisible trigger in the spirit of SIBA (Zeng et al.): only ``k`` pixel locations
     change (L0 budget; a seeded random support), each by at most ``epsilon`` per channel
     (L-inf budget). The values are learned jointly with the prompt learner, as SIBA optimises its
-    trigger against the victim; ``project`` keeps both budgets."""
+    trigger against the victim; ``project`` keeps both budgets. A LearnedTrigger subclass, so
+    training loops that handle BadCLIP's trigger (ci_gate.tuning.train.tune) train this one too."""
 
     name = "siba"
     learnable = True
 
     def __init__(self, size: int, fraction: float = 0.05, epsilon: float = 16 / 255, seed: int = 0):
-        super().__init__()
+        Trigger.__init__(self)
         gen = torch.Generator().manual_seed(seed)
         k = max(1, round(fraction * size * size))
         mask = torch.zeros(size * size)
