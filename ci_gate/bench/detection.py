@@ -37,6 +37,8 @@ DEFAULT_CACHE = Path.home() / ".cache" / "ci-gate-bench"
 DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 STATISTICS = ("loss_drop", "neg_loss", "asr", "asr_gain", "ref_loss_gain", "ref_asr_gain", "ref_drop_gain")
 
+K_SWEEP = (1.5, 2.0, 2.5, 3.0, 4.0)
+MIN_ASR_SWEEP = (0.3, 0.5, 0.7)
 PROFILES = {
     # baselines: epochs over the pool and pool size (the paper: 5 epochs over the full pool)
     "quick": {"baseline_epochs": 2, "baseline_pool": 256},
@@ -145,14 +147,16 @@ def _summary(rows: list[dict]) -> dict:
     }
 
 
-def _rows_for(method: str, models: list[ZooModel], scans: dict[str, ModelScan], policy: Policy, statistic: str | None = None) -> list[dict]:
+def _rows_for(method: str, models: list[ZooModel], scans: dict[str, ModelScan], policy: Policy, statistic: str | None = None, k: float | None = None, min_asr: float | None = None) -> list[dict]:
     det = policy.detection
+    k = det.k if k is None else k
+    min_asr = det.min_asr if min_asr is None else min_asr
     rows = []
     for m in models:
         s = scans[m.id]
         if method == "ci":
             stat = statistic or det.statistic
-            d = decide(class_stats(s), stat, det.k, det.min_asr, det.mad_floor)
+            d = decide(class_stats(s), stat, k, min_asr, det.mad_floor)
             finite = [a for a in d.anomaly if math.isfinite(a)]
             flagged, target, score = d.verdict == "backdoor", d.target, max(finite) if finite else math.nan
         else:
@@ -193,7 +197,12 @@ def evaluate(models: list[ZooModel], scans: dict[str, ModelScan], policy: Policy
         }
     for stat in STATISTICS:
         rows = _rows_for("ci", counted, scans, policy, statistic=stat)
-        out["statistics"][stat] = _summary(rows) | {"per_attack": _breakdown(rows, "attack")}
+        sweep = {}
+        for k in K_SWEEP:
+            for a in MIN_ASR_SWEEP:
+                o = _summary(_rows_for("ci", counted, scans, policy, statistic=stat, k=k, min_asr=a))
+                sweep[f"k={k},min_asr={a}"] = {"accuracy": o.get("accuracy"), "target_f1": o.get("target_f1"), "confusion": o.get("confusion")}
+        out["statistics"][stat] = _summary(rows) | {"per_attack": _breakdown(rows, "attack"), "sweep": sweep}
     return out
 
 
@@ -240,6 +249,14 @@ def write_markdown(report: dict, path: Path) -> None:
     for stat, o in ev["statistics"].items():
         c = o.get("confusion", {})
         lines.append(f"| {stat} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {c.get('fp')} | {c.get('fn')} |")
+    lines += ["", "Threshold sweep (accuracy / target F1), same scans; k is the anomaly index threshold:", "", "| statistic | " + " | ".join(f"k={k}" for k in K_SWEEP) + " |", "|---|" + "---|" * len(K_SWEEP)]
+    for stat, o in ev["statistics"].items():
+        cells = []
+        for k in K_SWEEP:
+            best = max(MIN_ASR_SWEEP, key=lambda a: (o["sweep"][f"k={k},min_asr={a}"]["accuracy"] or 0))
+            c = o["sweep"][f"k={k},min_asr=0.5"]
+            cells.append(f"{_fmt(c['accuracy'])} / {_fmt(c['target_f1'])} (best min_asr {best}: {_fmt(o['sweep'][f'k={k},min_asr={best}']['accuracy'])})")
+        lines.append(f"| {stat} | " + " | ".join(cells) + " |")
     lines += ["", "## Zoo", "", "| model | clean acc | ASR | implanted | CI verdict (target) | anomaly | NC | Pixel |", "|---|---|---|---|---|---|---|---|"]
     ci_rows = {r["model"]: r for r in ev["methods"]["ci"]["rows"]}
     nc_rows = {r["model"]: r for r in ev["methods"]["nc"]["rows"]}
