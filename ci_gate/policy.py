@@ -74,11 +74,25 @@ class ReportPolicy(_Strict):
 
 
 class RepairPolicy(_Strict):
-    allowed: bool = False
-    epochs: int = Field(5, ge=1)
-    lr: float = Field(0.002, gt=0)
+    allowed: bool = Field(False, description="whether 'ci-gate repair' may run under this policy")
+    epochs: int = Field(20, ge=1, description="fine-tuning epochs over the clean images plus their triggered copies")
+    lr: float = Field(0.005, gt=0)
     batch_size: int = Field(32, ge=1)
-    max_clean_acc_drop: float = Field(0.01, ge=0, le=1)
+    max_clean_acc_drop: float = Field(0.01, ge=0, le=1, description="refuse when held-out clean accuracy falls by more than this")
+    holdout: float = Field(0.2, gt=0, lt=1, description="share of each class of the clean data held out (seeded) to measure accuracy and trigger ASR before and after")
+    trigger_fraction: float = Field(1.0, gt=0, le=1, description="share of the training images added again with the reconstructed trigger, true labels kept")
+    rounds: int = Field(2, ge=1, le=10, description="repair rounds: when re-verification still flags a class, its new trigger joins the set and fine-tuning continues")
+
+
+class CanaryPolicy(_Strict):
+    """How 'ci-gate canary' plants its known backdoor in a copy of the user's model."""
+
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(0.005, gt=0)
+    batch_size: int = Field(32, ge=1)
+    trigger_lr: float = Field(0.01, gt=0, description="step size of learnable triggers (BadCLIP, SIBA)")
+    holdout: float = Field(0.2, gt=0, lt=1, description="share of each class held out to measure the planted backdoor's ASR")
+    min_attack_asr: float = Field(0.5, ge=0, le=1, description="a planted backdoor weaker than this on held-out images makes the self-test inconclusive")
 
 
 class Policy(_Strict):
@@ -92,6 +106,7 @@ class Policy(_Strict):
     detection: DetectionPolicy = DetectionPolicy()
     report: ReportPolicy = ReportPolicy()
     repair: RepairPolicy = RepairPolicy()
+    canary: CanaryPolicy = CanaryPolicy()
 
     def sha256(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,81 @@
+"""``ci-gate repair``: remove a detected backdoor with a small labeled clean set, then re-verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ci_gate.errors import GateFailure
+
+
+def repair(
+    checkpoint: Path = typer.Argument(..., help="ci-gate checkpoint (.safetensors); never modified."),
+    clean_data: Path = typer.Option(..., "--clean-data", help="Labeled clean images, one sub-folder per class of the checkpoint."),
+    out: Path = typer.Option(..., "--out", "-o", help="Repaired checkpoint (written atomically, only when the repair re-verifies)."),
+    policy: str = typer.Option("default", "--policy", "-p", help="Policy file or bundled name; it must allow repair (repair.allowed)."),
+    pool: str = typer.Option(None, "--pool", help="OOD image pool: folder, glob or .tar (overrides pool.path)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override one policy field, e.g. --set repair.epochs=30"),
+    summary: Path = typer.Option(None, "--summary", help="Where to write the JSON summary (default: repair.json next to --out)."),
+    backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local backbone weights file (instead of the pretrained tag)."),
+    display_path: str = typer.Option(None, "--display-path", help="Checkpoint path as the summary should name it (repository-relative)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final line."),
+) -> None:
+    """Verify CHECKPOINT; if the gate fails, fine-tune its prompt learner on the clean data plus the
+    reconstructed trigger (true labels kept) and verify again.
+
+    Exit 0: repaired and re-verified (checkpoint and repair.json written), or the model is clean
+    (nothing to repair, nothing written). Exit 1: repair refused, the repaired model still fails
+    the gate or lost more clean accuracy than the policy allows (nothing written). Exit 2: bad input.
+    """
+    from ci_gate.commands.verify import resolve_pool
+    from ci_gate.policy import load_policy
+    from ci_gate.repair.flow import RepairRequest, require_allowed, run_repair
+
+    pol, policy_dir = load_policy(policy, overrides)
+    policy_path = None if policy_dir is None else Path(policy)
+    require_allowed(pol, policy_path)
+    req = RepairRequest(
+        checkpoint=checkpoint,
+        clean_data=clean_data,
+        out=out,
+        policy=pol,
+        pool=resolve_pool(pool, pol, policy_dir),
+        summary=summary,
+        policy_path=policy_path,
+        backbone_weights=backbone_weights,
+        display_path=display_path,
+    )
+    log = None if quiet else (lambda msg: typer.echo(f"ci-gate repair: {msg}", err=True))
+    outcome = run_repair(req, log=log)
+    s = outcome.summary
+    if not quiet:
+        typer.echo(_table(s))
+    if s.status == "clean":
+        typer.echo(f"CLEAN: the gate passes {s.checkpoint}; nothing to repair, nothing written")
+    elif s.status == "repaired":
+        typer.echo(f"REPAIRED target={s.target_class!r} out={s.output} summary={req.summary_path}")
+    else:
+        raise GateFailure("repair refused, nothing written: " + "; ".join(s.reasons))
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _table(s) -> str:
+    lines = [f"verify: {s.verify.verdict}" + (f", target {s.verify.target_class!r}" if s.verify.target_class else "")]
+    if s.before is not None and s.after is not None:
+        lines.append(f"{'held out':<28}{'before':>10}{'after':>10}")
+        lines.append(f"{'clean accuracy':<28}{_pct(s.before.clean_accuracy):>10}{_pct(s.after.clean_accuracy):>10}")
+        lines.append(f"{'reconstructed trigger ASR':<28}{_pct(s.before.trigger_asr):>10}{_pct(s.after.trigger_asr):>10}")
+        lines.append(f"{'no-trigger rate of target':<28}{_pct(s.before.natural_rate):>10}{_pct(s.after.natural_rate):>10}")
+        for r in s.rounds:
+            v = r.reverify
+            lines.append(f"round {r.round}: triggers {r.triggers} -> re-verification {v.verdict}"
+                         + (f" (target {v.target_class!r})" if v.target_class else "") + f", gate {'passes' if v.gate_passes else 'fails'}")
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("repair")(repair)

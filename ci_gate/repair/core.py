@@ -1,0 +1,152 @@
+"""Repair building blocks, shared by ``ci-gate repair`` and the repair benchmark.
+
+The paper's repair: add the predicted target's reconstructed trigger to a small labeled clean
+set, keep the true labels, and fine-tune the prompt learner with the encoders frozen. The model
+then learns that the trigger carries no class information. Everything here is seeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ci_gate.data import LabeledImages, load_labeled_folder
+from ci_gate.errors import InputError
+from ci_gate.model.classifier import PromptedClassifier
+from ci_gate.tuning.train import TuneSettings, tune
+
+Perturb = Callable[[torch.Tensor], torch.Tensor]  # images in [0, 1] -> images in [0, 1]
+
+
+class AdditiveTrigger(nn.Module):
+    """A universal additive perturbation (a reconstructed trigger, or random noise as a control),
+    applied as the scan applies it: clamp(x + delta, 0, 1)."""
+
+    def __init__(self, delta: torch.Tensor, name: str = "additive"):
+        super().__init__()
+        self.register_buffer("delta", delta.detach().float().clone())
+        self.name = name
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images + self.delta.to(images.device)).clamp(0, 1)
+
+
+def random_sign_noise(shape: Sequence[int], epsilon: float, seed: int) -> torch.Tensor:
+    """+-epsilon per pixel and channel: the reconstructed triggers sit at the L-inf bound almost
+    everywhere, so this control has the same budget and energy, only no direction."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 2, tuple(shape), generator=gen).float() * 2 - 1) * epsilon
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    epochs: int = 20
+    lr: float = 0.005
+    batch_size: int = 32
+    seed: int = 0
+    trigger_fraction: float = 1.0
+
+
+def load_clean_data(root: str | Path, image_size: int, class_names: list[str], min_per_class: int = 2) -> LabeledImages:
+    """The user's labeled clean set (ROOT/<class>/<images>) for the model's classes.
+
+    Every class needs ``min_per_class`` readable images: at least one to train on and one held
+    out to measure accuracy and trigger ASR. A class folder that is empty is named in the error.
+    """
+    root = Path(root)
+    data = load_labeled_folder(root, image_size, class_names=class_names)
+    counts = torch.bincount(data.labels, minlength=len(class_names))
+    short = [i for i, n in enumerate(counts.tolist()) if n < min_per_class]
+    if short:
+        folders = {p.name.replace("_", " ").lower(): p for p in root.iterdir() if p.is_dir()}
+        named = [str(folders.get(class_names[i].replace("_", " ").lower(), root / class_names[i])) for i in short[:3]]
+        raise InputError(
+            named[0] if len(short) == 1 else root,
+            f"needs at least {min_per_class} readable images per class; too few in {', '.join(named)}"
+            + (f" and {len(short) - 3} more" if len(short) > 3 else ""),
+        )
+    return data
+
+
+def split_holdout(data: LabeledImages, holdout: float, seed: int) -> tuple[LabeledImages, LabeledImages]:
+    """Stratified, seeded split into (train, held out): each class keeps at least one image on
+    each side, so accuracy before and after is measured on the same images for every class."""
+    gen = torch.Generator().manual_seed(seed)
+    train_idx, held_idx = [], []
+    for c in range(len(data.class_names)):
+        idx = torch.nonzero(data.labels == c).flatten()
+        if len(idx) == 0:
+            continue
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_held = min(len(idx) - 1, max(1, round(holdout * len(idx))))
+        held_idx.append(idx[:n_held])
+        train_idx.append(idx[n_held:])
+    return data.subset(torch.cat(train_idx)), data.subset(torch.cat(held_idx))
+
+
+def with_triggered_copies(data: LabeledImages, perturbations: Sequence[Perturb], fraction: float, seed: int) -> LabeledImages:
+    """The clean set plus, for each perturbation, triggered copies of a seeded ``fraction`` of it,
+    labelled with their TRUE classes. An empty list of perturbations returns ``data`` unchanged."""
+    if not perturbations:
+        return data
+    gen = torch.Generator().manual_seed(seed)
+    images, labels = [data.images], [data.labels]
+    n_pick = max(1, round(fraction * len(data)))
+    for perturb in perturbations:
+        pick = torch.randperm(len(data), generator=gen)[:n_pick]
+        with torch.no_grad():
+            images.append(perturb(data.images[pick]))
+        labels.append(data.labels[pick])
+    return LabeledImages(torch.cat(images), torch.cat(labels), data.class_names)
+
+
+def fine_tune(classifier: PromptedClassifier, train: LabeledImages, perturbations: Sequence[Perturb], settings: FineTuneSettings) -> None:
+    """Fine-tune ``classifier.learner`` in place (encoders frozen) on the clean set plus triggered,
+    correctly labelled copies."""
+    data = with_triggered_copies(train, perturbations, settings.trigger_fraction, settings.seed)
+    tune(classifier, data, TuneSettings(epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size, seed=settings.seed))
+
+
+def predictions(classifier: PromptedClassifier, images: torch.Tensor, n_columns: int | None = None, batch_size: int = 256) -> torch.Tensor:
+    """Argmax over the first ``n_columns`` logits. The checkpoint's own classes come first; policy
+    extras (scanned, never deployed) come after and must not count against clean accuracy."""
+    device = classifier.mean.device
+    out = []
+    with torch.no_grad():
+        for chunk in images.split(batch_size):
+            logits = classifier(chunk.to(device))
+            out.append(logits[:, :n_columns].argmax(1).cpu())
+    return torch.cat(out)
+
+
+def clean_accuracy(classifier: PromptedClassifier, data: LabeledImages) -> float:
+    n = len(data.class_names)
+    return float((predictions(classifier, data.images, n) == data.labels).float().mean())
+
+
+def trigger_asr(classifier: PromptedClassifier, data: LabeledImages, perturb: Perturb, target: int) -> float:
+    """Fraction of images whose true class is not ``target`` that the perturbation sends to it.
+    With ``perturb`` the identity this is the model's natural rate of predicting ``target``."""
+    keep = data.labels != target
+    if not bool(keep.any()):
+        return float("nan")
+    with torch.no_grad():
+        poisoned = perturb(data.images[keep])
+    n_cols = max(len(data.class_names), target + 1)
+    return float((predictions(classifier, poisoned, n_cols) == target).float().mean())
+
+
+def learner_state(classifier: PromptedClassifier) -> dict[str, torch.Tensor]:
+    assert classifier.learner is not None
+    return {k: v.detach().clone() for k, v in classifier.learner.state_dict().items()}
+
+
+def restore_learner(classifier: PromptedClassifier, state: dict[str, torch.Tensor]) -> None:
+    assert classifier.learner is not None
+    classifier.learner.load_state_dict(state)
+    classifier.invalidate_cache()
+    classifier.freeze()

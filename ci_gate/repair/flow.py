@@ -1,0 +1,303 @@
+"""``ci-gate repair`` end to end: verify, repair with the reconstructed trigger, verify again.
+
+1. Scan the delivered checkpoint with the policy. A model the gate passes has nothing to repair.
+2. Split the user's labeled clean set (seeded, per class) into a training part and a held-out
+   part. The held-out part measures clean accuracy and the reconstructed trigger's ASR before and
+   after, so the numbers are never measured on the images the repair trained on.
+3. Fine-tune only the prompt learner on the training part plus triggered copies that keep their
+   true labels (:mod:`ci_gate.repair.core`).
+4. Save the candidate to a temporary file and scan it with the same policy. When the re-scan
+   still flags a class and rounds remain, that class's new trigger joins the set and fine-tuning
+   continues from the current learner (the paper stops after one round; later rounds only run
+   when the gate would still fail).
+5. Accept only when the gate passes and held-out clean accuracy fell by at most
+   ``repair.max_clean_acc_drop``; then write the checkpoint (atomically, with provenance) and
+   ``repair.json``. A refusal writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file
+
+from ci_gate import __version__
+from ci_gate.checkpoint.format import Checkpoint, CheckpointMeta, backbone_digest, load_checkpoint, save_checkpoint
+from ci_gate.errors import InputError
+from ci_gate.io import atomic_write_text
+from ci_gate.model import load_classifier
+from ci_gate.policy import Policy
+from ci_gate.repair.core import (
+    AdditiveTrigger,
+    FineTuneSettings,
+    clean_accuracy,
+    fine_tune,
+    load_clean_data,
+    split_holdout,
+    trigger_asr,
+)
+from ci_gate.result import ClassResult, Result
+from ci_gate.scan import ScanRequest, pick_device, run_scan
+
+SUMMARY_SCHEMA_VERSION = "1.0"
+# Accuracies are fractions of a finite held-out set; without a little slack, a drop of exactly
+# the allowed amount (1 image in 100 at 0.01) can be refused through float rounding.
+_ACC_SLACK = 1e-9
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScanSummary(_Model):
+    verdict: Literal["clean", "backdoor"]
+    gate_passes: bool
+    target_class: str | None
+    flagged: list[str] = Field(description="classes with status 'backdoor'")
+    suspicious: list[str]
+    max_anomaly: float
+    target_pool_asr: float | None = Field(None, description="the target trigger's ASR on the OOD pool")
+
+
+class HeldOut(_Model):
+    clean_accuracy: float
+    trigger_asr: float = Field(description="the reconstructed target trigger's ASR on held-out images of the other classes")
+    natural_rate: float = Field(description="the same images without a trigger predicted as the target (the floor for trigger_asr)")
+
+
+class RoundRecord(_Model):
+    round: int
+    triggers: list[str] = Field(description="classes whose reconstructed triggers were in the fine-tuning set")
+    reverify: ScanSummary
+    held_out: HeldOut
+
+
+class RepairSummary(_Model):
+    schema_version: str = SUMMARY_SCHEMA_VERSION
+    tool: str = f"ci-gate {__version__}"
+    status: Literal["repaired", "clean", "refused"]
+    message: str
+    checkpoint: str
+    checkpoint_sha256: str
+    output: str | None = None
+    output_sha256: str | None = None
+    target_class: str | None = None
+    verify: ScanSummary
+    before: HeldOut | None = None
+    after: HeldOut | None = None
+    clean_accuracy_drop: float | None = None
+    rounds: list[RoundRecord] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list, description="why a repair was refused")
+    clean_data: dict = Field(default_factory=dict)
+    settings: dict = Field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+@dataclass(frozen=True)
+class RepairRequest:
+    checkpoint: Path
+    clean_data: Path
+    out: Path
+    policy: Policy
+    pool: str
+    summary: Path | None = None  # default: repair.json next to ``out``
+    policy_path: Path | None = None
+    backbone_weights: Path | None = None
+    display_path: str | None = None
+
+    @property
+    def summary_path(self) -> Path:
+        return self.summary if self.summary is not None else self.out.parent / "repair.json"
+
+
+@dataclass
+class RepairOutcome:
+    summary: RepairSummary
+    written: list[Path] = field(default_factory=list)
+
+
+def gate_fails(result: Result, policy: Policy) -> bool:
+    """The verdict ``ci-gate verify`` would give with this policy, plus a backdoor verdict even
+    when ``fail_on: never`` (repair exists to remove backdoors, not to follow a report setting)."""
+    return result.verdict == "backdoor" or result.gate_fails(policy.report.fail_on)
+
+
+def _target(result: Result) -> ClassResult:
+    """The class to repair: the predicted target, else (a 'suspicious' gate failure) the most
+    anomalous suspicious class."""
+    if result.target_index is not None:
+        return next(c for c in result.classes if c.index == result.target_index)
+    return max(result.suspicious or result.classes, key=lambda c: c.anomaly)
+
+
+def _scan_summary(result: Result, policy: Policy) -> ScanSummary:
+    target = next((c for c in result.classes if c.index == result.target_index), None)
+    return ScanSummary(
+        verdict=result.verdict,
+        gate_passes=not gate_fails(result, policy),
+        target_class=result.target_class,
+        flagged=[c.name for c in result.flagged],
+        suspicious=[c.name for c in result.suspicious],
+        max_anomaly=max(c.anomaly for c in result.classes),
+        target_pool_asr=None if target is None else target.asr,
+    )
+
+
+def check_output(checkpoint: Path, out: Path, summary: Path) -> None:
+    """Bad output paths are bad input: refuse before any compute, and never write over the input."""
+    for path, what in ((out, "--out"), (summary, "summary")):
+        if path.exists() and path.is_dir():
+            raise InputError(path, f"{what} is a folder; give a file path")
+        if checkpoint.exists() and path.exists() and path.resolve() == checkpoint.resolve():
+            raise InputError(path, f"{what} would overwrite the input checkpoint; inputs are never modified")
+    if out.resolve() == summary.resolve():
+        raise InputError(out, "the repaired checkpoint and the summary cannot be the same file")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise InputError(out.parent, "output folder is a file")
+
+
+def _held_out(clf, held, perturb, target: int) -> HeldOut:
+    return HeldOut(
+        clean_accuracy=clean_accuracy(clf, held),
+        trigger_asr=trigger_asr(clf, held, perturb, target),
+        natural_rate=trigger_asr(clf, held, lambda x: x, target),
+    )
+
+
+def _data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    h.update((images * 255).round().to(torch.uint8).numpy().tobytes())
+    h.update(labels.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_delta(result_dir: Path, cls: ClassResult) -> torch.Tensor:
+    assert cls.trigger_tensor is not None, "the scan writes every class's trigger tensor"
+    return load_file(str(result_dir / cls.trigger_tensor))["delta"].float()
+
+
+def _learner_tensors(clf, parent: Checkpoint) -> dict[str, torch.Tensor]:
+    # keep the parent's dtypes (a converted fp16 learner stays fp16); the candidate is saved the
+    # same way, so the re-verification scans exactly these values
+    return {k: v.to(parent.learner_tensors[k].dtype) for k, v in clf.learner.named_tensors().items()}
+
+
+def require_allowed(policy: Policy, policy_path: Path | None) -> None:
+    """Repair changes the model a team ships; a policy has to opt in (action.yml relies on this)."""
+    if not policy.repair.allowed:
+        raise InputError(
+            policy_path or "policy",
+            "this policy does not allow repair (repair.allowed: false); use a policy that does, e.g. --policy permissive, or --set repair.allowed=true",
+        )
+
+
+def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
+    t0 = time.perf_counter()
+    say = log or (lambda _msg: None)
+    pol, rp = req.policy, req.policy.repair
+    require_allowed(pol, req.policy_path)
+    check_output(req.checkpoint, req.out, req.summary_path)
+    parent = load_checkpoint(req.checkpoint)
+    meta = parent.meta
+    if meta.learner.kind == "zeroshot":
+        raise InputError(req.checkpoint, "a zero-shot (encoder-level) checkpoint has no prompt learner to repair")
+    data = load_clean_data(req.clean_data, meta.preprocessing.image_size, list(meta.learner.class_names))
+    train, held = split_holdout(data, rp.holdout, pol.seed)
+    display = req.display_path or str(req.checkpoint)
+    settings = {**rp.model_dump(mode="json"), "seed": pol.seed, "policy": pol.name, "policy_sha256": pol.sha256()}
+    clean_info = {"path": str(req.clean_data), "sha256": _data_digest(data.images, data.labels), "n_train": len(train), "n_held_out": len(held)}
+    base = dict(checkpoint=display, checkpoint_sha256=parent.sha256, clean_data=clean_info, settings=settings)
+
+    with tempfile.TemporaryDirectory(prefix="ci-gate-repair-") as tmp_name:
+        tmp = Path(tmp_name)
+
+        def scan(path: Path, name: str) -> Result:
+            req_scan = ScanRequest(checkpoint=path, policy=pol, pool=req.pool, out_dir=tmp / name, backbone_weights=req.backbone_weights, display_path=display)
+            result = run_scan(req_scan)
+            assert result is not None  # single-process scan
+            return result
+
+        say("verifying the delivered checkpoint")
+        before_scan = scan(req.checkpoint, "before")
+        verify = _scan_summary(before_scan, pol)
+        if not gate_fails(before_scan, pol):
+            summary = RepairSummary(status="clean", message="the gate passes this checkpoint: nothing to repair, nothing written", verify=verify, seconds=time.perf_counter() - t0, **base)
+            return RepairOutcome(summary)
+
+        target = _target(before_scan)
+        say(f"backdoor target {target.name!r}: fine-tuning the prompt learner with its reconstructed trigger")
+        triggers = {target.name: AdditiveTrigger(_load_delta(tmp / "before", target), f"reconstructed:{target.name}")}
+        device = pick_device(pol.device)
+        torch.manual_seed(pol.seed)
+        clf = load_classifier(parent, extra_classes=pol.candidates.extra_classes, weights=req.backbone_weights).classifier.to(device)
+        clf.freeze()
+        primary = triggers[target.name]
+        before = _held_out(clf, held, primary, target.index)
+        rounds: list[RoundRecord] = []
+        after_scan = before_scan
+        after = before
+        for r in range(1, rp.rounds + 1):
+            ft = FineTuneSettings(epochs=rp.epochs, lr=rp.lr, batch_size=rp.batch_size, seed=pol.seed + r - 1, trigger_fraction=rp.trigger_fraction)
+            fine_tune(clf, train, list(triggers.values()), ft)
+            candidate = tmp / f"candidate-{r}.safetensors"
+            save_checkpoint(candidate, CheckpointMeta(learner=meta.learner, backbone=meta.backbone, preprocessing=meta.preprocessing,
+                                                      provenance={"producer": "ci-gate repair (candidate)"}),
+                            _learner_tensors(clf, parent), parent.backbone_tensors if meta.backbone.embedded else None)
+            say(f"round {r}: re-verifying the repaired model")
+            after_scan = scan(candidate, f"after-{r}")
+            after = _held_out(clf, held, primary, target.index)
+            rounds.append(RoundRecord(round=r, triggers=list(triggers), reverify=_scan_summary(after_scan, pol), held_out=after))
+            if not gate_fails(after_scan, pol):
+                break
+            nxt = _target(after_scan)
+            if r < rp.rounds:
+                # the re-scan inverted a fresh trigger against the repaired model; train on it too
+                key = nxt.name if nxt.name not in triggers else f"{nxt.name}#{r + 1}"
+                triggers[key] = AdditiveTrigger(_load_delta(tmp / f"after-{r}", nxt), f"reconstructed:{key}")
+
+        drop = before.clean_accuracy - after.clean_accuracy
+        reasons = []
+        if gate_fails(after_scan, pol):
+            reasons.append(
+                f"the repaired model still fails verification after {len(rounds)} round(s) "
+                f"(verdict {after_scan.verdict}, target {after_scan.target_class!r})"
+            )
+        if drop > rp.max_clean_acc_drop + _ACC_SLACK:
+            reasons.append(f"held-out clean accuracy fell by {drop:.1%} ({before.clean_accuracy:.1%} -> {after.clean_accuracy:.1%}), more than repair.max_clean_acc_drop={rp.max_clean_acc_drop:.1%}")
+        common = dict(target_class=target.name, verify=verify, before=before, after=after, clean_accuracy_drop=drop, rounds=rounds, **base)
+        if reasons:
+            summary = RepairSummary(status="refused", message="repair refused; nothing written", reasons=reasons, seconds=time.perf_counter() - t0, **common)
+            return RepairOutcome(summary)
+
+        learner = _learner_tensors(clf, parent)
+        verified_sha = hashlib.sha256(candidate.read_bytes()).hexdigest()
+        summary = RepairSummary(status="repaired", message="repaired and re-verified", output=str(req.out), seconds=time.perf_counter() - t0, **common)
+        provenance = {
+            "producer": "ci-gate repair",
+            "tool": f"ci-gate {__version__}",
+            "parent": {"sha256": parent.sha256, "path": display, "provenance": meta.provenance},
+            "repair": {
+                "settings": settings,
+                "clean_data": clean_info,
+                "pool": {"source": str(req.pool), "sha256": before_scan.pool.sha256},
+                "summary": summary.model_dump(mode="json", include={"target_class", "verify", "before", "after", "clean_accuracy_drop", "rounds"}),
+                # the file that was re-verified differs from this one only in this metadata
+                "verified_file_sha256": verified_sha,
+                "learner_sha256": backbone_digest(learner),
+            },
+        }
+        final_meta = CheckpointMeta(learner=meta.learner, backbone=meta.backbone, preprocessing=meta.preprocessing, provenance=provenance)
+        sha = save_checkpoint(req.out, final_meta, learner, parent.backbone_tensors if meta.backbone.embedded else None)
+        summary = summary.model_copy(update={"output_sha256": sha, "seconds": time.perf_counter() - t0})
+        atomic_write_text(req.summary_path, summary.to_json() + "\n")
+        return RepairOutcome(summary, written=[req.out, req.summary_path])
