@@ -16,6 +16,7 @@ import torch
 
 from ci_gate import __version__
 from ci_gate.artifacts import slug, write_png, write_trigger
+from ci_gate.distributed import SINGLE, Shard, gather_triggers, process_group, rank_device, shard_classes
 from ci_gate.errors import InputError
 from ci_gate.inversion import InversionSettings, base_rates, invert
 from ci_gate.inversion.memory import choose_class_batch
@@ -50,6 +51,7 @@ class ScanRequest:
     policy_path: Path | None = None
     backbone_weights: Path | None = None
     display_path: str | None = None  # how reports name the checkpoint (repository-relative in CI)
+    shard: Shard = SINGLE  # this process's share of the candidate classes under torchrun
 
 
 def pick_device(setting: str) -> torch.device:
@@ -60,11 +62,19 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def run_scan(req: ScanRequest, progress: Progress | None = None) -> Result:
+def run_scan(req: ScanRequest, progress: Progress | None = None) -> Result | None:
+    """The Result on rank 0 (and in a single-process scan); None on the other ranks of a sharded
+    scan, which only invert their classes and write nothing."""
+    device = rank_device(req.shard, pick_device(req.policy.device))
+    with process_group(req.shard, device):
+        return _scan(req, device, progress)
+
+
+def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> Result | None:
     policy = req.policy
+    shard = req.shard
     t0 = time.perf_counter()
     torch.manual_seed(policy.seed)
-    device = pick_device(policy.device)
     loaded = load_classifier(req.checkpoint, extra_classes=policy.candidates.extra_classes, weights=req.backbone_weights)
     clf = loaded.classifier
     if clf.n_classes > policy.candidates.max_classes:
@@ -87,8 +97,12 @@ def run_scan(req: ScanRequest, progress: Progress | None = None) -> Result:
     inv = policy.inversion
     settings = InversionSettings(epsilon=inv.epsilon, lr=inv.lr, batch_size=inv.batch_size, epochs=inv.epochs, loss=inv.loss, seed=policy.seed)
     clf.freeze()
-    class_batch = inv.class_batch if inv.class_batch != "auto" else choose_class_batch(clf, inv.batch_size, clf.n_classes, device)
-    triggers = invert(clf, pool.images, settings, class_batch=class_batch, progress=progress)
+    mine = shard_classes(clf.n_classes, shard.rank, shard.world_size)
+    class_batch = inv.class_batch if inv.class_batch != "auto" else choose_class_batch(clf, inv.batch_size, max(1, len(mine)), device)
+    local = invert(clf, pool.images, settings, classes=mine, class_batch=class_batch, progress=progress if shard.is_main else None)
+    triggers = gather_triggers(local, shard, pool.images.shape[-1], device)
+    if triggers is None:  # not rank 0: rank 0 scores and writes
+        return None
     rates, clean_losses = base_rates(clf, pool.images)
     t_inv = time.perf_counter()
 
@@ -159,7 +173,7 @@ def run_scan(req: ScanRequest, progress: Progress | None = None) -> Result:
         classes=classes,
         examples=examples,
         timings=Timings(load_s=t_load - t0, pool_s=t_pool - t_load, inversion_s=t_inv - t_pool, total_s=total),
-        device=str(device),
+        device=str(device) if not shard.distributed else f"{device.type} x{shard.world_size} processes",
         seed=policy.seed,
         warnings=loaded.notes,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -41,6 +42,7 @@ def verify(
 ) -> None:
     """Scan CHECKPOINT for a backdoor. Exit 0 clean, 1 backdoor (or policy violation), 2 bad input."""
     from ci_gate.console import one_line, print_summary, scan_progress
+    from ci_gate.distributed import Shard
     from ci_gate.scan import ScanRequest, run_scan
 
     if fail_on is not None and fail_on not in ("backdoor", "suspicious", "never"):
@@ -62,9 +64,14 @@ def verify(
         policy_path=None if policy_dir is None else Path(policy),
         backbone_weights=backbone_weights,
         display_path=display_path,
+        # Under `torchrun --nproc-per-node N -m ci_gate verify ...` the candidate classes are
+        # sharded across the N processes; the launcher's variables are read here and nowhere else.
+        shard=Shard.from_launcher(os.environ),
     )
-    with scan_progress(console, enabled=not quiet) as progress:
+    with scan_progress(console, enabled=not quiet and req.shard.is_main) as progress:
         result = run_scan(req, progress)
+    if result is None:  # another rank of a sharded scan: rank 0 reports and sets the exit code
+        return
     paths = render_reports(result, out, [f for f in pol.report.formats if f != "json"])
     if quiet:
         typer.echo(one_line(result))
