@@ -142,6 +142,10 @@ def test_each_checkpoint_gets_its_own_category(tmp_path):
         ("/work/repo/models/a.safetensors", Path("/work/repo"), "models/a.safetensors"),
         ("/elsewhere/a.safetensors", Path("/work/repo"), "file:///elsewhere/a.safetensors"),
         ("C:\\runner\\repo\\m.safetensors", None, "file:///C:/runner/repo/m.safetensors"),
+        ("models/my model #2?.safetensors", None, "models/my%20model%20%232%3F.safetensors"),
+        ("v1:final.safetensors", None, "v1%3Afinal.safetensors"),
+        ("/work/repo/a b/m.safetensors", Path("/work/repo"), "a%20b/m.safetensors"),
+        ("/elsewhere/a b.safetensors", None, "file:///elsewhere/a%20b.safetensors"),
     ],
 )
 def test_checkpoint_uri_is_repository_relative_with_forward_slashes(path, root, expected):

@@ -14,6 +14,7 @@ import json
 import math
 import posixpath
 import re
+import urllib.parse
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import ci_gate
@@ -109,6 +110,8 @@ def checkpoint_uri(path: str, source_root: Path | None = None) -> str:
 
     An absolute path under ``source_root`` is made relative to it; any other absolute path stays a
     file: URI, which GitHub relativises itself when the upload names the checkout (checkout_uri).
+    Either way it is a valid URI reference: a space, '#', '?' or a colon in the first segment is
+    percent-encoded (GitHub's SARIF validation rejects such paths, and '#' would start a fragment).
     """
     windows = PureWindowsPath(path)
     if re.match(r"^[A-Za-z]:[\\/]", path):
@@ -116,13 +119,16 @@ def checkpoint_uri(path: str, source_root: Path | None = None) -> str:
     elif path.startswith("/"):
         absolute = PurePosixPath(path)
     else:
-        rel = posixpath.normpath(path.replace("\\", "/"))
-        return rel
+        return _quote(posixpath.normpath(path.replace("\\", "/")))
     if source_root is not None:
         root = PurePosixPath(source_root.as_posix())
         if absolute.is_relative_to(root):
-            return posixpath.normpath(absolute.relative_to(root).as_posix())
+            return _quote(posixpath.normpath(absolute.relative_to(root).as_posix()))
     return windows.as_uri() if windows.drive else Path(absolute).as_uri()
+
+
+def _quote(relative_path: str) -> str:
+    return urllib.parse.quote(relative_path, safe="/")
 
 
 def fingerprint(rule_id: str, checkpoint_sha256: str, class_name: str) -> str:
