@@ -64,3 +64,15 @@ def test_every_flag_exists(path):
     assert command is not None, f"action.yml calls `ci-gate {' '.join(path)}`, which the CLI does not have"
     known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
     assert CALLS[path] <= known, f"`ci-gate {' '.join(path)}` has no {sorted(CALLS[path] - known)}"
+
+
+def test_the_documented_workflow_uses_real_inputs():
+    doc = (ACTION.parent / "docs" / "ci-integration.md").read_text()
+    workflow = yaml.safe_load(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1))
+    [step] = [s for s in workflow["jobs"]["gate"]["steps"] if s.get("uses", "").endswith("/ci-gate@v1")]
+    block = re.search(r"uses: <org>/ci-gate@v1\n\s+with:\n((?:\s+#?\s*[\w-]+:.*\n)+)", doc).group(1)
+    documented = set(re.findall(r"^\s+#?\s*([\w-]+):", block, re.M))  # including the commented-out ones
+    inputs = set(yaml.safe_load(ACTION.read_text())["inputs"])
+    assert set(step["with"]) <= documented <= inputs, documented - inputs
+    assert {"checkpoint", "policy", "pool", "fail-on", "repair", "clean-data", "auto-commit"} <= documented
+    assert {"security-events", "contents", "pull-requests"} <= set(workflow["permissions"])
