@@ -12,7 +12,7 @@ import importlib
 import typer
 from typer.core import TyperGroup
 
-_BENCHMARKS: tuple[str, ...] = ("detection", "speed")
+_BENCHMARKS: tuple[str, ...] = ("detection", "speed", "repair")
 
 
 class _LazyBenchGroup(TyperGroup):

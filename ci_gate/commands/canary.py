@@ -1,0 +1,62 @@
+"""``ci-gate canary``: plant a known backdoor in a copy of the user's model and check the gate catches it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ci_gate.errors import GateFailure
+
+
+def canary(
+    checkpoint: Path = typer.Argument(..., help="The user's (clean) ci-gate checkpoint; only read, never modified."),
+    data: Path = typer.Option(..., "--data", help="Labeled images, one sub-folder per class of the checkpoint (poisoned copies are made in memory)."),
+    policy: str = typer.Option("default", "--policy", "-p", help="The policy whose gate is being tested."),
+    pool: str = typer.Option(None, "--pool", help="OOD image pool: folder, glob or .tar (overrides pool.path)."),
+    attack: str = typer.Option("badclip", "--attack", help="Backdoor to plant (prompt-level attacks of ci_gate.attacks, e.g. badclip, badnets, blended, wanet)."),
+    target: str = typer.Option(None, "--target", help="Class the backdoor sends triggered images to (default: a seeded choice)."),
+    out: Path = typer.Option(Path("ci-gate-canary"), "--out", "-o", help="Folder for canary.json and the scan's result.json and triggers."),
+    overrides: list[str] = typer.Option([], "--set", help="Override one policy field, e.g. --set canary.epochs=30"),
+    keep_model: bool = typer.Option(False, "--keep-model", help="Also keep the backdoored copy as OUT/canary.safetensors (off: a backdoored model should not linger)."),
+    backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local backbone weights file (instead of the pretrained tag)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final line."),
+) -> None:
+    """Self-test the gate: plant ATTACK (target TARGET) in a copy of CHECKPOINT and scan it with the policy.
+
+    Exit 0: caught, with the right target. Exit 1: missed, wrong target, or the planted backdoor
+    did not work (inconclusive). Exit 2: bad input. CHECKPOINT is never modified.
+    """
+    from ci_gate.canary import CanaryRequest, run_canary
+    from ci_gate.commands.verify import resolve_pool
+    from ci_gate.policy import load_policy
+
+    pol, policy_dir = load_policy(policy, overrides)
+    req = CanaryRequest(
+        checkpoint=checkpoint,
+        data=data,
+        policy=pol,
+        pool=resolve_pool(pool, pol, policy_dir),
+        out=out,
+        attack=attack,
+        target=target,
+        keep_model=keep_model,
+        backbone_weights=backbone_weights,
+    )
+    log = None if quiet else (lambda msg: typer.echo(f"ci-gate canary: {msg}", err=True))
+    s = run_canary(req, log=log)
+    if not quiet:
+        typer.echo(
+            f"planted {s.attack} -> {s.planted_target!r}: held-out ASR {s.planted_asr:.1%} (no-trigger rate {s.natural_rate:.1%}), "
+            f"clean accuracy {s.clean_accuracy_original:.1%} -> {s.clean_accuracy_canary:.1%}"
+        )
+        if s.scan is not None:
+            typer.echo(f"scan: {s.scan.verdict}" + (f", target {s.scan.target_class!r}" if s.scan.target_class else "") + f", max anomaly {s.scan.max_anomaly:.2f}")
+    line = f"{s.status.upper()}: {s.message} (report {out / 'canary.json'})"
+    if not s.passed:
+        raise GateFailure(line)
+    typer.echo(line)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("canary")(canary)
