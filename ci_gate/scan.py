@@ -79,7 +79,7 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     clf = loaded.classifier
     if clf.n_classes > policy.candidates.max_classes:
         raise InputError(req.checkpoint, f"{clf.n_classes} candidate classes exceed the policy's max_classes={policy.candidates.max_classes}")
-    clf.to(device)
+    clf.to(device).tune_for(device)
     clf.autocast_dtype = _AUTOCAST[policy.inversion.precision]
     meta = loaded.checkpoint.meta
     t_load = time.perf_counter()

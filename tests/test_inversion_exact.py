@@ -203,6 +203,7 @@ def test_memory_bound_is_linear_and_respects_the_budget(clf):
     assert class_batch_for_budget(per, 3 * per + 1, 50) == 3
     assert class_batch_for_budget(per, per // 2, 50) == 1  # never zero
     assert class_batch_for_budget(1, 1 << 40, 7) == 7
+    assert class_batch_for_budget(per, 23 * per, 50) == 17  # 17 + 17 + 16, not 23 + 23 + 4
     assert 1 <= choose_class_batch(clf, 32, N_CLASSES, torch.device("cpu"), cpu_budget_bytes=4 * per) == min(4, N_CLASSES)
     if clf.kind == "cocoop":  # the shared prefix runs far fewer text tokens than 77 per class
         clf.fast = False
@@ -210,3 +211,20 @@ def test_memory_bound_is_linear_and_respects_the_budget(clf):
             assert activation_bytes_per_class(clf, 32) > 5 * per
         finally:
             clf.fast = True
+
+
+def test_channels_last_resnet_tower_gives_the_same_logits():
+    # tune_for() switches convolutional towers to channels-last on CUDA; the layout must not change
+    # the numbers (checked on the CPU by forcing the flag)
+    cfg = small_config("tiny-32")
+    cfg["vision_cfg"] = {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8}
+    _, backbone = embedded_backbone(cfg, random_clip_state(cfg, 0))
+    names = candidate_names(4)
+    learner = new_learner(backbone, LearnerSpec(kind="coop", class_names=names), seed=0)
+    clf = build_classifier(backbone, "coop", learner, names, 4, 32, OPENAI_MEAN, OPENAI_STD)
+    images = random_pool(4, 32, seed=2)
+    assert not clf.tune_for(torch.device("cpu")).channels_last
+    plain = _logits(clf, images, fast=True)
+    clf.channels_last = True
+    clf.visual.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(_logits(clf, images, fast=True), plain, atol=LOGIT_ATOL, rtol=0)

@@ -23,6 +23,7 @@ def speed(
     dtype: str = typer.Option("fp32", "--dtype", help="Fast path precision: fp32, bf16 or fp16 (the reference is always fp32)."),
     class_batch: int = typer.Option(0, "--class-batch", min=0, help="Classes optimised together; 0 chooses from the memory bound."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also run the straightforward reference (slow)."),
+    flops_only: bool = typer.Option(False, "--flops-only", help="Only count FLOPs and give the FLOP floor (e.g. the ViT-B/16 GPU target on a CPU)."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0 leaves torch's default)."),
     peak_tflops: float = typer.Option(None, "--peak-tflops", help="Device peak for the FLOP floor (default: datasheet table on GPUs, measured GEMM on CPUs)."),
     seed: int = typer.Option(0, "--seed", help="Seed for weights, pool and batch order."),
@@ -41,6 +42,7 @@ def speed(
     opts = SpeedOptions(
         model=model, learner=learner, classes=classes, pool_size=pool_size, batch_size=batch_size, device=device,
         dtype=dtype, class_batch=class_batch or None, seed=seed, reference=reference, threads=threads, peak_tflops=peak_tflops,
+        run=not flops_only,
     )  # fmt: skip
     try:
         report = run_speed_bench(opts, log=lambda m: typer.echo(m, err=True))

@@ -156,11 +156,12 @@ def peak_memory(device: torch.device) -> Iterator[PeakMemory]:
 # -- FLOPs -------------------------------------------------------------------------------------
 
 
-def flops_per_image_class(clf: PromptedClassifier, images: torch.Tensor, settings: InversionSettings, k: int) -> tuple[float, float]:
+def flops_per_image_class(clf: PromptedClassifier, images: torch.Tensor, settings: InversionSettings, k: int, n_images: int = 2) -> tuple[float, float]:
     """Counted matmul/conv/attention FLOPs of one optimisation step (forward + backward) and of one
-    evaluation forward, per (image, class) pair. The scan's total is linear in both."""
+    evaluation forward, per (image, class) pair. The scan's total is linear in both, so a few
+    images suffice (the only shared work, layer 0's class-token projections, is negligible)."""
     device = clf.mean.device
-    x = images[: settings.batch_size].to(device)
+    x = images[:n_images].to(device)
     b = x.shape[0]
     deltas = torch.zeros(k, *x.shape[1:], device=device, requires_grad=True)
     tgt = torch.arange(k, device=device) % clf.n_classes
@@ -273,13 +274,14 @@ class SpeedOptions:
     reference: bool = True
     threads: int = 0
     peak_tflops: float | None = None
+    run: bool = True  # False: only count FLOPs and give the floor, without running either scan
 
 
 @dataclass
 class SpeedReport:
     options: dict
     environment: dict
-    fast: dict
+    fast: dict | None
     reference: dict | None
     comparison: dict | None
     flops: dict
@@ -329,7 +331,7 @@ def run_speed_bench(opts: SpeedOptions, log: Log = lambda _: None) -> SpeedRepor
         torch.set_num_threads(opts.threads)
     device = _pick_device(opts.device)
     torch.manual_seed(opts.seed)
-    clf = random_classifier(opts.model, opts.learner, opts.classes, seed=opts.seed).to(device)
+    clf = random_classifier(opts.model, opts.learner, opts.classes, seed=opts.seed).to(device).tune_for(device)
     clf.autocast_dtype = DTYPES[opts.dtype]
     clf.freeze()
     images = random_pool(opts.pool_size, clf.image_size, seed=opts.seed + 1)
@@ -338,26 +340,31 @@ def run_speed_bench(opts: SpeedOptions, log: Log = lambda _: None) -> SpeedRepor
     class_batch = opts.class_batch or choose_class_batch(clf, settings.batch_size, opts.classes, device)
     log(f"{opts.model} {opts.learner}, {opts.classes} classes, {opts.pool_size} images, {device}, {opts.dtype}, class batch {class_batch}")
 
-    fast = run_fast(clf, images, settings, detection, class_batch)
-    log(f"fast: {fast.seconds:.2f} s, verdict {fast.decision.verdict}")
-    ref = None
-    if opts.reference:
+    fast = ref = None
+    if opts.run:
+        fast = run_fast(clf, images, settings, detection, class_batch)
+        log(f"fast: {fast.seconds:.2f} s, verdict {fast.decision.verdict}")
+    if opts.run and opts.reference:
         ref = run_reference(clf, images, settings, detection)
         log(f"reference: {ref.seconds:.2f} s, verdict {ref.decision.verdict}")
 
-    # FLOPs per (image, class), counted on one step of each path, then scaled to the whole scan
+    # FLOPs per (image, class), counted on one step of each path, then scaled to the whole scan.
+    # The count does not depend on the dtype; on a CPU it is taken in fp32 (CPU bf16 kernels are slow).
+    dtype = clf.autocast_dtype
+    if device.type == "cpu":
+        clf.autocast_dtype = None
     clf.fast = True
     clf.freeze()
-    fast_train, fast_eval = flops_per_image_class(clf, images, settings, min(class_batch, opts.classes))
+    fast_train, fast_eval = flops_per_image_class(clf, images, settings, min(class_batch, opts.classes, 2))
     fast_total = scan_flops(fast_train, fast_eval, opts.pool_size, opts.classes, settings.epochs)
     ref_total = None
-    if ref is not None:
-        dtype, clf.autocast_dtype, clf.fast = clf.autocast_dtype, None, False
+    if opts.reference:
+        clf.autocast_dtype, clf.fast = None, False
         clf.freeze()
-        ref_train, ref_eval = flops_per_image_class(clf, images, settings, 1)
+        ref_train, ref_eval = flops_per_image_class(clf, images, settings, 1, n_images=1)
         ref_total = scan_flops(ref_train, ref_eval, opts.pool_size, opts.classes, settings.epochs)
-        clf.fast, clf.autocast_dtype = True, dtype
-        clf.freeze()
+    clf.fast, clf.autocast_dtype = True, dtype
+    clf.freeze()
     peak, peak_source = peak_tflops(device, opts.dtype, opts.peak_tflops)
     floor_s = fast_total / (peak * 1e12) if peak else None
     flops = {
@@ -367,8 +374,8 @@ def run_speed_bench(opts: SpeedOptions, log: Log = lambda _: None) -> SpeedRepor
         "peak_tflops": peak,
         "peak_source": peak_source,
         "floor_seconds": floor_s,
-        "achieved_fraction_of_floor": floor_s / fast.seconds if floor_s else None,
-        "achieved_tflops": fast_total / fast.seconds / 1e12,
+        "achieved_fraction_of_floor": floor_s / fast.seconds if floor_s and fast else None,
+        "achieved_tflops": fast_total / fast.seconds / 1e12 if fast else None,
         "counted": "matmul, convolution and attention FLOPs (torch.utils.flop_counter); elementwise ops not counted",
     }
     env = {
@@ -376,10 +383,11 @@ def run_speed_bench(opts: SpeedOptions, log: Log = lambda _: None) -> SpeedRepor
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "class_batch": class_batch,
         "memory_estimate_per_class_bytes": activation_bytes_per_class(clf, settings.batch_size),
     }
     per_class = []
-    for i, t in enumerate(fast.triggers):
+    for i, t in enumerate(fast.triggers if fast else []):
         row = {"class": clf.class_names[t.index], "fast_asr": t.asr, "fast_anomaly": fast.decision.anomaly[i], "fast_status": fast.decision.status[i]}
         if ref is not None:
             row.update(reference_asr=ref.triggers[i].asr, reference_anomaly=ref.decision.anomaly[i], reference_status=ref.decision.status[i])
@@ -387,9 +395,9 @@ def run_speed_bench(opts: SpeedOptions, log: Log = lambda _: None) -> SpeedRepor
     return SpeedReport(
         options=asdict(opts),
         environment=env,
-        fast=_run_summary(fast),
+        fast=None if fast is None else _run_summary(fast),
         reference=None if ref is None else _run_summary(ref),
-        comparison=None if ref is None else compare(ref, fast),
+        comparison=None if ref is None or fast is None else compare(ref, fast),
         flops=flops,
         per_class=per_class,
     )
@@ -406,15 +414,17 @@ def to_markdown(rep: SpeedReport) -> str:
         "",
         f"{o['model']} (random weights), {o['learner']}, {o['classes']} classes, {o['pool_size']} pool images, "
         f"batch {o['batch_size']}, {rep.environment['device']} ({rep.environment['device_name']}, {rep.environment['threads']} threads), "
-        f"fast path {o['dtype']}, class batch {f['class_batch']}, torch {rep.environment['torch']}.",
+        f"fast path {o['dtype']}, class batch {rep.environment['class_batch']}, torch {rep.environment['torch']}.",
         "",
-        "| run | time (s) | peak memory | verdict | target |",
-        "|---|---:|---:|---|---|",
     ]
-    if r is not None:
-        lines.append(f"| reference | {r['seconds']:.2f} | {_mib(r['peak_memory_bytes'])} | {r['verdict']} | {r['target']} |")
-    lines.append(f"| fast | {f['seconds']:.2f} | {_mib(f['peak_memory_bytes'])} | {f['verdict']} | {f['target']} |")
-    lines += ["", f"Peak memory: {f['memory_method']}.", ""]
+    if f is None:
+        lines += ["**FLOP count only: neither scan was run (--flops-only).**", ""]
+    else:
+        lines += ["| run | time (s) | peak memory | verdict | target |", "|---|---:|---:|---|---|"]
+        if r is not None:
+            lines.append(f"| reference | {r['seconds']:.2f} | {_mib(r['peak_memory_bytes'])} | {r['verdict']} | {r['target']} |")
+        lines.append(f"| fast | {f['seconds']:.2f} | {_mib(f['peak_memory_bytes'])} | {f['verdict']} | {f['target']} |")
+        lines += ["", f"Peak memory: {f['memory_method']}.", ""]
     if c is not None:
         lines += [
             f"- speed-up (reference time / fast time): **{c['time_ratio']:.1f}x**",
@@ -424,10 +434,10 @@ def to_markdown(rep: SpeedReport) -> str:
         ]
     lines.append(f"- FLOPs (fast): {fl['fast_total']:.3e}" + ("" if fl["reference_total"] is None else f"; reference: {fl['reference_total']:.3e}"))
     if fl["floor_seconds"] is not None:
-        lines.append(
-            f"- FLOP floor at {fl['peak_tflops']:.3g} TFLOP/s ({fl['peak_source']}): {fl['floor_seconds']:.3g} s; "
-            f"achieved {fl['achieved_fraction_of_floor']:.1%} of it ({fl['achieved_tflops']:.3g} TFLOP/s)"
-        )
+        floor = f"- FLOP floor at {fl['peak_tflops']:.3g} TFLOP/s ({fl['peak_source']}): {fl['floor_seconds']:.3g} s"
+        if fl["achieved_fraction_of_floor"] is not None:
+            floor += f"; achieved {fl['achieved_fraction_of_floor']:.1%} of it ({fl['achieved_tflops']:.3g} TFLOP/s)"
+        lines.append(floor)
     else:
         lines.append(f"- FLOP floor: {fl['peak_source']}")
     lines.append(f"- counted: {fl['counted']}")

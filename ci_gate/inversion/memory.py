@@ -85,8 +85,14 @@ def activation_bytes_per_class(classifier: PromptedClassifier, batch_size: int, 
 
 
 def class_batch_for_budget(per_class_bytes: int, budget_bytes: int, n_classes: int) -> int:
-    """Pure: the largest class batch within the budget, at least 1 and at most ``n_classes``."""
-    return int(max(1, min(n_classes, budget_bytes // max(1, per_class_bytes))))
+    """Pure: a class batch within the budget, at least 1 and at most ``n_classes``.
+
+    Uses as few groups as the budget allows, then evens them out (50 classes at most 23 per
+    group: 17 + 17 + 16 rather than 23 + 23 + 4, whose small last group would underuse the device).
+    """
+    largest = int(max(1, min(n_classes, budget_bytes // max(1, per_class_bytes))))
+    groups = -(-n_classes // largest)
+    return -(-n_classes // groups)
 
 
 def memory_budget(device: torch.device, cpu_budget_bytes: int = DEFAULT_CPU_BUDGET) -> int:

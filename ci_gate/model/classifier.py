@@ -47,6 +47,7 @@ class PromptedClassifier(nn.Module):
         self.register_buffer("zeroshot_features", zeroshot_features, persistent=False)
         self.fast = True
         self.autocast_dtype: torch.dtype | None = None
+        self.channels_last = False
         self._cached_text: torch.Tensor | None = None
 
     @property
@@ -82,6 +83,22 @@ class PromptedClassifier(nn.Module):
                 self._cached_text = self._static_text_features()
         return self
 
+    def tune_for(self, device: torch.device) -> "PromptedClassifier":
+        """Device-specific layout that pays and keeps the numbers: channels-last for a
+        convolutional (ResNet) image tower on CUDA, where cuDNN's tensor-core kernels want NHWC.
+
+        Left out on purpose: channels-last for ViT towers (one patch convolution, then plain
+        matmuls: nothing to gain) and torch.compile (its warm-up is tens of seconds per input shape,
+        the class groups and the final evaluation bring several shapes, and a whole ViT-B/16 scan
+        is meant to take under a minute; the work is in large matmuls that eager mode already
+        runs at library speed).
+        """
+        convolutional = not hasattr(self.visual, "transformer")
+        self.channels_last = device.type == "cuda" and convolutional
+        if self.channels_last:
+            self.visual.to(memory_format=torch.channels_last)
+        return self
+
     def invalidate_cache(self) -> None:
         self._cached_text = None
 
@@ -94,6 +111,8 @@ class PromptedClassifier(nn.Module):
 
     def image_features(self, images01: torch.Tensor) -> torch.Tensor:
         x = (images01 - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return F.normalize(self.visual(x).float(), dim=-1)
 
     def _autocast(self):
