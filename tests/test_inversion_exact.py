@@ -108,6 +108,30 @@ def test_input_gradients_equal_reference(clf, pool):
     torch.testing.assert_close(fast, ref, atol=1e-5 * float(ref.abs().max()), rtol=1e-4)
 
 
+def test_learner_gradients_equal_reference(clf, pool):
+    # prompt tuning (tests' fixture models, repair, canary) trains through the fast path too
+    labels = torch.arange(pool.shape[0]) % N_CLASSES
+    params = list(clf.learner.parameters())
+
+    def grads(fast: bool) -> list[torch.Tensor]:
+        clf.fast = fast
+        clf.invalidate_cache()  # training: nothing cached, the learner changes every step
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            loss = torch.nn.functional.cross_entropy(clf(pool), labels)
+            return [g.clone() for g in torch.autograd.grad(loss, params)]
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+            clf.fast = True
+            clf.freeze()
+
+    for ref, fast in zip(grads(False), grads(True)):
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(fast, ref, atol=1e-5 * float(ref.abs().max()), rtol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def inversions(clf, pool):
     """Reference, fast with all classes in one batch, and fast one class at a time."""
