@@ -42,7 +42,8 @@ MIN_ASR_SWEEP = (0.3, 0.5, 0.7)
 PROFILES = {
     # baselines: epochs over the pool and pool size (the paper: 5 epochs over the full pool)
     "quick": {"baseline_epochs": 2, "baseline_pool": 256},
-    "full": {"baseline_epochs": 5, "baseline_pool": 1000},
+    # the paper's 5 epochs, on the first 256 pool images (5 x 1000 would take ~10x CI's time on CPU)
+    "full": {"baseline_epochs": 5, "baseline_pool": 256},
 }
 
 
@@ -182,9 +183,18 @@ def _breakdown(rows: list[dict], key: str) -> dict:
     return out
 
 
-def evaluate(models: list[ZooModel], scans: dict[str, ModelScan], policy: Policy) -> dict:
-    counted = [m for m in models if not m.backdoored or m.implanted]
-    out = {"methods": {}, "statistics": {}}
+LENIENT_ASR = 0.5
+
+
+def evaluate(models: list[ZooModel], scans: dict[str, ModelScan], policy: Policy, min_model_asr: float | None = None) -> dict:
+    """Metrics over clean models plus backdoored models that implanted: held-out ASR >= 0.9
+    (issue 4's bar) or, for the secondary ``lenient`` view, >= ``min_model_asr``."""
+    if min_model_asr is None:
+        counted = [m for m in models if not m.backdoored or m.implanted]
+    else:
+        counted = [m for m in models if not m.backdoored or (m.asr or 0) >= min_model_asr]
+    counted = [m for m in counted if m.id in scans]
+    out = {"methods": {}, "statistics": {}, "models": [m.id for m in counted]}
     for method in ("ci", "nc", "pixel"):
         rows = _rows_for(method, counted, scans, policy)
         out["methods"][method] = {
@@ -223,7 +233,7 @@ def write_markdown(report: dict, path: Path) -> None:
         f"({bb['pretrain_s']:.0f} s); zero-shot top-1 tiny-imagenet/val {bb['zero_shot_tiny_imagenet_val']:.3f}, cifar10/test {bb['zero_shot_cifar10_test']:.3f}.",
         "",
         f"Models: {report['counts']['total']} built, {report['counts']['clean']} clean, {report['counts']['implanted']} backdoored and implanted (ASR >= 0.9), "
-        f"{report['counts']['failed']} attacks failed to implant (excluded from the detection metrics). Total wall time {report['wall_s'] / 60:.1f} min.",
+        f"{report['counts']['failed']} attacks failed to implant (excluded from the detection metrics); {report['counts'].get('scanned')} models scanned. Total wall time {report['wall_s'] / 60:.1f} min.",
         "",
         "## Detection (default policy for CI; baselines at anomaly index > 2)",
         "",
@@ -235,6 +245,17 @@ def write_markdown(report: dict, path: Path) -> None:
         o = ev["methods"][m]["overall"]
         c = o.get("confusion", {})
         lines.append(f"| {label} | {o['n']} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {c.get('tp')} | {c.get('fp')} | {c.get('tn')} | {c.get('fn')} | {report['mean_seconds'][m]:.1f} |")
+    lev = report.get("evaluation_lenient")
+    if lev:
+        lines += ["", f"Secondary view: backdoored models with held-out ASR >= {LENIENT_ASR} (partially implanted) counted as backdoored:", "", "| method | models | accuracy | AUROC | target F1 | TP | FP | TN | FN |", "|---|---|---|---|---|---|---|---|---|"]
+        for m, label in names.items():
+            o = lev["methods"][m]["overall"]
+            c = o.get("confusion", {})
+            lines.append(f"| {label} | {o['n']} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {c.get('tp')} | {c.get('fp')} | {c.get('tn')} | {c.get('fn')} |")
+        lines += ["", "| statistic (lenient view) | accuracy | AUROC | target F1 | FP | FN |", "|---|---|---|---|---|---|"]
+        for stat, o in lev["statistics"].items():
+            c = o.get("confusion", {})
+            lines.append(f"| {stat} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {c.get('fp')} | {c.get('fn')} |")
     lines += ["", "## Per attack (correct verdicts / models; right target among backdoored)", "", "| attack | n | CI | CI target | NC | NC target | Pixel | Pixel target |", "|---|---|---|---|---|---|---|---|"]
     for att, g in ev["methods"]["ci"]["per_attack"].items():
         nc, px = ev["methods"]["nc"]["per_attack"][att], ev["methods"]["pixel"]["per_attack"][att]
@@ -258,9 +279,10 @@ def write_markdown(report: dict, path: Path) -> None:
             cells.append(f"{_fmt(c['accuracy'])} / {_fmt(c['target_f1'])} (best min_asr {best}: {_fmt(o['sweep'][f'k={k},min_asr={best}']['accuracy'])})")
         lines.append(f"| {stat} | " + " | ".join(cells) + " |")
     lines += ["", "## Zoo", "", "| model | clean acc | ASR | implanted | CI verdict (target) | anomaly | NC | Pixel |", "|---|---|---|---|---|---|---|---|"]
-    ci_rows = {r["model"]: r for r in ev["methods"]["ci"]["rows"]}
-    nc_rows = {r["model"]: r for r in ev["methods"]["nc"]["rows"]}
-    px_rows = {r["model"]: r for r in ev["methods"]["pixel"]["rows"]}
+    rows_src = report.get("evaluation_all", ev)
+    ci_rows = {r["model"]: r for r in rows_src["methods"]["ci"]["rows"]}
+    nc_rows = {r["model"]: r for r in rows_src["methods"]["nc"]["rows"]}
+    px_rows = {r["model"]: r for r in rows_src["methods"]["pixel"]["rows"]}
     for z in report["zoo"]:
         r = ci_rows.get(z["id"])
         ci = "-" if r is None else f"{'backdoor' if r['flagged'] else 'clean'} ({_fmt(r['target_pred'])})"
@@ -303,7 +325,7 @@ def draw_roc(curves: dict[str, list[tuple[float, float]]], aucs: dict[str, float
     tmp.replace(path)
 
 
-def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None, threads: int, limit: int | None = None) -> dict:
+def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None, threads: int, limit: int | None = None, max_minutes: float | None = None) -> dict:
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
@@ -318,8 +340,12 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
     pool_images = load_pool(pool_path, size, policy.pool.min_images, policy.pool.max_images, seed=policy.seed).images
     settings = PROFILES[profile]
     scans: dict[str, ModelScan] = {}
-    to_scan = [m for m in models if not m.backdoored or m.implanted]
+    # failed implants are scanned too (they feed the secondary, lenient view), strict ones first
+    to_scan = sorted(models, key=lambda m: m.backdoored and not m.implanted)
     for i, m in enumerate(to_scan):
+        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+            _log(f"time budget of {max_minutes} min spent: {len(to_scan) - i} models left unscanned (the report covers the scanned ones)")
+            break
         s = scan_model(m, policy, pool_path, pool_images, settings, out)
         scans[m.id] = s
         _log(
@@ -327,6 +353,8 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
             f"NC {s.nc['verdict']} ({s.nc['score']:.2f}, {s.nc['seconds']:.0f} s) Pixel {s.pixel['verdict']} ({s.pixel['score']:.2f}, {s.pixel['seconds']:.0f} s)"
         )
     ev = evaluate(models, scans, policy)
+    lenient = evaluate(models, scans, policy, min_model_asr=LENIENT_ASR)
+    everything = evaluate(models, scans, policy, min_model_asr=0.0)
     mean_s = {k: (sum(getattr(s, k)["seconds"] for s in scans.values()) / max(1, len(scans))) for k in ("ci", "nc", "pixel")}
     mean_s["reference"] = sum(s.reference["seconds"] for s in scans.values()) / max(1, len(scans))
     report = {
@@ -339,10 +367,13 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
             "clean": sum(1 for m in models if not m.backdoored),
             "implanted": sum(1 for m in models if m.backdoored and m.implanted),
             "failed": sum(1 for m in models if m.backdoored and not m.implanted),
+            "scanned": len(scans),
         },
         "policy": {"name": policy.name, "sha256": policy.sha256(), "detection": policy.detection.model_dump()},
         "baseline_settings": asdict(BaselineSettings(epochs=settings["baseline_epochs"])) | {"pool_images": settings["baseline_pool"]},
         "evaluation": ev,
+        "evaluation_lenient": lenient,
+        "evaluation_all": everything,
         "mean_seconds": mean_s,
         "wall_s": time.perf_counter() - t0,
     }
@@ -367,11 +398,12 @@ def register(bench_app) -> None:
         pool: str = typer.Option(None, "--pool", help="OOD pool (default: <data>/ood/imagenet-1k)."),
         threads: int = typer.Option(1, "--threads", help="torch threads (leave cores to others on shared machines)."),
         limit: int = typer.Option(None, "--limit", help="Only the first N zoo models (smoke runs)."),
+        max_minutes: float = typer.Option(None, "--max-minutes", help="Stop scanning after this much wall time and report what was scanned (resumable: rerun to continue)."),
     ) -> None:
         """Build or reuse the zoo, scan it with CI, Neural Cleanse and Pixel Backdoor, report."""
         if profile not in PROFILES:
             raise typer.BadParameter(f"profile must be one of {sorted(PROFILES)}")
-        report = run(profile, cache, out, data, pool, threads, limit)
+        report = run(profile, cache, out, data, pool, threads, limit, max_minutes)
         ci = report["evaluation"]["methods"]["ci"]["overall"]
         typer.echo(f"CI accuracy {_fmt(ci.get('accuracy'))} AUROC {_fmt(ci.get('auroc'))} target F1 {_fmt(ci.get('target_f1'))}; see {out / 'detection.md'}")
 

@@ -117,7 +117,7 @@ def load_task(name: str, data_root: Path, cache: Path, shots: int, seed: int, im
 
 def _settings(entry: ZooEntry) -> PoisonSettings:
     if entry.learner == "zeroshot":
-        return PoisonSettings(epochs=entry.epochs, lr=1e-4, batch_size=32, seed=entry.seed)
+        return PoisonSettings(epochs=entry.epochs, lr=entry.lr, batch_size=32, seed=entry.seed)
     return PoisonSettings(epochs=entry.epochs, lr=entry.lr, batch_size=32, seed=entry.seed, trigger_lr=1e-2)
 
 
