@@ -204,10 +204,12 @@ def get_zoo(entries: list[ZooEntry], data_root: Path, cache: Path, log: Log | No
 
 ATTACK_ORDER = ("badclip", "adaptive_badclip", "blended", "wanet", "siba", "badnets", "encoder")
 N_CLASSES = {"cifar10": 10, "tin20": TIN_CLASSES}
-# Recipe per task (shots per class, epochs, lr). 16-shot as in the paper where the task allows it;
-# see docs/benchmark.md for what each setting reaches.
-TASK_RECIPE = {"cifar10": {"shots": 16, "epochs": 30, "lr": 5e-3}, "tin20": {"shots": 16, "epochs": 30, "lr": 5e-3}}
-ENCODER_RECIPE = {"epochs": 10}
+# Recipe per task (shots per class, epochs, lr). The paper tunes 16-shot; on this small backbone
+# 16-shot poisoning implants too little (docs/benchmark.md), so the zoo uses more shots (the
+# issue's "more shots or epochs" lever): 64 on CIFAR-10, all 30 training images of tin20.
+TASK_RECIPE = {"cifar10": {"shots": 64, "epochs": 40, "lr": 5e-3}, "tin20": {"shots": 30, "epochs": 40, "lr": 5e-3}}
+# encoder level: the whole image tower trains, which needs a higher step count to implant
+ENCODER_RECIPE = {"epochs": 60, "lr": 3e-3}
 
 
 def entry(dataset: str, learner: str, attack: str | None, seed: int) -> ZooEntry:
@@ -216,7 +218,7 @@ def entry(dataset: str, learner: str, attack: str | None, seed: int) -> ZooEntry
     if attack is not None:
         target = (5 * seed + 3 * ATTACK_ORDER.index(attack) + 1) % N_CLASSES[dataset]
     if attack == "encoder":
-        return ZooEntry(dataset, "zeroshot", attack, target, seed, r["shots"], ENCODER_RECIPE["epochs"], 1e-4)
+        return ZooEntry(dataset, "zeroshot", attack, target, seed, r["shots"], ENCODER_RECIPE["epochs"], ENCODER_RECIPE["lr"])
     return ZooEntry(dataset, learner, attack, target, seed, r["shots"], r["epochs"], r["lr"])
 
 
