@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -96,6 +96,8 @@ def run_canary(req: CanaryRequest, log=None) -> CanarySummary:
     if req.attack not in ATTACKS:
         raise InputError("--attack", f"unknown attack {req.attack!r}; choose from {', '.join(prompt_attacks())}")
     spec = attack_spec(req.attack)
+    if cp.poison_rate is not None:
+        spec = replace(spec, poison_rate=cp.poison_rate)
     if spec.level != "prompt":
         raise InputError("--attack", f"{req.attack!r} is an encoder-level attack; a canary re-tunes the prompt learner, choose from {', '.join(prompt_attacks())}")
     if req.out.exists() and not req.out.is_dir():

@@ -87,9 +87,10 @@ class RepairPolicy(_Strict):
 class CanaryPolicy(_Strict):
     """How 'ci-gate canary' plants its known backdoor in a copy of the user's model."""
 
-    epochs: int = Field(20, ge=1)
-    lr: float = Field(0.005, gt=0)
+    epochs: int = Field(30, ge=1, description="poisoned re-tuning epochs, starting from the user's prompt learner")
+    lr: float = Field(0.01, gt=0)
     batch_size: int = Field(32, ge=1)
+    poison_rate: float | None = Field(None, gt=0, le=1, description="poisoned copies per clean image in a batch; null uses the attack's own rate")
     trigger_lr: float = Field(0.01, gt=0, description="step size of learnable triggers (BadCLIP, SIBA)")
     holdout: float = Field(0.2, gt=0, lt=1, description="share of each class held out to measure the planted backdoor's ASR")
     min_attack_asr: float = Field(0.5, ge=0, le=1, description="a planted backdoor weaker than this on held-out images makes the self-test inconclusive")

@@ -140,7 +140,7 @@ def _target(result: Result) -> ClassResult:
     return max(result.suspicious or result.classes, key=lambda c: c.anomaly)
 
 
-def _scan_summary(result: Result, policy: Policy) -> ScanSummary:
+def scan_summary(result: Result, policy: Policy) -> ScanSummary:
     target = next((c for c in result.classes if c.index == result.target_index), None)
     return ScanSummary(
         verdict=result.verdict,
@@ -229,7 +229,7 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
 
         say("verifying the delivered checkpoint")
         before_scan = scan(req.checkpoint, "before")
-        verify = _scan_summary(before_scan, pol)
+        verify = scan_summary(before_scan, pol)
         if not gate_fails(before_scan, pol):
             summary = RepairSummary(status="clean", message="the gate passes this checkpoint: nothing to repair, nothing written", verify=verify, seconds=time.perf_counter() - t0, **base)
             return RepairOutcome(summary)
@@ -256,7 +256,7 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
             say(f"round {r}: re-verifying the repaired model")
             after_scan = scan(candidate, f"after-{r}")
             after = _held_out(clf, held, primary, target.index)
-            rounds.append(RoundRecord(round=r, triggers=list(triggers), reverify=_scan_summary(after_scan, pol), held_out=after))
+            rounds.append(RoundRecord(round=r, triggers=list(triggers), reverify=scan_summary(after_scan, pol), held_out=after))
             if not gate_fails(after_scan, pol):
                 break
             nxt = _target(after_scan)
