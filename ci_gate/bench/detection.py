@@ -26,11 +26,11 @@ import torch
 from ci_gate.baselines import BaselineSettings, neural_cleanse, pixel_backdoor
 from ci_gate.bench import metrics
 from ci_gate.bench.zoo import ATTACK_ORDER, ZooModel, get_zoo, profile_entries
-from ci_gate.inversion import InversionSettings, base_rates, invert
+from ci_gate.inversion import InversionSettings
 from ci_gate.model import load_classifier
-from ci_gate.model.factory import build_classifier
 from ci_gate.policy import Policy, load_policy
 from ci_gate.pool import load_pool
+from ci_gate.reference import reference_stats
 from ci_gate.scoring import ClassStats, decide
 
 DEFAULT_CACHE = Path.home() / ".cache" / "ci-gate-bench"
@@ -76,17 +76,10 @@ def _reference(model: ZooModel, policy: Policy, images: torch.Tensor) -> dict:
     """Invert the delivered checkpoint's backbone with hand-written prompts (zero-shot)."""
     t0 = time.perf_counter()
     loaded = load_classifier(model.path)
-    pre = loaded.checkpoint.meta.preprocessing
-    clf = build_classifier(loaded.backbone, "zeroshot", None, list(loaded.classifier.class_names), 0, pre.image_size, pre.mean, pre.std)
-    clf.freeze()
     inv = policy.inversion
     settings = InversionSettings(epsilon=inv.epsilon, lr=inv.lr, batch_size=inv.batch_size, epochs=inv.epochs, loss=inv.loss, seed=policy.seed)
-    trig = invert(clf, images, settings, class_batch=clf.n_classes)
-    rates, clean = base_rates(clf, images)
-    return {
-        "classes": [{"index": t.index, "asr": t.asr, "final_loss": t.final_loss, "clean_loss": float(clean[t.index]), "base_rate": float(rates[t.index])} for t in trig],
-        "seconds": time.perf_counter() - t0,
-    }
+    ref = reference_stats(loaded, list(loaded.classifier.class_names), images, settings)
+    return {"classes": [{"index": i, "asr": r.asr, "final_loss": r.final_loss, "clean_loss": r.clean_loss} for i, r in enumerate(ref)], "seconds": time.perf_counter() - t0}
 
 
 def _baseline(fn, model: ZooModel, images: torch.Tensor, settings: BaselineSettings) -> dict:

@@ -1,0 +1,48 @@
+"""The clean reference for the ``ref_*`` detection statistics (ci_gate.scoring).
+
+The delivered checkpoint names its backbone; the same backbone with hand-written prompts
+("a photo of a {class}.", zero-shot) is a model no provider touched. Inverting it with the same
+settings and pool says how easy each class is for CLIP itself; the ``ref_*`` statistics score
+how much EASIER the delivered model makes each class than that reference, which cancels classes
+that are intrinsically easy to reach (a common source of false positives on clean models).
+
+Cheap: a zero-shot classifier's text features do not depend on the image, so its inversion
+costs one image-tower pass per step. For an encoder-level checkpoint the reference uses the
+embedded (possibly fine-tuned) image tower, so it only cancels what the text side explains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ci_gate.inversion import InversionSettings, base_rates, invert
+from ci_gate.model.classifier import PromptedClassifier
+from ci_gate.model.factory import LoadedModel, build_classifier
+
+
+@dataclass(frozen=True)
+class ReferenceClass:
+    asr: float
+    final_loss: float
+    clean_loss: float
+
+
+def reference_classifier(loaded: LoadedModel, class_names: list[str]) -> PromptedClassifier:
+    pre = loaded.checkpoint.meta.preprocessing
+    clf = build_classifier(loaded.backbone, "zeroshot", None, list(class_names), 0, pre.image_size, pre.mean, pre.std)
+    return clf
+
+
+def reference_stats(loaded: LoadedModel, class_names: list[str], images: torch.Tensor, settings: InversionSettings, device: torch.device | None = None) -> list[ReferenceClass]:
+    """Per candidate class (in ``class_names`` order): trigger ASR, final and clean margin loss
+    of the hand-written-prompt model on the same backbone."""
+    clf = reference_classifier(loaded, class_names)
+    if device is not None:
+        clf.to(device)
+    clf.freeze()
+    triggers = invert(clf, images, settings, class_batch=max(1, len(class_names)))
+    rates, clean = base_rates(clf, images)
+    by_index = {t.index: t for t in triggers}
+    return [ReferenceClass(asr=by_index[i].asr, final_loss=by_index[i].final_loss, clean_loss=float(clean[i])) for i in range(len(class_names))]
