@@ -7,8 +7,12 @@ how much EASIER the delivered model makes each class than that reference, which 
 that are intrinsically easy to reach (a common source of false positives on clean models).
 
 Cheap: a zero-shot classifier's text features do not depend on the image, so its inversion
-costs one image-tower pass per step. For an encoder-level checkpoint the reference uses the
-embedded (possibly fine-tuned) image tower, so it only cancels what the text side explains.
+costs one image-tower pass per step.
+
+Which backbone: by default the one the checkpoint loads. An encoder-level checkpoint embeds a
+fine-tuned (possibly backdoored) image tower; a reference built on it carries the backdoor and
+cancels it. Pass ``backbone`` = the published weights the provider started from (the user
+has them: the checkpoint names and pins its backbone) to keep the reference clean.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ci_gate.inversion import InversionSettings, base_rates, invert
+from ci_gate.model.backbone import Backbone
 from ci_gate.model.classifier import PromptedClassifier
 from ci_gate.model.factory import LoadedModel, build_classifier
 
@@ -29,16 +34,23 @@ class ReferenceClass:
     clean_loss: float
 
 
-def reference_classifier(loaded: LoadedModel, class_names: list[str]) -> PromptedClassifier:
+def reference_classifier(loaded: LoadedModel, class_names: list[str], backbone: Backbone | None = None) -> PromptedClassifier:
     pre = loaded.checkpoint.meta.preprocessing
-    clf = build_classifier(loaded.backbone, "zeroshot", None, list(class_names), 0, pre.image_size, pre.mean, pre.std)
+    clf = build_classifier(backbone or loaded.backbone, "zeroshot", None, list(class_names), 0, pre.image_size, pre.mean, pre.std)
     return clf
 
 
-def reference_stats(loaded: LoadedModel, class_names: list[str], images: torch.Tensor, settings: InversionSettings, device: torch.device | None = None) -> list[ReferenceClass]:
+def reference_stats(
+    loaded: LoadedModel,
+    class_names: list[str],
+    images: torch.Tensor,
+    settings: InversionSettings,
+    device: torch.device | None = None,
+    backbone: Backbone | None = None,
+) -> list[ReferenceClass]:
     """Per candidate class (in ``class_names`` order): trigger ASR, final and clean margin loss
-    of the hand-written-prompt model on the same backbone."""
-    clf = reference_classifier(loaded, class_names)
+    of the hand-written-prompt model on the same (or the given published) backbone."""
+    clf = reference_classifier(loaded, class_names, backbone)
     if device is not None:
         clf.to(device)
     clf.freeze()

@@ -28,6 +28,7 @@ from ci_gate.bench import metrics
 from ci_gate.bench.zoo import ATTACK_ORDER, ZooModel, get_zoo, profile_entries
 from ci_gate.inversion import InversionSettings
 from ci_gate.model import load_classifier
+from ci_gate.model.small import embedded_backbone
 from ci_gate.policy import Policy, load_policy
 from ci_gate.pool import load_pool
 from ci_gate.reference import reference_stats
@@ -42,8 +43,9 @@ MIN_ASR_SWEEP = (0.3, 0.5, 0.7)
 PROFILES = {
     # baselines: epochs over the pool and pool size (the paper: 5 epochs over the full pool)
     "quick": {"baseline_epochs": 2, "baseline_pool": 256},
-    # the paper's 5 epochs, on the first 256 pool images (5 x 1000 would take ~10x CI's time on CPU)
-    "full": {"baseline_epochs": 5, "baseline_pool": 256},
+    # the paper's 5 epochs, on the first 128 pool images (5 x 1000 would take ~10x CI's time on
+    # CPU; this keeps a baseline scan near CI's cost so the full zoo fits in its time budget)
+    "full": {"baseline_epochs": 5, "baseline_pool": 128},
 }
 
 
@@ -72,14 +74,21 @@ def _ci_scan(model: ZooModel, policy: Policy, pool_path: str, out: Path) -> dict
     return {"verdict": res.verdict, "target": res.target_index, "score": score, "seconds": res.timings.total_s, "inversion_s": res.timings.inversion_s, "classes": classes}
 
 
-def _reference(model: ZooModel, policy: Policy, images: torch.Tensor) -> dict:
-    """Invert the delivered checkpoint's backbone with hand-written prompts (zero-shot)."""
+def _reference(model: ZooModel, policy: Policy, images: torch.Tensor, pristine=None) -> dict:
+    """Invert the backbone with hand-written prompts (zero-shot). Prompt-level models carry the
+    published backbone unchanged; for encoder-level models the published (pristine) backbone
+    is used, as a user would: the checkpoint's own image tower is the one under suspicion."""
     t0 = time.perf_counter()
     loaded = load_classifier(model.path)
     inv = policy.inversion
     settings = InversionSettings(epsilon=inv.epsilon, lr=inv.lr, batch_size=inv.batch_size, epochs=inv.epochs, loss=inv.loss, seed=policy.seed)
-    ref = reference_stats(loaded, list(loaded.classifier.class_names), images, settings)
-    return {"classes": [{"index": i, "asr": r.asr, "final_loss": r.final_loss, "clean_loss": r.clean_loss} for i, r in enumerate(ref)], "seconds": time.perf_counter() - t0}
+    use = pristine if model.learner == "zeroshot" else None
+    ref = reference_stats(loaded, list(loaded.classifier.class_names), images, settings, backbone=use)
+    return {
+        "classes": [{"index": i, "asr": r.asr, "final_loss": r.final_loss, "clean_loss": r.clean_loss} for i, r in enumerate(ref)],
+        "seconds": time.perf_counter() - t0,
+        "backbone": "pristine" if use is not None else "checkpoint",
+    }
 
 
 def _baseline(fn, model: ZooModel, images: torch.Tensor, settings: BaselineSettings) -> dict:
@@ -95,16 +104,20 @@ def _baseline(fn, model: ZooModel, images: torch.Tensor, settings: BaselineSetti
     }
 
 
-def scan_model(model: ZooModel, policy: Policy, pool_path: str, pool_images: torch.Tensor, profile: dict, out: Path) -> ModelScan:
+def scan_model(model: ZooModel, policy: Policy, pool_path: str, pool_images: torch.Tensor, profile: dict, out: Path, pristine=None) -> ModelScan:
     record = out / "models" / f"{model.id}.json"
     key = {"policy": policy.sha256(), "profile": profile, "pool": pool_path}
     if record.is_file():
         saved = json.loads(record.read_text())
         if saved.get("key") == key:
-            return ModelScan(**saved["scan"])
+            scan = ModelScan(**saved["scan"])
+            if model.learner == "zeroshot" and pristine is not None and scan.reference.get("backbone") != "pristine":
+                scan.reference = _reference(model, policy, pool_images, pristine)  # records from before the pristine reference
+                record.write_text(json.dumps({"key": key, "scan": asdict(scan)}, indent=1))
+            return scan
     torch.manual_seed(0)
     ci = _ci_scan(model, policy, pool_path, out / "scans" / model.id)
-    ref = _reference(model, policy, pool_images)
+    ref = _reference(model, policy, pool_images, pristine)
     bsettings = BaselineSettings(epochs=profile["baseline_epochs"])
     base_images = pool_images[: profile["baseline_pool"]]
     nc = _baseline(neural_cleanse, model, base_images, bsettings)
@@ -332,14 +345,15 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
     size = backbone.config["vision_cfg"]["image_size"]
     pool_images = load_pool(pool_path, size, policy.pool.min_images, policy.pool.max_images, seed=policy.seed).images
     settings = PROFILES[profile]
+    _, pristine = embedded_backbone(backbone.config, backbone.state)
     scans: dict[str, ModelScan] = {}
     # failed implants are scanned too (they feed the secondary, lenient view), strict ones first
-    to_scan = sorted(models, key=lambda m: m.backdoored and not m.implanted)
+    to_scan = sorted(models, key=lambda m: (m.backdoored and not m.implanted, -(m.asr or 0)))
     for i, m in enumerate(to_scan):
         if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
             _log(f"time budget of {max_minutes} min spent: {len(to_scan) - i} models left unscanned (the report covers the scanned ones)")
             break
-        s = scan_model(m, policy, pool_path, pool_images, settings, out)
+        s = scan_model(m, policy, pool_path, pool_images, settings, out, pristine)
         scans[m.id] = s
         _log(
             f"[{i + 1}/{len(to_scan)}] {m.id}: CI {s.ci['verdict']} ({s.ci['target']}, {s.ci['score']:.2f}, {s.ci['seconds']:.0f} s) "
