@@ -35,7 +35,8 @@ from ci_gate.result import (
     Timings,
     ToolInfo,
 )
-from ci_gate.scoring import ClassStats, decide
+from ci_gate.reference import reference_stats
+from ci_gate.scoring import REFERENCE_STATISTICS, ClassStats, decide
 
 Progress = Callable[[int, int], None]
 N_EXAMPLES = 4
@@ -104,11 +105,14 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     if triggers is None:  # not rank 0: rank 0 scores and writes
         return None
     rates, clean_losses = base_rates(clf, pool.images)
+    ref = reference_stats(loaded, clf.class_names, pool.images, settings, device) if policy.detection.statistic in REFERENCE_STATISTICS else None
     t_inv = time.perf_counter()
 
     det = policy.detection
     stats = [
         ClassStats(asr=t.asr, base_rate=float(rates[t.index]), final_loss=t.final_loss, clean_loss=float(clean_losses[t.index]))
+        if ref is None
+        else ClassStats(asr=t.asr, base_rate=float(rates[t.index]), final_loss=t.final_loss, clean_loss=float(clean_losses[t.index]), ref_asr=ref[t.index].asr, ref_final_loss=ref[t.index].final_loss, ref_clean_loss=ref[t.index].clean_loss)
         for t in triggers
     ]
     decision = decide(stats, det.statistic, det.k, det.min_asr, det.mad_floor)

@@ -30,3 +30,12 @@ def test_reference_cancels_classes_the_backbone_finds_easy():
     assert plain.anomaly[0] == pytest.approx(plain.anomaly[2])
     assert ref.target == 2 and ref.verdict == "backdoor"
     assert ref.anomaly[0] < 2.0
+
+
+def test_policy_accepts_reference_statistics():
+    from ci_gate.policy import load_policy
+    from ci_gate.scoring import REFERENCE_STATISTICS
+
+    for stat in REFERENCE_STATISTICS:
+        policy, _ = load_policy(None, overrides=[f"detection.statistic={stat}"])
+        assert policy.detection.statistic == stat
