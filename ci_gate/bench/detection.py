@@ -262,6 +262,15 @@ def write_markdown(report: dict, path: Path) -> None:
         for stat, o in lev["statistics"].items():
             c = o.get("confusion", {})
             lines.append(f"| {stat} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {c.get('fp')} | {c.get('fn')} |")
+    allv = report.get("evaluation_all")
+    if allv:
+        lines += ["", "All attacked models counted as backdoored, whatever their ASR (how each statistic ranks weak backdoors):", "", "| statistic (all view) | accuracy | AUROC | target F1 | FP | FN |", "|---|---|---|---|---|---|"]
+        for stat, o in allv["statistics"].items():
+            c = o.get("confusion", {})
+            lines.append(f"| {stat} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {c.get('fp')} | {c.get('fn')} |")
+        for m, label in names.items():
+            o = allv["methods"][m]["overall"]
+            lines.append(f"\n{label} (all view): accuracy {_fmt(o.get('accuracy'))}, AUROC {_fmt(o.get('auroc'))}, target F1 {_fmt(o.get('target_f1'))}")
     lines += ["", "## Per attack (correct verdicts / models; right target among backdoored)", "", "| attack | n | CI | CI target | NC | NC target | Pixel | Pixel target |", "|---|---|---|---|---|---|---|---|"]
     for att, g in ev["methods"]["ci"]["per_attack"].items():
         nc, px = ev["methods"]["nc"]["per_attack"][att], ev["methods"]["pixel"]["per_attack"][att]
