@@ -271,16 +271,18 @@ def write_markdown(report: dict, path: Path) -> None:
         for m, label in names.items():
             o = allv["methods"][m]["overall"]
             lines.append(f"\n{label} (all view): accuracy {_fmt(o.get('accuracy'))}, AUROC {_fmt(o.get('auroc'))}, target F1 {_fmt(o.get('target_f1'))}")
-    lines += ["", "## Per attack (correct verdicts / models; right target among backdoored)", "", "| attack | n | CI | CI target | NC | NC target | Pixel | Pixel target |", "|---|---|---|---|---|---|---|---|"]
-    for att, g in ev["methods"]["ci"]["per_attack"].items():
-        nc, px = ev["methods"]["nc"]["per_attack"][att], ev["methods"]["pixel"]["per_attack"][att]
+    bd = report.get("evaluation_all", ev)
+    lines += ["", "## Per attack (all scanned models, failed implants included; correct verdicts / models; right target among backdoored)", "", "| attack | n | CI | CI target | NC | NC target | Pixel | Pixel target |", "|---|---|---|---|---|---|---|---|"]
+    for att, g in bd["methods"]["ci"]["per_attack"].items():
+        nc, px = bd["methods"]["nc"]["per_attack"][att], bd["methods"]["pixel"]["per_attack"][att]
         tgt = lambda d: "-" if att == "clean" else f"{d['target_right']}/{d['n']}"  # noqa: E731
         lines.append(f"| {att} | {g['n']} | {g['correct']}/{g['n']} | {tgt(g)} | {nc['correct']}/{nc['n']} | {tgt(nc)} | {px['correct']}/{px['n']} | {tgt(px)} |")
-    lines += ["", "## Per dataset and learner", "", "| group | n | CI acc | CI AUROC | CI F1 | NC AUROC | Pixel AUROC |", "|---|---|---|---|---|---|---|"]
-    for key in ("per_dataset", "per_learner"):
-        for name, g in ev["methods"]["ci"][key].items():
-            nc, px = ev["methods"]["nc"][key][name], ev["methods"]["pixel"][key][name]
-            lines.append(f"| {name} | {g['n']} | {_fmt(g.get('accuracy'))} | {_fmt(g.get('auroc'))} | {_fmt(g.get('target_f1'))} | {_fmt(nc.get('auroc'))} | {_fmt(px.get('auroc'))} |")
+    for title, src in (("strict view", ev), ("all view", bd)):
+        lines += ["", f"## Per dataset and learner ({title})", "", "| group | n | CI acc | CI AUROC | CI F1 | NC AUROC | Pixel AUROC |", "|---|---|---|---|---|---|---|"]
+        for key in ("per_dataset", "per_learner"):
+            for name, g in src["methods"]["ci"][key].items():
+                nc, px = src["methods"]["nc"][key][name], src["methods"]["pixel"][key][name]
+                lines.append(f"| {name} | {g['n']} | {_fmt(g.get('accuracy'))} | {_fmt(g.get('auroc'))} | {_fmt(g.get('target_f1'))} | {_fmt(nc.get('auroc'))} | {_fmt(px.get('auroc'))} |")
     lines += ["", "## CI statistic variants (k=2, min_asr=0.5, same scans)", "", "| statistic | accuracy | AUROC | target F1 | FP | FN |", "|---|---|---|---|---|---|"]
     for stat, o in ev["statistics"].items():
         c = o.get("confusion", {})
