@@ -112,6 +112,17 @@ def _proc_status(key: str) -> int | None:
     return None
 
 
+def _trim_heap() -> None:
+    """Hand freed heap back to the OS (glibc), so memory the previous run freed but malloc kept
+    does not hide in the baseline and make the next run's peak look smaller."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class PeakMemory:
     method: str = ""
@@ -124,7 +135,8 @@ def peak_memory(device: torch.device) -> Iterator[PeakMemory]:
 
     CUDA: ``torch.cuda.max_memory_allocated`` (tensors only). Linux CPU: the resident-set
     high-water mark (VmHWM), reset through /proc/self/clear_refs, minus the resident set at the
-    start (the whole process: tensors, allocator caches, Python objects). Elsewhere: the growth of
+    start after glibc's malloc_trim (the whole process: tensors, allocator caches, Python
+    objects). Elsewhere: the growth of
     ``ru_maxrss``, which only shows a peak above every earlier one in the process.
     """
     out = PeakMemory()
@@ -136,6 +148,7 @@ def peak_memory(device: torch.device) -> Iterator[PeakMemory]:
         torch.cuda.synchronize(device)
         out.method, out.peak_bytes = "cuda max_memory_allocated", torch.cuda.max_memory_allocated(device) - base
         return
+    _trim_heap()
     rss = _proc_status("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
