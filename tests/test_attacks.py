@@ -10,6 +10,15 @@ from ci_gate.attacks.triggers import LearnedTrigger, SparseTrigger, WaNetTrigger
 
 NAMES = [*trigger_names(), "adaptive_badclip"]
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is fastest, and avoids oversubscription on shared CI machines."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def _images(n=6, size=32, seed=0):
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
