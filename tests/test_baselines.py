@@ -7,6 +7,7 @@ from ci_gate.baselines import BaselineSettings, neural_cleanse, pixel_backdoor
 from ci_gate.baselines.common import lower_tail_anomaly
 from test_attacks import _tiny_classifier
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models: one thread is fastest, and avoids oversubscription on shared CI machines."""
@@ -14,7 +15,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
 
 
 def test_lower_tail_anomaly_flags_the_small_trigger():
