@@ -75,7 +75,7 @@ def _models(args: dict) -> list[dict]:
         return [{"id": args["checkpoint"].stem, "checkpoint": args["checkpoint"], "trigger": trig, "target": names.index(args["target"]), "attack": args["attack"], "class_names": names}]
     from ci_gate.bench.zoo import entry, get_zoo, zoo_dir
 
-    entries = [entry("cifar10", "cocoop", a, args["seed"]) for a in args["attacks"]]
+    entries = [entry("cifar10", "cocoop", a, s) for s in args["seeds"] for a in args["attacks"]]
     backbone, models = get_zoo(entries, args["data"], args["cache"], log=_log)
     folder = zoo_dir(args["cache"], backbone)
     size = backbone.config["vision_cfg"]["image_size"]
@@ -168,7 +168,8 @@ def register(bench_app) -> None:
         clean_per_class: int = typer.Option(30, "--clean-per-class", help="Images per class in the user's clean set; the rest is held out."),
         policy: str = typer.Option("default", "--policy", help="Policy for the scan and the repair settings."),
         overrides: list[str] = typer.Option([], "--set", help="Policy overrides, e.g. --set detection.statistic=neg_loss"),
-        seed: int = typer.Option(0, "--seed", help="Zoo model seed and clean-set draw."),
+        seeds: str = typer.Option("0", "--seeds", help="Zoo model seeds, comma-separated (e.g. 0,1,2)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the clean-set draw."),
         cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="Benchmark cache (backbone, datasets, zoo), shared with bench detection."),
         data: Path = typer.Option(DATA_ROOT, "--data", help="The shared data folder (cifar10, tiny-imagenet, ood)."),
         pool: str = typer.Option(None, "--pool", help="OOD pool (default: <data>/ood/imagenet-1k)."),
@@ -184,7 +185,7 @@ def register(bench_app) -> None:
             raise InputError("--trigger", "--checkpoint needs the attacker's trigger file")
         args = dict(
             attacks=[a.strip() for a in attacks.split(",") if a.strip()], checkpoint=checkpoint, trigger=trigger, attack=attack, target=target,
-            task_data=task_data, clean_per_class=clean_per_class, policy=policy, overrides=list(overrides), seed=seed, cache=cache, data=data,
+            task_data=task_data, clean_per_class=clean_per_class, policy=policy, overrides=list(overrides), seeds=[int(x) for x in seeds.split(",") if x.strip()], seed=seed, cache=cache, data=data,
             pool=pool, out=out, threads=threads, command="ci-gate " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "ci-gate bench repair",
         )
         report = run(args)
