@@ -72,19 +72,37 @@ def _models(args: dict) -> list[dict]:
         if args["target"] is None or args["target"] not in names:
             raise InputError("--target", f"give the backdoor's target class, one of {names}")
         trig = _load_trigger(args["trigger"], args["attack"], ckpt.meta.preprocessing.image_size, 0)
-        return [{"id": args["checkpoint"].stem, "checkpoint": args["checkpoint"], "trigger": trig, "target": names.index(args["target"]), "attack": args["attack"], "class_names": names}]
+        return [{"id": args["checkpoint"].stem, "checkpoint": args["checkpoint"], "trigger": trig, "target": names.index(args["target"]),
+                 "attack": args["attack"], "class_names": names, "clean_twin": args["clean_twin"]}]
     from ci_gate.bench.zoo import entry, get_zoo, zoo_dir
 
     entries = [entry("cifar10", "cocoop", a, s) for s in args["seeds"] for a in args["attacks"]]
-    backbone, models = get_zoo(entries, args["data"], args["cache"], log=_log)
+    twins = {s: entry("cifar10", "cocoop", None, s) for s in args["seeds"]}
+    backbone, models = get_zoo(entries + list(twins.values()), args["data"], args["cache"], log=_log)
+    twin_paths = {e.seed: Path(m.path) for e, m in zip(entries + list(twins.values()), models) if e.attack is None}
     folder = zoo_dir(args["cache"], backbone)
     size = backbone.config["vision_cfg"]["image_size"]
     out = []
     for e, m in zip(entries, models):
         trig = _load_trigger(folder / f"{m.id}.trigger.safetensors", m.attack, size, e.seed + 1)
         out.append({"id": m.id, "checkpoint": Path(m.path), "trigger": trig, "target": m.target, "attack": m.attack, "class_names": m.class_names,
-                    "zoo_record": {"clean_acc": m.clean_acc, "asr": m.asr, "implanted": m.implanted}})
+                    "clean_twin": twin_paths[e.seed], "zoo_record": {"clean_acc": m.clean_acc, "asr": m.asr, "implanted": m.implanted}})
     return out
+
+
+def _twin(path: Path | None, trigger, target: int, test) -> dict | None:
+    """The same trigger against a never-backdoored model tuned the same way: the level a repair
+    can hope for. On small backbones a learned 4/255 trigger is partly a universal adversarial
+    perturbation, so this is well above the no-trigger rate."""
+    if path is None:
+        return None
+    from ci_gate.model import load_classifier
+    from ci_gate.repair.core import clean_accuracy, trigger_asr
+
+    clf = load_classifier(path).classifier
+    clf.freeze()
+    return {"path": str(path), "clean_accuracy": clean_accuracy(clf, test), "real_asr": trigger_asr(clf, test, trigger, target),
+            "natural_rate": trigger_asr(clf, test, lambda x: x, target)}
 
 
 def _pct(x) -> str:
@@ -114,6 +132,9 @@ def write_markdown(report: dict, path: Path) -> None:
             a = v["after"]
             rv = "" if v["reverify"] is None else v["reverify"]["verdict"]
             lines.append(f"| | | {v['name']} | {_pct(a['clean_accuracy'])} | {_pct(a['real_asr'])} | {_pct(a['reconstructed_asr'])} | {_pct(a['natural_rate'])} | {rv} |")
+        if ev.get("clean_twin"):
+            t = ev["clean_twin"]
+            lines.append(f"| | | clean twin (never backdoored) | {_pct(t['clean_accuracy'])} | {_pct(t['real_asr'])} | | {_pct(t['natural_rate'])} | |")
     lines += ["", f"Settings: {json.dumps(report['repair_settings'])}; clean set {report['clean_per_class']} per class; {report['seconds']:.0f} s.", ""]
     atomic_write_text(path, "\n".join(lines))
 
@@ -141,7 +162,8 @@ def run(args: dict) -> dict:
         clean, test = _split(data, args["clean_per_class"], args["seed"] + 100)
         _log(f"{m['id']}: {len(clean)} clean images for repair, {len(test)} held out")
         ev = evaluate_repair(m["checkpoint"], m["trigger"], m["target"], clean, test, pool, policy, log=lambda s, i=m["id"]: _log(f"{i}: {s}"))
-        evaluations.append({"id": m["id"], "attack": m["attack"], **({"zoo_record": m["zoo_record"]} if "zoo_record" in m else {}), **ev.to_dict()})
+        twin = _twin(m["clean_twin"], m["trigger"], m["target"], test)
+        evaluations.append({"id": m["id"], "attack": m["attack"], **({"zoo_record": m["zoo_record"]} if "zoo_record" in m else {}), "clean_twin": twin, **ev.to_dict()})
     report = {
         "command": args["command"],
         "policy": policy.name,
@@ -164,6 +186,7 @@ def register(bench_app) -> None:
         trigger: Path = typer.Option(None, "--trigger", help="With --checkpoint: the attacker's trigger (trigger state dict, .safetensors)."),
         attack: str = typer.Option("badclip", "--attack", help="With --checkpoint: which attack the trigger file belongs to."),
         target: str = typer.Option(None, "--target", help="With --checkpoint: the backdoor's target class."),
+        clean_twin: Path = typer.Option(None, "--clean-twin", help="With --checkpoint: the same model tuned without poison (reference for the real trigger's ASR)."),
         task_data: Path = typer.Option(None, "--task-data", help="Labeled images (folder per class) split into the clean set and the held-out set (default: <data>/cifar10/test)."),
         clean_per_class: int = typer.Option(30, "--clean-per-class", help="Images per class in the user's clean set; the rest is held out."),
         policy: str = typer.Option("default", "--policy", help="Policy for the scan and the repair settings."),
@@ -184,7 +207,7 @@ def register(bench_app) -> None:
         if checkpoint is not None and trigger is None:
             raise InputError("--trigger", "--checkpoint needs the attacker's trigger file")
         args = dict(
-            attacks=[a.strip() for a in attacks.split(",") if a.strip()], checkpoint=checkpoint, trigger=trigger, attack=attack, target=target,
+            attacks=[a.strip() for a in attacks.split(",") if a.strip()], checkpoint=checkpoint, trigger=trigger, attack=attack, target=target, clean_twin=clean_twin,
             task_data=task_data, clean_per_class=clean_per_class, policy=policy, overrides=list(overrides), seeds=[int(x) for x in seeds.split(",") if x.strip()], seed=seed, cache=cache, data=data,
             pool=pool, out=out, threads=threads, command="ci-gate " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "ci-gate bench repair",
         )
