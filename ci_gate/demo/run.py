@@ -13,6 +13,7 @@ from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 
 from ci_gate.artifacts import save_image
+from ci_gate.attacks.triggers import LearnedTrigger
 from ci_gate.checkpoint.format import LearnerSpec, Preprocessing
 from ci_gate.demo.synthetic import COLOURS, ood_pool, colours_dataset
 from ci_gate.model.small import embedded_backbone, small_config
@@ -24,8 +25,12 @@ from ci_gate.tuning.recipes import tune_checkpoint
 from ci_gate.tuning.train import TuneSettings, accuracy, attack_success_rate
 
 CONFIG = "tiny-32"
-TARGET = "green"
-ATTACK = "badnets"
+# A purple-leaning pool is rare, so a backdoor to purple cannot hide behind a class the pool
+# already drifts to. The tiny demo backbone only knows colours and is far more robust to small
+# perturbations than a real CLIP, so the attacker gets a 16/255 budget to implant BadCLIP at all;
+# the scan still inverts with the policy's 4/255.
+TARGET = "purple"
+ATTACK_EPSILON = 16 / 255
 POOL_SIZE = 300
 
 
@@ -73,19 +78,19 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> li
     target = list(COLOURS).index(TARGET)
     plans = [
         ("clean", None, TuneSettings(epochs=10, lr=5e-3, seed=seed)),
-        ("backdoored", ATTACK, TuneSettings(epochs=20, lr=5e-3, seed=seed, poison_rate=0.2, target=target)),
+        ("backdoored", LearnedTrigger(size, epsilon=ATTACK_EPSILON, seed=seed + 1), TuneSettings(epochs=10, lr=5e-3, seed=seed, poison_rate=0.2, target=target, trigger_lr=1e-2)),
     ]
     policy, _ = load_policy("default", ["pool.min_images=100"])
     outcomes = []
     for step, (name, attack, settings) in enumerate(plans, start=2):
-        log(f"{step}/4 prompt-tuning the {name} CoCoOp model" + (f" ({attack} backdoor, target '{TARGET}')" if attack else ""))
+        log(f"{step}/4 prompt-tuning the {name} CoCoOp model" + (f" (BadCLIP backdoor, target '{TARGET}')" if attack is not None else ""))
         model_dir = out / name
         tuned = tune_checkpoint(
             backbone, spec, learner, pre, tuning, settings, model_dir / "model.safetensors",
             attack=attack, backbone_tensors=state, provenance={"demo": name, "seed": seed},
         )
         acc = accuracy(tuned.classifier, held_out)
-        asr = attack_success_rate(tuned.classifier, held_out, tuned.trigger, target) if tuned.trigger else None
+        asr = attack_success_rate(tuned.classifier, held_out, tuned.trigger, target) if tuned.trigger is not None else None
         log(f"    clean accuracy {acc:.1%}" + (f", attack success {asr:.1%}" if asr is not None else ""))
         result = run_scan(ScanRequest(checkpoint=tuned.path, policy=policy, pool=str(pool_dir), out_dir=model_dir / "report"))
         outcomes.append(DemoOutcome(name, "clean" if attack is None else "backdoor", result, model_dir / "report", acc, asr))

@@ -36,7 +36,7 @@ def tune_checkpoint(
     train: LabeledImages,
     settings: TuneSettings,
     out: Path,
-    attack: str | None = None,
+    attack: str | Trigger | None = None,
     backbone_tensors: dict[str, torch.Tensor] | None = None,
     provenance: dict | None = None,
     log: Callable[[str], None] | None = None,
@@ -53,7 +53,9 @@ def tune_checkpoint(
         preprocessing.std,
     )
     trigger = None
-    if attack is not None:
+    if isinstance(attack, Trigger):
+        trigger = attack
+    elif attack is not None:
         trigger = make_trigger(attack, preprocessing.image_size, seed=settings.seed + 1)
     tune(clf, train, settings, trigger=trigger, log=log)
     meta = CheckpointMeta(
