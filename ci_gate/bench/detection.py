@@ -104,17 +104,23 @@ def _baseline(fn, model: ZooModel, images: torch.Tensor, settings: BaselineSetti
     }
 
 
-def scan_model(model: ZooModel, policy: Policy, pool_path: str, pool_images: torch.Tensor, profile: dict, out: Path, pristine=None) -> ModelScan:
+def scan_model(model: ZooModel, policy: Policy, pool_path: str, pool_images: torch.Tensor, profile: dict, out: Path, pristine=None, cached_only: bool = False) -> ModelScan | None:
     record = out / "models" / f"{model.id}.json"
-    key = {"policy": policy.sha256(), "profile": profile, "pool": pool_path}
+    # the raw per-class statistics depend on the inversion, pool and seed, not on the detection
+    # settings (statistic, k, min_asr are applied afterwards), so those are not part of the key
+    key = {"inversion": policy.inversion.model_dump(mode="json"), "pool_policy": policy.pool.model_dump(mode="json"), "seed": policy.seed, "profile": profile, "pool": pool_path}
     if record.is_file():
         saved = json.loads(record.read_text())
-        if saved.get("key") == key:
+        old = saved.get("key", {})
+        legacy = "policy" in old and old.get("profile") == profile and old.get("pool") == pool_path  # records keyed by the whole policy
+        if saved.get("key") == key or legacy:
             scan = ModelScan(**saved["scan"])
             if model.learner == "zeroshot" and pristine is not None and scan.reference.get("backbone") != "pristine":
                 scan.reference = _reference(model, policy, pool_images, pristine)  # records from before the pristine reference
                 record.write_text(json.dumps({"key": key, "scan": asdict(scan)}, indent=1))
             return scan
+    if cached_only:
+        return None
     torch.manual_seed(0)
     ci = _ci_scan(model, policy, pool_path, out / "scans" / model.id)
     ref = _reference(model, policy, pool_images, pristine)
@@ -360,16 +366,20 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
     scans: dict[str, ModelScan] = {}
     # failed implants are scanned too (they feed the secondary, lenient view), strict ones first
     to_scan = sorted(models, key=lambda m: (m.backdoored and not m.implanted, -(m.asr or 0)))
+    skipped = 0
     for i, m in enumerate(to_scan):
-        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
-            _log(f"time budget of {max_minutes} min spent: {len(to_scan) - i} models left unscanned (the report covers the scanned ones)")
-            break
-        s = scan_model(m, policy, pool_path, pool_images, settings, out, pristine)
+        budget_spent = max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes
+        s = scan_model(m, policy, pool_path, pool_images, settings, out, pristine, cached_only=budget_spent)
+        if s is None:  # budget spent and no record yet: left for a rerun
+            skipped += 1
+            continue
         scans[m.id] = s
         _log(
             f"[{i + 1}/{len(to_scan)}] {m.id}: CI {s.ci['verdict']} ({s.ci['target']}, {s.ci['score']:.2f}, {s.ci['seconds']:.0f} s) "
             f"NC {s.nc['verdict']} ({s.nc['score']:.2f}, {s.nc['seconds']:.0f} s) Pixel {s.pixel['verdict']} ({s.pixel['score']:.2f}, {s.pixel['seconds']:.0f} s)"
         )
+    if skipped:
+        _log(f"time budget of {max_minutes} min spent: {skipped} models left unscanned (the report covers the {len(scans)} scanned ones; rerun to continue)")
     ev = evaluate(models, scans, policy)
     lenient = evaluate(models, scans, policy, min_model_asr=LENIENT_ASR)
     everything = evaluate(models, scans, policy, min_model_asr=0.0)
