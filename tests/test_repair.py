@@ -21,9 +21,9 @@ from conftest import OOD, require
 pytestmark = pytest.mark.slow
 
 CLEAN_PER_CLASS = 30  # the user's labeled clean set; the rest of the fixture's test split measures the real trigger
-# neg_loss: on this tiny backbone the default loss_drop statistic leaves the fixture's 'cat'
-# backdoor just under k=2 with 256 pool images (its trigger still moves ~78% of the pool); the
-# repair tests need a gate that sees the backdoor, not a particular statistic.
+# neg_loss pinned (it is also the default now): loss_drop leaves the fixture's 'cat' backdoor
+# just under k=2 with 256 pool images (its trigger still moves ~78% of the pool), and the repair
+# tests need a gate that sees the backdoor whatever the default becomes.
 GATE = ["--set", "pool.max_images=256", "--set", "detection.statistic=neg_loss", "--set", "repair.allowed=true"]
 
 
