@@ -34,7 +34,6 @@ def tune(
     data: LabeledImages,
     settings: TuneSettings,
     trigger: Trigger | None = None,
-    extra_images: torch.Tensor | None = None,
     log: Callable[[str], None] | None = None,
 ) -> PromptedClassifier:
     """Train ``classifier.learner`` in place. ``trigger`` with ``settings.target`` poisons the run."""
