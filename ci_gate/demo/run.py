@@ -27,8 +27,8 @@ from ci_gate.tuning.train import TuneSettings, accuracy, attack_success_rate
 CONFIG = "tiny-32"
 # A purple-leaning pool is rare, so a backdoor to purple cannot hide behind a class the pool
 # already drifts to. The tiny demo backbone only knows colours and is far more robust to small
-# perturbations than a real CLIP, so the attacker gets a 16/255 budget to implant BadCLIP at all;
-# the scan still inverts with the policy's 4/255.
+# perturbations than a real CLIP, so the attacker gets a 16/255 budget to implant BadCLIP at all,
+# and the scan searches the same budget.
 TARGET = "purple"
 ATTACK_EPSILON = 16 / 255
 POOL_SIZE = 300
@@ -80,7 +80,9 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> li
         ("clean", None, TuneSettings(epochs=10, lr=5e-3, seed=seed)),
         ("backdoored", LearnedTrigger(size, epsilon=ATTACK_EPSILON, seed=seed + 1), TuneSettings(epochs=10, lr=5e-3, seed=seed, poison_rate=0.2, target=target, trigger_lr=1e-2)),
     ]
-    policy, _ = load_policy("default", ["pool.min_images=100"])
+    # The demo scans with the attacker's budget and the clean-reference statistic: this backbone's
+    # pool drifts towards green, which the reference cancels (see docs/benchmark.md).
+    policy, _ = load_policy("default", ["pool.min_images=100", "inversion.epsilon=16/255", "detection.statistic=ref_asr_gain"])
     outcomes = []
     for step, (name, attack, settings) in enumerate(plans, start=2):
         log(f"{step}/4 prompt-tuning the {name} CoCoOp model" + (f" (BadCLIP backdoor, target '{TARGET}')" if attack is not None else ""))
