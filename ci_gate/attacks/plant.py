@@ -108,6 +108,23 @@ def _poison_batch(
     return torch.cat(xs), torch.cat(ys)
 
 
+def _poisoned_epochs(classifier, data, settings, opt, gen, spec, trigger, target, learnable: bool, log, label: str) -> None:
+    """The training loop shared by prompt-level and encoder-level poisoning."""
+    for epoch in range(settings.epochs):
+        total = 0.0
+        for idx in torch.randperm(len(data), generator=gen).split(settings.batch_size):
+            x, y = _poison_batch(data.images[idx], data.labels[idx], trigger, target, spec, gen, settings)
+            loss = F.cross_entropy(classifier(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if learnable:
+                trigger.project()
+            total += float(loss.detach()) * len(idx)
+        if log:
+            log(f"{label} {epoch + 1}/{settings.epochs} loss {total / len(data):.4f}")
+
+
 def poison_prompt_tuning(
     classifier: PromptedClassifier,
     data: LabeledImages,
@@ -135,19 +152,7 @@ def poison_prompt_tuning(
         groups.append({"params": [trigger.delta], "lr": settings.trigger_lr})
     opt = torch.optim.Adam(groups)
     gen = torch.Generator().manual_seed(settings.seed)
-    for epoch in range(settings.epochs):
-        total = 0.0
-        for idx in torch.randperm(len(data), generator=gen).split(settings.batch_size):
-            x, y = _poison_batch(data.images[idx], data.labels[idx], trigger, target, spec, gen, settings)
-            loss = F.cross_entropy(classifier(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if learnable:
-                trigger.project()
-            total += float(loss.detach()) * len(idx)
-        if log:
-            log(f"epoch {epoch + 1}/{settings.epochs} loss {total / len(data):.4f}")
+    _poisoned_epochs(classifier, data, settings, opt, gen, spec, trigger, target, learnable, log, "epoch")
     for p in params:
         p.requires_grad_(False)
     if learnable:
@@ -188,19 +193,7 @@ def poison_encoder(
     classifier.freeze()  # caches the zero-shot text features; they do not depend on the image tower
     for p in params:
         p.requires_grad_(True)
-    for epoch in range(settings.epochs):
-        total = 0.0
-        for idx in torch.randperm(len(data), generator=gen).split(settings.batch_size):
-            x, y = _poison_batch(data.images[idx], data.labels[idx], trigger, target, spec, gen, settings)
-            loss = F.cross_entropy(classifier(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if learnable:
-                trigger.project()
-            total += float(loss.detach()) * len(idx)
-        if log:
-            log(f"encoder epoch {epoch + 1}/{settings.epochs} loss {total / len(data):.4f}")
+    _poisoned_epochs(classifier, data, settings, opt, gen, spec, trigger, target, learnable, log, "encoder epoch")
     for p in params:
         p.requires_grad_(False)
     classifier.freeze()
