@@ -25,7 +25,7 @@ import torch
 
 from ci_gate.baselines import BaselineSettings, neural_cleanse, pixel_backdoor
 from ci_gate.bench import metrics
-from ci_gate.bench.zoo import ATTACK_ORDER, ZooModel, get_zoo, profile_entries
+from ci_gate.bench.zoo import ATTACK_ORDER, TASK_RECIPE, ZooModel, get_zoo, profile_entries
 from ci_gate.inversion import InversionSettings
 from ci_gate.model import load_classifier
 from ci_gate.model.small import embedded_backbone
@@ -104,33 +104,45 @@ def _baseline(fn, model: ZooModel, images: torch.Tensor, settings: BaselineSetti
     }
 
 
+def scan_policy(base: Policy, dataset: str) -> Policy:
+    """The default policy with the inversion budget set to the task's trigger budget.
+
+    The paper scans at its attack's budget (4/255 on 224 px CLIP); the zoo's BadCLIP budget is
+    larger on this 32 px backbone (zoo.TASK_RECIPE), and a 4/255 scan misses it there
+    (docs/benchmark.md), so the scan follows the attack, as the paper's does.
+    """
+    inversion = base.inversion.model_copy(update={"epsilon": TASK_RECIPE[dataset]["eps255"] / 255})
+    return base.model_copy(update={"inversion": inversion})
+
+
 def scan_model(model: ZooModel, policy: Policy, pool_path: str, pool_images: torch.Tensor, profile: dict, out: Path, pristine=None, cached_only: bool = False) -> ModelScan | None:
     record = out / "models" / f"{model.id}.json"
-    # the raw per-class statistics depend on the inversion, pool and seed, not on the detection
-    # settings (statistic, k, min_asr are applied afterwards), so those are not part of the key
-    key = {"inversion": policy.inversion.model_dump(mode="json"), "pool_policy": policy.pool.model_dump(mode="json"), "seed": policy.seed, "profile": profile, "pool": pool_path}
-    if record.is_file():
-        saved = json.loads(record.read_text())
-        old = saved.get("key", {})
-        legacy = "policy" in old and old.get("profile") == profile and old.get("pool") == pool_path  # records keyed by the whole policy
-        if saved.get("key") == key or legacy:
-            scan = ModelScan(**saved["scan"])
-            if model.learner == "zeroshot" and pristine is not None and scan.reference.get("backbone") != "pristine":
-                scan.reference = _reference(model, policy, pool_images, pristine)  # records from before the pristine reference
-                record.write_text(json.dumps({"key": key, "scan": asdict(scan)}, indent=1))
-            return scan
+    # The raw per-class statistics depend on the inversion, pool and seed, not on the detection
+    # settings (statistic, k, min_asr are applied afterwards), so those are not part of the key.
+    # The baselines do not depend on CI's inversion settings: they are reused when only it changed.
+    base_key = {"profile": profile, "pool": pool_path, "seed": policy.seed}
+    key = {"inversion": policy.inversion.model_dump(mode="json"), "pool_policy": policy.pool.model_dump(mode="json")} | base_key
+    saved = json.loads(record.read_text()) if record.is_file() else {}
+    old = saved.get("key", {})
+    if old == key:
+        return ModelScan(**saved["scan"])
     if cached_only:
         return None
     torch.manual_seed(0)
     ci = _ci_scan(model, policy, pool_path, out / "scans" / model.id)
     ref = _reference(model, policy, pool_images, pristine)
-    bsettings = BaselineSettings(epochs=profile["baseline_epochs"])
-    base_images = pool_images[: profile["baseline_pool"]]
-    nc = _baseline(neural_cleanse, model, base_images, bsettings)
-    px = _baseline(pixel_backdoor, model, base_images, bsettings)
+    if old and all(old.get(k) == v for k, v in base_key.items()):
+        nc, px = saved["scan"]["nc"], saved["scan"]["pixel"]
+    else:
+        bsettings = BaselineSettings(epochs=profile["baseline_epochs"])
+        base_images = pool_images[: profile["baseline_pool"]]
+        nc = _baseline(neural_cleanse, model, base_images, bsettings)
+        px = _baseline(pixel_backdoor, model, base_images, bsettings)
     scan = ModelScan(model=model.id, ci=ci, reference=ref, nc=nc, pixel=px)
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"key": key, "scan": asdict(scan)}, indent=1))
+    tmp = record.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"key": key, "scan": asdict(scan)}, indent=1))
+    tmp.replace(record)
     return scan
 
 
@@ -247,7 +259,7 @@ def write_markdown(report: dict, path: Path) -> None:
         f"Models: {report['counts']['total']} built, {report['counts']['clean']} clean, {report['counts']['implanted']} backdoored and implanted (ASR >= 0.9), "
         f"{report['counts']['failed']} attacks failed to implant (excluded from the detection metrics); {report['counts'].get('scanned')} models scanned. Total wall time {report['wall_s'] / 60:.1f} min.",
         "",
-        "## Detection (default policy for CI; baselines at anomaly index > 2)",
+        "## Detection (CI: default policy, inversion budget = the task's trigger budget; baselines at anomaly index > 2)",
         "",
         "| method | models | accuracy | AUROC | target F1 | TP | FP | TN | FN | mean s/scan |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -369,7 +381,7 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
     skipped = 0
     for i, m in enumerate(to_scan):
         budget_spent = max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes
-        s = scan_model(m, policy, pool_path, pool_images, settings, out, pristine, cached_only=budget_spent)
+        s = scan_model(m, scan_policy(policy, m.dataset), pool_path, pool_images, settings, out, pristine, cached_only=budget_spent)
         if s is None:  # budget spent and no record yet: left for a rerun
             skipped += 1
             continue
@@ -397,7 +409,7 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
             "failed": sum(1 for m in models if m.backdoored and not m.implanted),
             "scanned": len(scans),
         },
-        "policy": {"name": policy.name, "sha256": policy.sha256(), "detection": policy.detection.model_dump()},
+        "policy": {"name": policy.name, "sha256": policy.sha256(), "detection": policy.detection.model_dump(), "scan_epsilon": {ds: r["eps255"] / 255 for ds, r in TASK_RECIPE.items()}},
         "baseline_settings": asdict(BaselineSettings(epochs=settings["baseline_epochs"])) | {"pool_images": settings["baseline_pool"]},
         "evaluation": ev,
         "evaluation_lenient": lenient,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -46,10 +46,13 @@ class ZooEntry:
     shots: int = 16
     epochs: int = 30
     lr: float = 5e-3
+    eps255: int | None = None  # L-inf budget of a learned (BadCLIP) trigger, in 1/255 units
 
     @property
     def id(self) -> str:
         att = "clean" if self.attack is None else f"{self.attack}-t{self.target}"
+        if self.eps255 is not None:
+            att += f"-eps{self.eps255}"
         return f"{self.dataset}-{self.learner}-{att}-s{self.seed}-k{self.shots}-e{self.epochs}"
 
 
@@ -135,6 +138,8 @@ def build_model(entry: ZooEntry, backbone: CachedBackbone, task: Task, out: Path
     trigger = None
     attack = attack_spec(entry.attack) if entry.attack else None
     if attack is not None:
+        if entry.eps255 is not None:
+            attack = replace(attack, trigger_kwargs=attack.trigger_kwargs | {"epsilon": entry.eps255 / 255})
         trigger = build_trigger(attack, size, seed=entry.seed + 1)
     if entry.learner == "zeroshot":
         assert attack is not None and attack.level == "encoder", "zero-shot zoo models are encoder-level attacks"
@@ -208,19 +213,28 @@ N_CLASSES = {"cifar10": 10, "tin20": TIN_CLASSES}
 # Recipe per task (shots per class, epochs, lr). The paper tunes 16-shot; on this small backbone
 # 16-shot poisoning implants too little (docs/benchmark.md), so the zoo uses more shots (the
 # issue's "more shots or epochs" lever): 64 on CIFAR-10, all 30 training images of tin20.
-TASK_RECIPE = {"cifar10": {"shots": 64, "epochs": 40, "lr": 5e-3}, "tin20": {"shots": 30, "epochs": 40, "lr": 5e-3}}
+# eps255: BadCLIP's budget. The paper's 4/255 is for 224 px ViT-B/16 inputs (49x the pixels); on
+# this 32 px backbone 4/255 implants 0.35-0.64 held-out ASR; CIFAR-10 reaches 0.91 at 8/255 and
+# 0.97 at 16/255, tin20 (20-way, 33% clean accuracy) 0.72 / 0.88 / 0.94 at 8 / 16 / 24 (every
+# trial is in docs/benchmark.md).
+TASK_RECIPE = {
+    "cifar10": {"shots": 64, "epochs": 40, "lr": 5e-3, "eps255": 16},
+    "tin20": {"shots": 30, "epochs": 40, "lr": 5e-3, "eps255": 24},
+}
 # encoder level: the whole image tower trains, which needs a higher step count to implant
 ENCODER_RECIPE = {"epochs": 60, "lr": 3e-3}
+LEARNED_ATTACKS = ("badclip", "adaptive_badclip")
 
 
 def entry(dataset: str, learner: str, attack: str | None, seed: int) -> ZooEntry:
     r = TASK_RECIPE[dataset]
     target = None
     if attack is not None:
-        target = (5 * seed + 3 * ATTACK_ORDER.index(attack) + 1) % N_CLASSES[dataset]
+        target = (7 * seed + 3 * ATTACK_ORDER.index(attack) + 1) % N_CLASSES[dataset]
     if attack in ENCODER_ATTACKS:
         return ZooEntry(dataset, "zeroshot", attack, target, seed, r["shots"], ENCODER_RECIPE["epochs"], ENCODER_RECIPE["lr"])
-    return ZooEntry(dataset, learner, attack, target, seed, r["shots"], r["epochs"], r["lr"])
+    eps = r["eps255"] if attack in LEARNED_ATTACKS else None
+    return ZooEntry(dataset, learner, attack, target, seed, r["shots"], r["epochs"], r["lr"], eps)
 
 
 def profile_entries(profile: str) -> list[ZooEntry]:
@@ -235,10 +249,14 @@ def profile_entries(profile: str) -> list[ZooEntry]:
             out += [entry(ds, "cocoop", None, s) for s in range(4)]
             out += [entry(ds, "coop", None, s) for s in range(2)]
         for ds in ("cifar10", "tin20"):
-            for s in range(2):
-                out += [entry(ds, "cocoop", a, s) for a in ATTACK_ORDER if a not in ENCODER_ATTACKS]
-            out += [entry(ds, "zeroshot", "encoder", 0), entry(ds, "coop", "badclip", 0), entry(ds, "cocoop", "badclip", 2)]
-        for ds in ("cifar10", "tin20"):  # encoder level with the other triggers (the paper: 3/3 detected)
-            out += [entry(ds, "zeroshot", a, 0) for a in ENCODER_ATTACKS if a != "encoder"]
+            out += [entry(ds, "cocoop", "badclip", s) for s in range(8)]
+            out += [entry(ds, "coop", "badclip", s) for s in range(2)]
+            out += [entry(ds, "cocoop", "adaptive_badclip", s) for s in range(2)]
+            out += [entry(ds, "zeroshot", "encoder", s) for s in range(3)]
+            out += [entry(ds, "zeroshot", "encoder_badnets", s) for s in range(2)]
+        # triggers that do not implant on this backbone (docs/benchmark.md): one seed each, reported
+        for ds in ("cifar10", "tin20"):
+            out += [entry(ds, "cocoop", a, 0) for a in ("blended", "wanet", "siba", "badnets")]
+            out += [entry(ds, "zeroshot", a, 0) for a in ("encoder_wanet", "encoder_siba")]
         return out
     raise ValueError(f"unknown profile {profile!r}")
