@@ -83,6 +83,7 @@ class RepairPolicy(_Strict):
     holdout: float = Field(0.2, gt=0, lt=1, description="share of each class of the clean data held out (seeded) to measure accuracy and trigger ASR before and after")
     trigger_fraction: float = Field(1.0, gt=0, le=1, description="share of the training images added again with the reconstructed trigger, true labels kept")
     rounds: int = Field(2, ge=1, le=10, description="repair rounds: when re-verification still flags a class, its new trigger joins the set and fine-tuning continues")
+    refresh_blocks: int = Field(4, ge=1, le=50, description="fine-tuning runs in this many blocks; after each but the last the target's trigger is reconstructed again against the model being repaired and joins the set (1 = the paper's single reconstructed trigger)")
 
 
 class CanaryPolicy(_Strict):

@@ -63,6 +63,11 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+def inversion_settings(policy: Policy) -> InversionSettings:
+    inv = policy.inversion
+    return InversionSettings(epsilon=inv.epsilon, lr=inv.lr, batch_size=inv.batch_size, epochs=inv.epochs, loss=inv.loss, seed=policy.seed)
+
+
 def run_scan(req: ScanRequest, progress: Progress | None = None) -> Result | None:
     """The Result on rank 0 (and in a single-process scan); None on the other ranks of a sharded
     scan, which only invert their classes and write nothing."""
@@ -96,7 +101,7 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     t_pool = time.perf_counter()
 
     inv = policy.inversion
-    settings = InversionSettings(epsilon=inv.epsilon, lr=inv.lr, batch_size=inv.batch_size, epochs=inv.epochs, loss=inv.loss, seed=policy.seed)
+    settings = inversion_settings(policy)
     clf.freeze()
     mine = shard_classes(clf.n_classes, shard.rank, shard.world_size)
     class_batch = inv.class_batch if inv.class_batch != "auto" else choose_class_batch(clf, inv.batch_size, max(1, len(mine)), device)

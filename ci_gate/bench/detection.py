@@ -26,12 +26,12 @@ import torch
 from ci_gate.baselines import BaselineSettings, neural_cleanse, pixel_backdoor
 from ci_gate.bench import metrics
 from ci_gate.bench.zoo import ATTACK_ORDER, TASK_RECIPE, ZooModel, get_zoo, profile_entries
-from ci_gate.inversion import InversionSettings
 from ci_gate.model import load_classifier
 from ci_gate.model.small import embedded_backbone
 from ci_gate.policy import Policy, load_policy
 from ci_gate.pool import load_pool
 from ci_gate.reference import reference_stats
+from ci_gate.scan import inversion_settings
 from ci_gate.scoring import ClassStats, decide
 
 DEFAULT_CACHE = Path.home() / ".cache" / "ci-gate-bench"
@@ -80,8 +80,7 @@ def _reference(model: ZooModel, policy: Policy, images: torch.Tensor, pristine=N
     is used, as a user would: the checkpoint's own image tower is the one under suspicion."""
     t0 = time.perf_counter()
     loaded = load_classifier(model.path)
-    inv = policy.inversion
-    settings = InversionSettings(epsilon=inv.epsilon, lr=inv.lr, batch_size=inv.batch_size, epochs=inv.epochs, loss=inv.loss, seed=policy.seed)
+    settings = inversion_settings(policy)
     use = pristine if model.learner == "zeroshot" else None
     ref = reference_stats(loaded, list(loaded.classifier.class_names), images, settings, backbone=use)
     return {

@@ -9,7 +9,9 @@ held-out test set, this:
    trigger is used and ``detected`` is false: the numbers then show what a repair would do had
    the gate been told to repair anyway);
 2. fine-tunes fresh copies of the prompt learner with the same settings and seed, once per
-   variant: ``reconstructed`` (the method), ``clean_only`` (the clean images twice, so every
+   variant: ``reconstructed`` (ci-gate's repair: the reconstructed trigger, re-reconstructed
+   between blocks of epochs), ``single_trigger`` (the paper's: the one reconstructed trigger),
+   ``clean_only`` (the clean images twice, so every
    variant takes the same number of steps), ``random_noise`` (+-epsilon sign noise in place of the
    trigger) and ``wrong_class`` (a non-target class's reconstructed trigger);
 3. reports, on the held-out images, clean accuracy and the REAL trigger's ASR before and after,
@@ -45,12 +47,13 @@ from ci_gate.repair.core import (
     random_sign_noise,
     restore_learner,
     trigger_asr,
+    trigger_refresher,
 )
 from ci_gate.repair.flow import gate_fails
 from ci_gate.result import Result
-from ci_gate.scan import ScanRequest, pick_device, run_scan
+from ci_gate.scan import ScanRequest, inversion_settings, pick_device, run_scan
 
-VARIANTS = ("reconstructed", "clean_only", "random_noise", "wrong_class")
+VARIANTS = ("reconstructed", "single_trigger", "clean_only", "random_noise", "wrong_class")
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +150,8 @@ def evaluate_repair(
 
         recon = AdditiveTrigger(deltas[repair_cls.index], f"reconstructed:{repair_cls.name}")
         perturbations: dict[str, tuple[str, list[Perturb]]] = {
-            "reconstructed": (f"reconstructed trigger of {repair_cls.name!r}", [recon]),
+            "reconstructed": (f"reconstructed trigger of {repair_cls.name!r}, refreshed {rp.refresh_blocks - 1}x (ci-gate repair)", [recon]),
+            "single_trigger": (f"reconstructed trigger of {repair_cls.name!r} only (the paper's repair)", [recon]),
             "clean_only": ("none (clean images twice)", [_identity]),
             "random_noise": (f"random +-{policy.inversion.epsilon:.4f} sign noise", [AdditiveTrigger(random_sign_noise(recon.delta.shape, policy.inversion.epsilon, policy.seed + 17), "noise")]),
             "wrong_class": (f"reconstructed trigger of {names[wrong]!r}", [AdditiveTrigger(deltas[wrong], f"reconstructed:{names[wrong]}")]),
@@ -159,13 +163,15 @@ def evaluate_repair(
         start = learner_state(clf)
         before = _measure(clf, test, real_trigger, recon, target)
         say(f"before: clean acc {before.clean_accuracy:.3f}, real ASR {before.real_asr:.3f}, reconstructed ASR {before.reconstructed_asr:.3f}, no-trigger rate {before.natural_rate:.3f}")
-        ft = FineTuneSettings(epochs=rp.epochs, lr=rp.lr, batch_size=rp.batch_size, seed=policy.seed, trigger_fraction=rp.trigger_fraction)
+        ft = FineTuneSettings(epochs=rp.epochs, lr=rp.lr, batch_size=rp.batch_size, seed=policy.seed, trigger_fraction=rp.trigger_fraction, refresh_blocks=rp.refresh_blocks)
+        # the product's repair refreshes the trigger; the paper's method and its controls do not
+        refresh = trigger_refresher(clean.images[clean.labels != repair_cls.index], repair_cls.index, inversion_settings(policy))
         results = []
         for name in variants:
             desc, perturbs = perturbations[name]
             restore_learner(clf, start)
             t = time.perf_counter()
-            fine_tune(clf, clean, perturbs, ft)
+            fine_tune(clf, clean, perturbs, ft, refresh=refresh if name == "reconstructed" else None)
             after = _measure(clf, test, real_trigger, recon, target)
             rv = None
             if reverify and name == "reconstructed":

@@ -5,7 +5,8 @@
    part. The held-out part measures clean accuracy and the reconstructed trigger's ASR before and
    after, so the numbers are never measured on the images the repair trained on.
 3. Fine-tune only the prompt learner on the training part plus triggered copies that keep their
-   true labels (:mod:`ci_gate.repair.core`).
+   true labels (:mod:`ci_gate.repair.core`); between blocks of epochs the target's trigger is
+   reconstructed again against the model being repaired (``repair.refresh_blocks``).
 4. Save the candidate to a temporary file and scan it with the same policy. When the re-scan
    still flags a class and rounds remain, that class's new trigger joins the set and fine-tuning
    continues from the current learner (the paper stops after one round; later rounds only run
@@ -42,9 +43,10 @@ from ci_gate.repair.core import (
     load_clean_data,
     split_holdout,
     trigger_asr,
+    trigger_refresher,
 )
 from ci_gate.result import ClassResult, Result
-from ci_gate.scan import ScanRequest, pick_device, run_scan
+from ci_gate.scan import ScanRequest, inversion_settings, pick_device, run_scan
 
 SUMMARY_SCHEMA_VERSION = "1.0"
 # Accuracies are fractions of a finite held-out set; without a little slack, a drop of exactly
@@ -246,9 +248,11 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
         rounds: list[RoundRecord] = []
         after_scan = before_scan
         after = before
+        focus = target.index
         for r in range(1, rp.rounds + 1):
-            ft = FineTuneSettings(epochs=rp.epochs, lr=rp.lr, batch_size=rp.batch_size, seed=pol.seed + r - 1, trigger_fraction=rp.trigger_fraction)
-            fine_tune(clf, train, list(triggers.values()), ft)
+            ft = FineTuneSettings(epochs=rp.epochs, lr=rp.lr, batch_size=rp.batch_size, seed=pol.seed + r - 1, trigger_fraction=rp.trigger_fraction, refresh_blocks=rp.refresh_blocks)
+            refresh = trigger_refresher(train.images[train.labels != focus], focus, inversion_settings(pol))
+            fine_tune(clf, train, list(triggers.values()), ft, refresh=refresh)
             candidate = tmp / f"candidate-{r}.safetensors"
             save_checkpoint(candidate, CheckpointMeta(learner=meta.learner, backbone=meta.backbone, preprocessing=meta.preprocessing,
                                                       provenance={"producer": "ci-gate repair (candidate)"}),
@@ -264,6 +268,7 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
                 # the re-scan inverted a fresh trigger against the repaired model; train on it too
                 key = nxt.name if nxt.name not in triggers else f"{nxt.name}#{r + 1}"
                 triggers[key] = AdditiveTrigger(_load_delta(tmp / f"after-{r}", nxt), f"reconstructed:{key}")
+                focus = nxt.index
 
         drop = before.clean_accuracy - after.clean_accuracy
         reasons = []
