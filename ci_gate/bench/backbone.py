@@ -25,14 +25,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import load_file, save_file
 
 from ci_gate.data import LabeledImages, load_labeled_folder
 from ci_gate.model.small import small_config
-from ci_gate.tuning.pretrain import MEAN, STD, TEMPLATES, _augment
+from ci_gate.tuning.pretrain import PretrainSettings, pretrain_clip, truncated_text, zero_shot_accuracy
 
 Log = Callable[[str], None]
 
@@ -115,62 +114,6 @@ def pretraining_corpus(data_root: Path, recipe: BackboneRecipe, cache: Path) -> 
     return LabeledImages(torch.cat([tin.images, cif.images]), torch.cat([tin.labels, labels]), names)
 
 
-def encode_text_truncated(clip: CLIP, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's encode_text on the shortest prefix holding every EOS (exact; causal mask)."""
-    eos = tokens.argmax(dim=-1)
-    length = int(eos.max()) + 1
-    x = clip.token_embedding(tokens[:, :length]) + clip.positional_embedding[:length]
-    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
-    x = clip.ln_final(x)
-    return x[torch.arange(x.shape[0]), eos] @ clip.text_projection
-
-
-def pretrain(clip: CLIP, tokenizer, data: LabeledImages, recipe: BackboneRecipe, log: Log | None = None) -> CLIP:
-    torch.manual_seed(recipe.seed)
-    gen = torch.Generator().manual_seed(recipe.seed)
-    clip.train()
-    captions = tokenizer([t.format(n.replace("_", " ")) for n in data.class_names for t in TEMPLATES])
-    n_t, n_c = len(TEMPLATES), len(data.class_names)
-    steps = recipe.epochs * ((len(data) + recipe.batch_size - 1) // recipe.batch_size)
-    opt = torch.optim.AdamW(clip.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps, pct_start=0.1)
-    for epoch in range(recipe.epochs):
-        t0 = time.perf_counter()
-        perm = torch.randperm(len(data), generator=gen)
-        correct, total = 0, 0.0
-        for idx in perm.split(recipe.batch_size):
-            x, y = _augment(data.images[idx], gen), data.labels[idx]
-            img = F.normalize(clip.encode_image((x - MEAN) / STD), dim=-1)
-            rows = torch.arange(n_c) * n_t + torch.randint(0, n_t, (n_c,), generator=gen)
-            txt = F.normalize(encode_text_truncated(clip, captions[rows]), dim=-1)
-            logits = clip.logit_scale.exp() * img @ txt.t()
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                clip.logit_scale.clamp_(0, 4.6052)
-            correct += int((logits.argmax(1) == y).sum())
-            total += float(loss.detach()) * len(idx)
-        if log:
-            log(f"pretrain epoch {epoch + 1}/{recipe.epochs} loss {total / len(data):.3f} train acc {correct / len(data):.3f} ({time.perf_counter() - t0:.0f} s)")
-    clip.eval()
-    for p in clip.parameters():
-        p.requires_grad_(False)
-    return clip
-
-
-def zero_shot(clip: CLIP, tokenizer, data: LabeledImages, batch_size: int = 512) -> float:
-    with torch.no_grad():
-        txt = F.normalize(encode_text_truncated(clip, tokenizer([TEMPLATES[0].format(n.replace("_", " ")) for n in data.class_names])), dim=-1)
-        correct = 0
-        for x, y in zip(data.images.split(batch_size), data.labels.split(batch_size)):
-            img = F.normalize(clip.encode_image((x - MEAN) / STD), dim=-1)
-            correct += int(((img @ txt.t()).argmax(1) == y).sum())
-    return correct / len(data)
-
-
 @dataclass
 class CachedBackbone:
     config: dict
@@ -194,7 +137,8 @@ def get_backbone(data_root: Path, cache: Path, recipe: BackboneRecipe = Backbone
     torch.manual_seed(recipe.seed)
     clip = CLIP(**copy.deepcopy(config))
     tok = SimpleTokenizer()
-    pretrain(clip, tok, corpus, recipe, log)
+    settings = PretrainSettings(epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size, seed=recipe.seed)
+    pretrain_clip(clip, tok, corpus, settings, log, encode_text=truncated_text)
     t_train = time.perf_counter() - t0
     val = tiny_imagenet(data_root, "val", recipe.image_size, cache)
     info = {
@@ -202,8 +146,8 @@ def get_backbone(data_root: Path, cache: Path, recipe: BackboneRecipe = Backbone
         "pretrain_s": round(t_train, 1),
         "corpus_images": len(corpus),
         "corpus_classes": len(corpus.class_names),
-        "zero_shot_tiny_imagenet_val": zero_shot(clip, tok, val),
-        "zero_shot_cifar10_test": zero_shot(clip, tok, cifar10(data_root, "test", recipe.image_size, cache)),
+        "zero_shot_tiny_imagenet_val": zero_shot_accuracy(clip, tok, val, encode_text=truncated_text),
+        "zero_shot_cifar10_test": zero_shot_accuracy(clip, tok, cifar10(data_root, "test", recipe.image_size, cache), encode_text=truncated_text),
     }
     state = {k: v.detach().clone().contiguous() for k, v in clip.state_dict().items()}
     save_file(state, str(folder / "backbone.tmp"))
