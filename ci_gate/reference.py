@@ -11,18 +11,21 @@ costs one image-tower pass per step.
 
 Which backbone: by default the one the checkpoint loads. An encoder-level checkpoint embeds a
 fine-tuned (possibly backdoored) image tower; a reference built on it carries the backdoor and
-cancels it. Pass ``backbone`` = the published weights the provider started from (the user
-has them: the checkpoint names and pins its backbone) to keep the reference clean.
+cancels it. ``verify --reference-weights FILE`` loads the published weights the provider started
+from (the user has them: the checkpoint names its backbone) to keep the reference clean; without
+it, a scan of an embedded-backbone checkpoint says so in its warnings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from ci_gate.errors import InputError
 from ci_gate.inversion import InversionSettings, base_rates, invert
-from ci_gate.model.backbone import Backbone
+from ci_gate.model.backbone import Backbone, build_backbone
 from ci_gate.model.classifier import PromptedClassifier
 from ci_gate.model.factory import LoadedModel, build_classifier
 
@@ -38,6 +41,18 @@ def reference_classifier(loaded: LoadedModel, class_names: list[str], backbone: 
     pre = loaded.checkpoint.meta.preprocessing
     clf = build_classifier(backbone or loaded.backbone, "zeroshot", None, list(class_names), 0, pre.image_size, pre.mean, pre.std)
     return clf
+
+
+def reference_backbone(loaded: LoadedModel, weights: Path | None) -> Backbone | None:
+    """The published backbone the checkpoint names, loaded from ``weights`` (None: use the
+    checkpoint's own). Same architecture; the file is the user's copy of the published weights."""
+    if weights is None:
+        return None
+    spec = loaded.checkpoint.meta.backbone.model_copy(update={"embedded": False, "sha256": None, "pretrained": str(weights)})
+    try:
+        return build_backbone(spec, weights=weights)
+    except InputError as exc:
+        raise InputError(weights, f"not usable as the reference backbone: {exc.problem}") from None
 
 
 def reference_stats(

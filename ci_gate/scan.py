@@ -35,7 +35,7 @@ from ci_gate.result import (
     Timings,
     ToolInfo,
 )
-from ci_gate.reference import reference_stats
+from ci_gate.reference import reference_backbone, reference_stats
 from ci_gate.scoring import REFERENCE_STATISTICS, ClassStats, decide
 
 Progress = Callable[[int, int], None]
@@ -51,6 +51,9 @@ class ScanRequest:
     out_dir: Path
     policy_path: Path | None = None
     backbone_weights: Path | None = None
+    # the published backbone for the clean reference (ref_* statistics) when the checkpoint
+    # embeds its own: an encoder-level backdoor in the embedded tower would cancel out otherwise
+    reference_weights: Path | None = None
     display_path: str | None = None  # how reports name the checkpoint (repository-relative in CI)
     shard: Shard = SINGLE  # this process's share of the candidate classes under torchrun
 
@@ -88,6 +91,7 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     clf.to(device).tune_for(device)
     clf.autocast_dtype = _AUTOCAST[policy.inversion.precision]
     meta = loaded.checkpoint.meta
+    warnings = list(loaded.notes)
     t_load = time.perf_counter()
 
     pool = load_pool(
@@ -110,7 +114,15 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     if triggers is None:  # not rank 0: rank 0 scores and writes
         return None
     rates, clean_losses = base_rates(clf, pool.images)
-    ref = reference_stats(loaded, clf.class_names, pool.images, settings, device) if policy.detection.statistic in REFERENCE_STATISTICS else None
+    ref = None
+    if policy.detection.statistic in REFERENCE_STATISTICS:
+        published = reference_backbone(loaded, req.reference_weights)
+        if published is None and meta.backbone.embedded:
+            warnings.append(
+                "the clean reference uses the checkpoint's own embedded backbone: a backdoor in that image tower "
+                "would cancel out of the ref_* statistic; pass --reference-weights with the published backbone"
+            )
+        ref = reference_stats(loaded, clf.class_names, pool.images, settings, device, backbone=published)
     t_inv = time.perf_counter()
 
     det = policy.detection
@@ -184,7 +196,7 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
         timings=Timings(load_s=t_load - t0, pool_s=t_pool - t_load, inversion_s=t_inv - t_pool, total_s=total),
         device=str(device) if not shard.distributed else f"{device.type} x{shard.world_size} processes",
         seed=policy.seed,
-        warnings=loaded.notes,
+        warnings=warnings,
     )
     result.save(out / "result.json")
     return result

@@ -76,3 +76,33 @@ def test_truncated_checkpoint_is_bad_input(cifar_models, tmp_path):
     assert str(broken) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (out / "result.json").exists()
+
+
+REF = ["--set", "detection.statistic=ref_loss_gain"]
+
+
+def test_reference_weights_replace_an_embedded_backbone_in_the_reference(cifar_models, tmp_path):
+    from safetensors.torch import save_file
+
+    own = _verify(cifar_models.clean.path, tmp_path / "own", *REF)
+    assert own.returncode == 0, own.stdout + own.stderr
+    own_result = json.loads((tmp_path / "own" / "result.json").read_text())
+    assert any("--reference-weights" in w for w in own_result["warnings"])
+
+    published = tmp_path / "published.safetensors"
+    save_file({k: v.contiguous() for k, v in cifar_models.backbone_state.items()}, str(published))
+    ref = _verify(cifar_models.clean.path, tmp_path / "ref", *REF, "--reference-weights", str(published))
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    ref_result = json.loads((tmp_path / "ref" / "result.json").read_text())
+    assert not any("--reference-weights" in w for w in ref_result["warnings"])
+    # the fixture's embedded backbone is the published one: the same reference, the same scores
+    assert [round(c["anomaly"], 4) for c in ref_result["classes"]] == [round(c["anomaly"], 4) for c in own_result["classes"]]
+
+
+def test_unusable_reference_weights_are_bad_input(cifar_models, tmp_path):
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"not a weights file")
+    proc = _verify(cifar_models.clean.path, tmp_path / "out", *REF, "--reference-weights", str(bogus))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert str(bogus) in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "result.json").exists()

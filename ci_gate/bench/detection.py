@@ -38,7 +38,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "ci-gate-bench"
 DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 STATISTICS = ("loss_drop", "neg_loss", "asr", "asr_gain", "ref_loss_gain", "ref_asr_gain", "ref_drop_gain")
 
-K_SWEEP = (1.5, 2.0, 2.5, 3.0, 4.0)
+K_SWEEP = (2.0, 2.5, 3.0, 4.0, 5.0)
 MIN_ASR_SWEEP = (0.3, 0.5, 0.7)
 PROFILES = {
     # baselines: epochs over the pool and pool size (the paper: 5 epochs over the full pool)
@@ -300,7 +300,8 @@ def write_markdown(report: dict, path: Path) -> None:
             for name, g in src["methods"]["ci"][key].items():
                 nc, px = src["methods"]["nc"][key][name], src["methods"]["pixel"][key][name]
                 lines.append(f"| {name} | {g['n']} | {_fmt(g.get('accuracy'))} | {_fmt(g.get('auroc'))} | {_fmt(g.get('target_f1'))} | {_fmt(nc.get('auroc'))} | {_fmt(px.get('auroc'))} |")
-    lines += ["", "## CI statistic variants (k=2, min_asr=0.5, same scans)", "", "| statistic | accuracy | AUROC | target F1 | FP | FN |", "|---|---|---|---|---|---|"]
+    det = report["policy"]["detection"]
+    lines += ["", f"## CI statistic variants (k={det['k']}, min_asr={det['min_asr']}, same scans)", "", "| statistic | accuracy | AUROC | target F1 | FP | FN |", "|---|---|---|---|---|---|"]
     for stat, o in ev["statistics"].items():
         c = o.get("confusion", {})
         lines.append(f"| {stat} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {c.get('fp')} | {c.get('fn')} |")

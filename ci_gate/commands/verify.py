@@ -36,6 +36,7 @@ def verify(
     out: Path = typer.Option(Path("ci-gate-report"), "--out", "-o", help="Folder for result.json, reports and triggers."),
     overrides: list[str] = typer.Option([], "--set", help="Override one policy field, e.g. --set detection.k=2.5"),
     backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local backbone weights file (instead of the pretrained tag)."),
+    reference_weights: Path = typer.Option(None, "--reference-weights", help="Published backbone weights for the clean reference of the ref_* statistics (use with checkpoints that embed their backbone)."),
     fail_on: str = typer.Option(None, "--fail-on", help="What fails the gate: backdoor, suspicious or never; same as --set report.fail_on=VALUE (default from policy)."),
     display_path: str = typer.Option(None, "--display-path", help="Checkpoint path as reports should name it (repository-relative)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line of output, no progress bar (for CI logs)."),
@@ -63,6 +64,7 @@ def verify(
         out_dir=out,
         policy_path=None if policy_dir is None else Path(policy),
         backbone_weights=backbone_weights,
+        reference_weights=reference_weights,
         display_path=display_path,
         # Under `torchrun --nproc-per-node N -m ci_gate verify ...` the candidate classes are
         # sharded across the N processes; the launcher's variables are read here and nowhere else.
