@@ -61,8 +61,8 @@ class InversionPolicy(_Strict):
 
 class DetectionPolicy(_Strict):
     # ref_*: relative to the same backbone with hand-written prompts (ci_gate.reference)
-    statistic: Literal["loss_drop", "neg_loss", "asr", "asr_gain", "ref_loss_gain", "ref_asr_gain", "ref_drop_gain"] = "neg_loss"
-    k: float = Field(2.0, gt=0, description="anomaly index above which a class is an outlier")
+    statistic: Literal["loss_drop", "neg_loss", "asr", "asr_gain", "ref_loss_gain", "ref_asr_gain", "ref_drop_gain"] = "ref_loss_gain"
+    k: float = Field(4.0, gt=0, description="anomaly index above which a class is an outlier")
     min_asr: float = Field(0.5, ge=0, le=1, description="minimum trigger ASR for a backdoor verdict")
     mad_floor: float = Field(0.05, gt=0, description="lower bound on the MAD so a tight cluster of clean classes does not blow up the index")
 

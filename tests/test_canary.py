@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 # neg_loss: see test_repair.GATE. poison_rate 0.5: on this tiny backbone the attack's own 0.2
 # plants a backdoor of only ~20-40% held-out ASR, which the canary (rightly) calls inconclusive.
-GATE = ["--set", "pool.max_images=256", "--set", "detection.statistic=neg_loss", "--set", "canary.poison_rate=0.5"]
+GATE = ["--set", "pool.max_images=256", "--set", "detection.statistic=neg_loss", "--set", "detection.k=2", "--set", "canary.poison_rate=0.5"]
 
 
 def _sha(path: Path) -> str:

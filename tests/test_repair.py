@@ -21,10 +21,10 @@ from conftest import OOD, require
 pytestmark = pytest.mark.slow
 
 CLEAN_PER_CLASS = 30  # the user's labeled clean set; the rest of the fixture's test split measures the real trigger
-# neg_loss pinned (it is also the default now): loss_drop leaves the fixture's 'cat' backdoor
-# just under k=2 with 256 pool images (its trigger still moves ~78% of the pool), and the repair
-# tests need a gate that sees the backdoor whatever the default becomes.
-GATE = ["--set", "pool.max_images=256", "--set", "detection.statistic=neg_loss", "--set", "repair.allowed=true"]
+# neg_loss at k=2 pinned: the settings these tests were measured with (loss_drop leaves the
+# fixture's 'cat' backdoor just under k=2 with 256 pool images); the repair tests need a gate that
+# sees the backdoor whatever the default becomes.
+GATE = ["--set", "pool.max_images=256", "--set", "detection.statistic=neg_loss", "--set", "detection.k=2", "--set", "repair.allowed=true"]
 
 
 def _sha(path: Path) -> str:

@@ -249,7 +249,7 @@ def profile_entries(profile: str) -> list[ZooEntry]:
             out += [entry(ds, "cocoop", None, s) for s in range(4)]
             out += [entry(ds, "coop", None, s) for s in range(2)]
         for ds in ("cifar10", "tin20"):
-            out += [entry(ds, "cocoop", "badclip", s) for s in range(8)]
+            out += [entry(ds, "cocoop", "badclip", s) for s in range(9)]
             out += [entry(ds, "coop", "badclip", s) for s in range(2)]
             out += [entry(ds, "cocoop", "adaptive_badclip", s) for s in range(2)]
             out += [entry(ds, "zeroshot", "encoder", s) for s in range(3)]

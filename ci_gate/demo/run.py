@@ -82,7 +82,7 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> li
     ]
     # The demo scans with the attacker's budget and the clean-reference statistic: this backbone's
     # pool drifts towards green, which the reference cancels (see docs/benchmark.md).
-    policy, _ = load_policy("default", ["pool.min_images=100", "inversion.epsilon=16/255", "detection.statistic=ref_asr_gain"])
+    policy, _ = load_policy("default", ["pool.min_images=100", "inversion.epsilon=16/255", "detection.statistic=ref_asr_gain", "detection.k=2"])
     outcomes = []
     for step, (name, attack, settings) in enumerate(plans, start=2):
         log(f"{step}/4 prompt-tuning the {name} CoCoOp model" + (f" (BadCLIP backdoor, target '{TARGET}')" if attack is not None else ""))
