@@ -35,7 +35,7 @@ from ci_gate.result import (
     Timings,
     ToolInfo,
 )
-from ci_gate.reference import reference_backbone, reference_stats
+from ci_gate.reference import backbone_changed, reference_backbone, reference_stats
 from ci_gate.scoring import REFERENCE_STATISTICS, ClassStats, decide
 
 Progress = Callable[[int, int], None]
@@ -115,8 +115,15 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
         return None
     rates, clean_losses = base_rates(clf, pool.images)
     ref = None
+    published = reference_backbone(loaded, req.reference_weights)
+    if published is not None and backbone_changed(loaded.backbone, published):
+        # prompt tuning never touches the encoders: a delivered tower that differs from the
+        # published one is what an encoder-level backdoor looks like from the outside
+        warnings.append(
+            f"the checkpoint's backbone differs from the published weights in {req.reference_weights}: "
+            "the encoders were modified, which prompt tuning never does"
+        )
     if policy.detection.statistic in REFERENCE_STATISTICS:
-        published = reference_backbone(loaded, req.reference_weights)
         if published is None and meta.backbone.embedded:
             warnings.append(
                 "the clean reference uses the checkpoint's own embedded backbone: a backdoor in that image tower "

@@ -52,7 +52,7 @@ def _model(tmp_path: Path) -> ZooModel:
 def test_scan_cache_reuses_baselines_when_only_the_inversion_changed(tmp_path, monkeypatch):
     calls = {"ci": 0, "ref": 0, "baseline": 0}
 
-    def fake_ci(model, policy, pool_path, out):
+    def fake_ci(model, policy, pool_path, out, published=None):
         calls["ci"] += 1
         return {"verdict": "clean", "target": None, "score": 0.0, "seconds": 0.0, "epsilon": policy.inversion.epsilon, "classes": []}
 

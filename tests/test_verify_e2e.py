@@ -97,6 +97,22 @@ def test_reference_weights_replace_an_embedded_backbone_in_the_reference(cifar_m
     assert not any("--reference-weights" in w for w in ref_result["warnings"])
     # the fixture's embedded backbone is the published one: the same reference, the same scores
     assert [round(c["anomaly"], 4) for c in ref_result["classes"]] == [round(c["anomaly"], 4) for c in own_result["classes"]]
+    assert not any("differs from the published weights" in w for w in ref_result["warnings"])
+
+
+def test_a_backbone_that_differs_from_the_published_one_is_reported(cifar_models, tmp_path):
+    from safetensors.torch import save_file
+
+    # what an encoder-level delivery looks like: the checkpoint's tower is not the published one
+    published = {k: v.clone().contiguous() for k, v in cifar_models.backbone_state.items()}
+    name = next(k for k in published if k.startswith("visual.") and published[k].is_floating_point())
+    published[name] += 0.01
+    path = tmp_path / "published.safetensors"
+    save_file(published, str(path))
+    proc = _verify(cifar_models.clean.path, tmp_path / "out", "--reference-weights", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert any("differs from the published weights" in w and str(path) in w for w in result["warnings"])
 
 
 def test_unusable_reference_weights_are_bad_input(cifar_models, tmp_path):

@@ -62,10 +62,13 @@ class ModelScan:
     pixel: dict
 
 
-def _ci_scan(model: ZooModel, policy: Policy, pool_path: str, out: Path) -> dict:
+def _ci_scan(model: ZooModel, policy: Policy, pool_path: str, out: Path, published: Path | None = None) -> dict:
     from ci_gate.scan import ScanRequest, run_scan
 
-    res = run_scan(ScanRequest(checkpoint=Path(model.path), policy=policy, pool=pool_path, out_dir=out))
+    # encoder-level checkpoints embed their (poisoned) tower: give the reference the published
+    # one, as `verify --reference-weights` does
+    weights = published if model.learner == "zeroshot" else None
+    res = run_scan(ScanRequest(checkpoint=Path(model.path), policy=policy, pool=pool_path, out_dir=out, reference_weights=weights))
     classes = [
         {"index": c.index, "name": c.name, "asr": c.asr, "base_rate": c.base_rate, "final_loss": c.final_loss, "clean_loss": c.clean_loss, "anomaly": c.anomaly}
         for c in res.classes
@@ -114,7 +117,10 @@ def scan_policy(base: Policy, dataset: str) -> Policy:
     return base.model_copy(update={"inversion": inversion})
 
 
-def scan_model(model: ZooModel, policy: Policy, pool_path: str, pool_images: torch.Tensor, profile: dict, out: Path, pristine=None, cached_only: bool = False) -> ModelScan | None:
+def scan_model(
+    model: ZooModel, policy: Policy, pool_path: str, pool_images: torch.Tensor, profile: dict, out: Path,
+    pristine=None, cached_only: bool = False, published_weights: Path | None = None,
+) -> ModelScan | None:
     record = out / "models" / f"{model.id}.json"
     # The raw per-class statistics depend on the inversion, pool and seed, not on the detection
     # settings (statistic, k, min_asr are applied afterwards), so those are not part of the key.
@@ -128,7 +134,7 @@ def scan_model(model: ZooModel, policy: Policy, pool_path: str, pool_images: tor
     if cached_only:
         return None
     torch.manual_seed(0)
-    ci = _ci_scan(model, policy, pool_path, out / "scans" / model.id)
+    ci = _ci_scan(model, policy, pool_path, out / "scans" / model.id, published_weights)
     ref = _reference(model, policy, pool_images, pristine)
     if old and all(old.get(k) == v for k, v in base_key.items()):
         nc, px = saved["scan"]["nc"], saved["scan"]["pixel"]
@@ -381,7 +387,7 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
     skipped = 0
     for i, m in enumerate(to_scan):
         budget_spent = max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes
-        s = scan_model(m, scan_policy(policy, m.dataset), pool_path, pool_images, settings, out, pristine, cached_only=budget_spent)
+        s = scan_model(m, scan_policy(policy, m.dataset), pool_path, pool_images, settings, out, pristine, cached_only=budget_spent, published_weights=backbone.path / "backbone.safetensors")
         if s is None:  # budget spent and no record yet: left for a rerun
             skipped += 1
             continue
