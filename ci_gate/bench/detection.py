@@ -392,8 +392,13 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
             skipped += 1
             continue
         scans[m.id] = s
+        # the verdict under this run's policy and the benchmark's reference (a cached record may
+        # have been scanned under another statistic)
+        det = policy.detection
+        d = decide(class_stats(s), det.statistic, det.k, det.min_asr, det.mad_floor)
+        score = max((a for a in d.anomaly if math.isfinite(a)), default=math.nan)
         _log(
-            f"[{i + 1}/{len(to_scan)}] {m.id}: CI {s.ci['verdict']} ({s.ci['target']}, {s.ci['score']:.2f}, {s.ci['seconds']:.0f} s) "
+            f"[{i + 1}/{len(to_scan)}] {m.id}: CI {d.verdict} ({d.target}, {score:.2f}, {s.ci['seconds']:.0f} s) "
             f"NC {s.nc['verdict']} ({s.nc['score']:.2f}, {s.nc['seconds']:.0f} s) Pixel {s.pixel['verdict']} ({s.pixel['score']:.2f}, {s.pixel['seconds']:.0f} s)"
         )
     if skipped:
