@@ -71,3 +71,12 @@ def cifar_models(tmp_path_factory) -> CifarModels:
         root / "backdoored.safetensors", attack="badclip", backbone_tensors=state, provenance={"test": "badclip"},
     )
     return CifarModels(state, clean, bad, TARGET, test, root)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is as fast and does not oversubscribe the shared 2-core CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,13 +11,7 @@ from ci_gate.attacks.triggers import LearnedTrigger, SparseTrigger, WaNetTrigger
 NAMES = [*trigger_names(), "adaptive_badclip"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest, and avoids oversubscription on shared CI machines."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n=6, size=32, seed=0):

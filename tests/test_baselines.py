@@ -8,13 +8,7 @@ from ci_gate.baselines.common import lower_tail_anomaly
 from test_attacks import _tiny_classifier
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest, and avoids oversubscription on shared CI machines."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_lower_tail_anomaly_flags_the_small_trigger():

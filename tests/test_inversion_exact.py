@@ -28,13 +28,7 @@ STAT_ATOL = 1e-4
 SETTINGS = InversionSettings(batch_size=16, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 2 cores shared by several test sessions: one thread is as fast and does not oversubscribe
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["coop", "cocoop"])

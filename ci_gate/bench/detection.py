@@ -26,6 +26,7 @@ import torch
 from ci_gate.baselines import BaselineSettings, neural_cleanse, pixel_backdoor
 from ci_gate.bench import metrics
 from ci_gate.bench.zoo import ATTACK_ORDER, TASK_RECIPE, ZooModel, get_zoo, profile_entries
+from ci_gate.io import atomic_write_text
 from ci_gate.model import load_classifier
 from ci_gate.model.small import embedded_backbone
 from ci_gate.policy import Policy, load_policy
@@ -144,10 +145,7 @@ def scan_model(
         nc = _baseline(neural_cleanse, model, base_images, bsettings)
         px = _baseline(pixel_backdoor, model, base_images, bsettings)
     scan = ModelScan(model=model.id, ci=ci, reference=ref, nc=nc, pixel=px)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"key": key, "scan": asdict(scan)}, indent=1))
-    tmp.replace(record)
+    atomic_write_text(record, json.dumps({"key": key, "scan": asdict(scan)}, indent=1))
     return scan
 
 
@@ -332,7 +330,7 @@ def write_markdown(report: dict, path: Path) -> None:
         target = "" if z["target"] is None else f" (target {z['target']})"
         lines.append(f"| {z['id']}{target} | {z['clean_acc']:.3f} | {_fmt(z['asr'])} | {_fmt(z['implanted'])} | {ci} | {_fmt(None if r is None else r['score'])} | {nc} | {px} |")
     lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines))
 
 
 def draw_roc(curves: dict[str, list[tuple[float, float]]], aucs: dict[str, float], path: Path, size: int = 480) -> None:
@@ -428,9 +426,7 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
         "mean_seconds": mean_s,
         "wall_s": time.perf_counter() - t0,
     }
-    tmp = out / "detection.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out / "detection.json")
+    atomic_write_text(out / "detection.json", json.dumps(report, indent=1))
     write_markdown(report, out / "detection.md")
     draw_roc({k: ev["methods"][k]["roc"] for k in ("ci", "nc", "pixel")}, {k: ev["methods"][k]["overall"].get("auroc", math.nan) for k in ("ci", "nc", "pixel")}, out / "roc.png")
     _log(f"wrote {out / 'detection.json'}, detection.md, roc.png ({report['wall_s'] / 60:.1f} min)")
