@@ -31,6 +31,10 @@ def test_learned_trigger_budget_is_part_of_the_id():
     assert f"-eps{e.eps255}-" in e.id
     fixed = entry("cifar10", "cocoop", "blended", 0)
     assert fixed.eps255 is None and "-eps" not in fixed.id
+    # bench repair --eps255: another budget is another cached model, fixed triggers ignore it
+    low = entry("cifar10", "cocoop", "badclip", 0, eps255=8)
+    assert low.eps255 == 8 and low.id != entry("cifar10", "cocoop", "badclip", 0).id
+    assert entry("cifar10", "cocoop", "blended", 0, eps255=8) == fixed
 
 
 def test_scan_policy_follows_the_task_budget():

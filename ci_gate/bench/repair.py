@@ -76,7 +76,7 @@ def _models(args: dict) -> list[dict]:
                  "attack": args["attack"], "class_names": names, "clean_twin": args["clean_twin"]}]
     from ci_gate.bench.zoo import entry, get_zoo, zoo_dir
 
-    entries = [entry("cifar10", "cocoop", a, s) for s in args["seeds"] for a in args["attacks"]]
+    entries = [entry("cifar10", "cocoop", a, s, eps255=args["eps255"]) for s in args["seeds"] for a in args["attacks"]]
     twins = {s: entry("cifar10", "cocoop", None, s) for s in args["seeds"]}
     backbone, models = get_zoo(entries + list(twins.values()), args["data"], args["cache"], log=_log)
     twin_paths = {e.seed: Path(m.path) for e, m in zip(entries + list(twins.values()), models) if e.attack is None}
@@ -103,6 +103,38 @@ def _twin(path: Path | None, trigger, target: int, test) -> dict | None:
     clf.freeze()
     return {"path": str(path), "clean_accuracy": clean_accuracy(clf, test), "real_asr": trigger_asr(clf, test, trigger, target),
             "natural_rate": trigger_asr(clf, test, lambda x: x, target)}
+
+
+TARGET_ASR = 0.05  # the issue's target: real-trigger ASR under 5% ...
+TARGET_ACC_DROP = 0.01  # ... with held-out clean accuracy within 1 point
+
+
+def summarize(evaluations: list[dict]) -> dict:
+    """Means over the detected models, per variant, and how many meet the target. Models the scan
+    missed are counted apart: there is nothing to repair without a target."""
+    detected = [ev for ev in evaluations if ev["detected"]]
+    out: dict = {"models": len(evaluations), "detected": len(detected), "variants": {}}
+    if not detected:
+        return out
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    out["before"] = {"real_asr": mean([ev["before"]["real_asr"] for ev in detected]), "clean_accuracy": mean([ev["before"]["clean_accuracy"] for ev in detected])}
+    twins = [ev["clean_twin"]["real_asr"] for ev in detected if ev.get("clean_twin")]
+    if twins:
+        out["clean_twin_real_asr"] = mean(twins)
+    for name in [v["name"] for v in detected[0]["variants"]]:
+        runs = [(ev["before"], v) for ev in detected for v in ev["variants"] if v["name"] == name]
+        pairs = [(b, v["after"]) for b, v in runs]
+        change = [a["clean_accuracy"] - b["clean_accuracy"] for b, a in pairs]
+        checks = [v["reverify"]["gate_passes"] for _, v in runs if v.get("reverify")]
+        out["variants"][name] = {
+            "real_asr": mean([a["real_asr"] for _, a in pairs]),
+            "clean_accuracy_change": mean(change),
+            "under_target_asr": sum(a["real_asr"] < TARGET_ASR for _, a in pairs),
+            "meets_target": sum(a["real_asr"] < TARGET_ASR and c >= -TARGET_ACC_DROP for (_, a), c in zip(pairs, change)),
+            # one round only: ``ci-gate repair`` would repair a class the re-scan flags, or refuse
+            "reverified_clean": f"{sum(checks)}/{len(checks)}" if checks else None,
+        }
+    return out
 
 
 def _pct(x) -> str:
@@ -135,6 +167,14 @@ def write_markdown(report: dict, path: Path) -> None:
         if ev.get("clean_twin"):
             t = ev["clean_twin"]
             lines.append(f"| | | clean twin (never backdoored) | {_pct(t['clean_accuracy'])} | {_pct(t['real_asr'])} | | {_pct(t['natural_rate'])} | |")
+    sm = report["summary"]
+    lines += ["", f"## Means over the {sm['detected']} detected of {sm['models']} models", ""]
+    if "before" in sm:
+        twin = f"; the same trigger on the clean twins {_pct(sm['clean_twin_real_asr'])}" if "clean_twin_real_asr" in sm else ""
+        lines += [f"Before: real ASR {_pct(sm['before']['real_asr'])}, clean accuracy {_pct(sm['before']['clean_accuracy'])}{twin}.", "",
+                  "| variant | real ASR | clean acc change (points) | real ASR < 5% | and within 1 point | re-verified clean |", "|---|---|---|---|---|---|"]
+        for name, v in sm["variants"].items():
+            lines.append(f"| {name} | {_pct(v['real_asr'])} | {100 * v['clean_accuracy_change']:+.1f} | {v['under_target_asr']} | {v['meets_target']} | {v['reverified_clean'] or ''} |")
     lines += ["", f"Settings: {json.dumps(report['repair_settings'])}; clean set {report['clean_per_class']} per class; {report['seconds']:.0f} s.", ""]
     atomic_write_text(path, "\n".join(lines))
 
@@ -170,6 +210,7 @@ def run(args: dict) -> dict:
         "repair_settings": policy.repair.model_dump(mode="json"),
         "clean_per_class": args["clean_per_class"],
         "evaluations": evaluations,
+        "summary": summarize(evaluations),
         "seconds": time.perf_counter() - t0,
     }
     out = args["out"]
@@ -191,6 +232,7 @@ def register(bench_app) -> None:
         clean_per_class: int = typer.Option(30, "--clean-per-class", help="Images per class in the user's clean set; the rest is held out."),
         policy: str = typer.Option("default", "--policy", help="Policy for the scan and the repair settings."),
         overrides: list[str] = typer.Option([], "--set", help="Policy overrides, e.g. --set detection.statistic=neg_loss"),
+        eps255: int = typer.Option(None, "--eps255", help="BadCLIP's trigger budget in 1/255 (default: the zoo's task recipe, 16 on CIFAR-10). Scan at the same budget with --set inversion.epsilon=..."),
         seeds: str = typer.Option("0", "--seeds", help="Zoo model seeds, comma-separated (e.g. 0,1,2)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the clean-set draw."),
         cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="Benchmark cache (backbone, datasets, zoo), shared with bench detection."),
@@ -208,7 +250,7 @@ def register(bench_app) -> None:
             raise InputError("--trigger", "--checkpoint needs the attacker's trigger file")
         args = dict(
             attacks=[a.strip() for a in attacks.split(",") if a.strip()], checkpoint=checkpoint, trigger=trigger, attack=attack, target=target, clean_twin=clean_twin,
-            task_data=task_data, clean_per_class=clean_per_class, policy=policy, overrides=list(overrides), seeds=[int(x) for x in seeds.split(",") if x.strip()], seed=seed, cache=cache, data=data,
+            task_data=task_data, clean_per_class=clean_per_class, policy=policy, overrides=list(overrides), seeds=[int(x) for x in seeds.split(",") if x.strip()], eps255=eps255, seed=seed, cache=cache, data=data,
             pool=pool, out=out, threads=threads, command="ci-gate " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "ci-gate bench repair",
         )
         report = run(args)

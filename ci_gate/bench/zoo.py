@@ -226,14 +226,15 @@ ENCODER_RECIPE = {"epochs": 60, "lr": 3e-3}
 LEARNED_ATTACKS = ("badclip", "adaptive_badclip")
 
 
-def entry(dataset: str, learner: str, attack: str | None, seed: int) -> ZooEntry:
+def entry(dataset: str, learner: str, attack: str | None, seed: int, eps255: int | None = None) -> ZooEntry:
+    """The zoo's recipe for one model; ``eps255`` overrides the task's budget for learned triggers."""
     r = TASK_RECIPE[dataset]
     target = None
     if attack is not None:
         target = (7 * seed + 3 * ATTACK_ORDER.index(attack) + 1) % N_CLASSES[dataset]
     if attack in ENCODER_ATTACKS:
         return ZooEntry(dataset, "zeroshot", attack, target, seed, r["shots"], ENCODER_RECIPE["epochs"], ENCODER_RECIPE["lr"])
-    eps = r["eps255"] if attack in LEARNED_ATTACKS else None
+    eps = (eps255 or r["eps255"]) if attack in LEARNED_ATTACKS else None
     return ZooEntry(dataset, learner, attack, target, seed, r["shots"], r["epochs"], r["lr"], eps)
 
 
