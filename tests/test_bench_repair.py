@@ -51,3 +51,19 @@ def test_markdown_has_the_summary_table(tmp_path):
     text = (tmp_path / "repair.md").read_text()
     assert "| reconstructed | 2.0 | -0.5 | 1 | 1 | 1/1 |" in text
     assert "clean twins 50.0" in text
+
+
+def test_clean_set_that_leaves_nothing_held_out_names_the_folder(tmp_path):
+    import torch
+
+    from ci_gate.bench.repair import _split
+    from ci_gate.data import LabeledImages
+    from ci_gate.errors import InputError
+
+    data = LabeledImages(torch.zeros(6, 3, 4, 4), torch.tensor([0, 0, 0, 1, 1, 1]), ["a", "b"])
+    clean, test = _split(data, 2, 0, tmp_path)
+    assert (len(clean), len(test)) == (4, 2)
+    assert set(clean.labels.tolist()) == set(test.labels.tolist()) == {0, 1}
+    with pytest.raises(InputError, match="leaves none held out") as err:
+        _split(data, 3, 0, tmp_path)
+    assert str(tmp_path) in str(err.value)

@@ -29,9 +29,11 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _split(data, per_class: int, seed: int):
+def _split(data, per_class: int, seed: int, source: Path):
     """(clean set, held-out): ``per_class`` seeded images of each class, and the rest."""
     import torch
+
+    from ci_gate.errors import InputError
 
     gen = torch.Generator().manual_seed(seed)
     pick, rest = [], []
@@ -39,7 +41,7 @@ def _split(data, per_class: int, seed: int):
         idx = torch.nonzero(data.labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
         if len(idx) <= per_class:
-            raise ValueError(f"class {data.class_names[c]!r} has {len(idx)} images; --clean-per-class {per_class} leaves none held out")
+            raise InputError(source, f"class {data.class_names[c]!r} has {len(idx)} images; --clean-per-class {per_class} leaves none held out")
         pick.append(idx[:per_class])
         rest.append(idx[per_class:])
     return data.subset(torch.cat(pick)), data.subset(torch.cat(rest))
@@ -199,7 +201,7 @@ def run(args: dict) -> dict:
 
         size = load_checkpoint(m["checkpoint"]).meta.preprocessing.image_size
         data = load_labeled_folder(task_data, size, class_names=m["class_names"])
-        clean, test = _split(data, args["clean_per_class"], args["seed"] + 100)
+        clean, test = _split(data, args["clean_per_class"], args["seed"] + 100, task_data)
         _log(f"{m['id']}: {len(clean)} clean images for repair, {len(test)} held out")
         ev = evaluate_repair(m["checkpoint"], m["trigger"], m["target"], clean, test, pool, policy, log=lambda s, i=m["id"]: _log(f"{i}: {s}"))
         twin = _twin(m["clean_twin"], m["trigger"], m["target"], test)
