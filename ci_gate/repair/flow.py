@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,13 +32,16 @@ from safetensors.torch import load_file
 
 from ci_gate import __version__
 from ci_gate.checkpoint.format import Checkpoint, CheckpointMeta, backbone_digest, load_checkpoint, save_checkpoint
+from ci_gate.data import LabeledImages
 from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text
 from ci_gate.model import load_classifier
+from ci_gate.model.classifier import PromptedClassifier
 from ci_gate.policy import Policy
 from ci_gate.repair.core import (
     AdditiveTrigger,
     FineTuneSettings,
+    Perturb,
     clean_accuracy,
     fine_tune,
     load_clean_data,
@@ -203,6 +207,43 @@ def require_allowed(policy: Policy, policy_path: Path | None) -> None:
         )
 
 
+Rescan = Callable[[PromptedClassifier, int], tuple[Path, Result, Path]]  # (model, round) -> (candidate file, its scan, the scan's folder)
+
+
+@dataclass
+class Round:
+    number: int
+    triggers: list[str]  # classes whose reconstructed triggers were in the fine-tuning set
+    candidate: Path
+    result: Result
+    result_dir: Path
+
+
+def repair_rounds(clf: PromptedClassifier, train: LabeledImages, target: ClassResult, trigger: Perturb, policy: Policy, rescan: Rescan) -> list[Round]:
+    """Steps 3-4 of the module docstring, in place on ``clf``: fine-tune with the target's
+    reconstructed trigger (refreshed between blocks), re-scan through ``rescan``, and while the
+    gate still fails and ``repair.rounds`` allows, add the class the re-scan flags (with the
+    trigger it inverted against the repaired model) and continue. The benchmark runs exactly
+    this, so what it measures is what ``ci-gate repair`` does."""
+    rp = policy.repair
+    triggers: dict[str, Perturb] = {target.name: trigger}
+    focus = target.index
+    rounds: list[Round] = []
+    for r in range(1, rp.rounds + 1):
+        ft = FineTuneSettings(epochs=rp.epochs, lr=rp.lr, batch_size=rp.batch_size, seed=policy.seed + r - 1, trigger_fraction=rp.trigger_fraction, refresh_blocks=rp.refresh_blocks)
+        refresh = trigger_refresher(train.images[train.labels != focus], focus, inversion_settings(policy))
+        fine_tune(clf, train, list(triggers.values()), ft, refresh=refresh)
+        candidate, result, result_dir = rescan(clf, r)
+        rounds.append(Round(r, list(triggers), candidate, result, result_dir))
+        if not gate_fails(result, policy) or r == rp.rounds:
+            break
+        nxt = _target(result)
+        key = nxt.name if nxt.name not in triggers else f"{nxt.name}#{r + 1}"
+        triggers[key] = AdditiveTrigger(_load_delta(result_dir, nxt), f"reconstructed:{key}")
+        focus = nxt.index
+    return rounds
+
+
 def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
     t0 = time.perf_counter()
     say = log or (lambda _msg: None)
@@ -238,37 +279,26 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
 
         target = _target(before_scan)
         say(f"backdoor target {target.name!r}: fine-tuning the prompt learner with its reconstructed trigger")
-        triggers = {target.name: AdditiveTrigger(_load_delta(tmp / "before", target), f"reconstructed:{target.name}")}
         device = pick_device(pol.device)
         torch.manual_seed(pol.seed)
         clf = load_classifier(parent, extra_classes=pol.candidates.extra_classes, weights=req.backbone_weights).classifier.to(device)
         clf.freeze()
-        primary = triggers[target.name]
+        primary = AdditiveTrigger(_load_delta(tmp / "before", target), f"reconstructed:{target.name}")
         before = _held_out(clf, held, primary, target.index)
-        rounds: list[RoundRecord] = []
-        after_scan = before_scan
-        after = before
-        focus = target.index
-        for r in range(1, rp.rounds + 1):
-            ft = FineTuneSettings(epochs=rp.epochs, lr=rp.lr, batch_size=rp.batch_size, seed=pol.seed + r - 1, trigger_fraction=rp.trigger_fraction, refresh_blocks=rp.refresh_blocks)
-            refresh = trigger_refresher(train.images[train.labels != focus], focus, inversion_settings(pol))
-            fine_tune(clf, train, list(triggers.values()), ft, refresh=refresh)
+        held_outs: list[HeldOut] = []
+
+        def rescan(model, r: int) -> tuple[Path, Result, Path]:
             candidate = tmp / f"candidate-{r}.safetensors"
             save_checkpoint(candidate, CheckpointMeta(learner=meta.learner, backbone=meta.backbone, preprocessing=meta.preprocessing,
                                                       provenance={"producer": "ci-gate repair (candidate)"}),
-                            _learner_tensors(clf, parent), parent.backbone_tensors if meta.backbone.embedded else None)
+                            _learner_tensors(model, parent), parent.backbone_tensors if meta.backbone.embedded else None)
             say(f"round {r}: re-verifying the repaired model")
-            after_scan = scan(candidate, f"after-{r}")
-            after = _held_out(clf, held, primary, target.index)
-            rounds.append(RoundRecord(round=r, triggers=list(triggers), reverify=scan_summary(after_scan, pol), held_out=after))
-            if not gate_fails(after_scan, pol):
-                break
-            nxt = _target(after_scan)
-            if r < rp.rounds:
-                # the re-scan inverted a fresh trigger against the repaired model; train on it too
-                key = nxt.name if nxt.name not in triggers else f"{nxt.name}#{r + 1}"
-                triggers[key] = AdditiveTrigger(_load_delta(tmp / f"after-{r}", nxt), f"reconstructed:{key}")
-                focus = nxt.index
+            held_outs.append(_held_out(model, held, primary, target.index))
+            return candidate, scan(candidate, f"after-{r}"), tmp / f"after-{r}"
+
+        steps = repair_rounds(clf, train, target, primary, pol, rescan)
+        rounds = [RoundRecord(round=st.number, triggers=st.triggers, reverify=scan_summary(st.result, pol), held_out=h) for st, h in zip(steps, held_outs)]
+        after_scan, after, candidate = steps[-1].result, held_outs[-1], steps[-1].candidate
 
         drop = before.clean_accuracy - after.clean_accuracy
         reasons = []
