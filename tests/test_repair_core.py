@@ -40,7 +40,7 @@ def test_refresh_blocks_split_the_epochs_and_add_triggers(recorded):
 
     def refresh(classifier, block):
         seen.append(block)
-        return AdditiveTrigger(torch.full((3, 4, 4), 0.01 * (block + 1)), f"refreshed:{block + 1}")
+        return [AdditiveTrigger(torch.full((3, 4, 4), 0.01 * (block + 1)), f"refreshed:{block + 1}")]
 
     trig = AdditiveTrigger(torch.full((3, 4, 4), 0.1))
     used = fine_tune(object(), _data(), [trig], FineTuneSettings(epochs=10, refresh_blocks=4, seed=5), refresh=refresh)
@@ -52,15 +52,21 @@ def test_refresh_blocks_split_the_epochs_and_add_triggers(recorded):
     assert [s for _, _, s in recorded] == [5, 6, 7, 8]
 
 
-def test_refresher_inverts_the_target_for_at_least_the_scans_steps(monkeypatch):
-    got = {}
+def test_refresher_inverts_each_target_on_the_other_classes_for_at_least_the_scans_steps(monkeypatch):
+    got = []
 
     def fake_invert(classifier, images, settings, classes=None, **kw):
-        got.update(n=len(images), epochs=settings.epochs, seed=settings.seed, classes=classes)
+        got.append({"n": len(images), "epochs": settings.epochs, "seed": settings.seed, "classes": classes})
         return [SimpleNamespace(index=classes[0], delta=torch.zeros(3, 4, 4), asr=0.0, final_loss=0.0)]
 
     monkeypatch.setattr(core, "invert", fake_invert)
-    refresh = core.trigger_refresher(torch.rand(100, 3, 4, 4), 2, core.InversionSettings(batch_size=32, epochs=1, seed=7))
+    train = LabeledImages(torch.rand(150, 3, 4, 4), torch.arange(150) % 3, ["a", "b", "c"])
+    refresh = core.trigger_refresher(train, [2], core.InversionSettings(batch_size=32, epochs=1, seed=7))
     out = refresh(object(), 1)
-    assert isinstance(out, AdditiveTrigger) and out.name == "refreshed:2"
-    assert got == {"n": 100, "epochs": 8, "seed": 9, "classes": [2]}  # 4 batches/epoch -> 8 epochs >= 32 steps
+    assert [t.name for t in out] == ["refreshed:2:2"] and isinstance(out[0], AdditiveTrigger)
+    assert got == [{"n": 100, "epochs": 8, "seed": 9, "classes": [2]}]  # 4 batches/epoch -> 8 epochs >= 32 steps
+    # a second repair round follows the first target as well as the class the re-scan flagged
+    got.clear()
+    out = core.trigger_refresher(train, [2, 0], core.InversionSettings(batch_size=32, epochs=1, seed=7))(object(), 0)
+    assert [t.name for t in out] == ["refreshed:1:2", "refreshed:1:0"]
+    assert [g["classes"] for g in got] == [[2], [0]] and [g["n"] for g in got] == [100, 100]

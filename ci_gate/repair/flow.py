@@ -227,11 +227,11 @@ def repair_rounds(clf: PromptedClassifier, train: LabeledImages, target: ClassRe
     this, so what it measures is what ``ci-gate repair`` does."""
     rp = policy.repair
     triggers: dict[str, Perturb] = {target.name: trigger}
-    focus = target.index
+    focus = [target.index]
     rounds: list[Round] = []
     for r in range(1, rp.rounds + 1):
         ft = FineTuneSettings(epochs=rp.epochs, lr=rp.lr, batch_size=rp.batch_size, seed=policy.seed + r - 1, trigger_fraction=rp.trigger_fraction, refresh_blocks=rp.refresh_blocks)
-        refresh = trigger_refresher(train.images[train.labels != focus], focus, inversion_settings(policy))
+        refresh = trigger_refresher(train, focus, inversion_settings(policy))
         fine_tune(clf, train, list(triggers.values()), ft, refresh=refresh)
         candidate, result, result_dir = rescan(clf, r)
         rounds.append(Round(r, list(triggers), candidate, result, result_dir))
@@ -240,7 +240,8 @@ def repair_rounds(clf: PromptedClassifier, train: LabeledImages, target: ClassRe
         nxt = _target(result)
         key = nxt.name if nxt.name not in triggers else f"{nxt.name}#{r + 1}"
         triggers[key] = AdditiveTrigger(_load_delta(result_dir, nxt), f"reconstructed:{key}")
-        focus = nxt.index
+        if nxt.index not in focus:
+            focus.append(nxt.index)
     return rounds
 
 
