@@ -133,7 +133,7 @@ def summarize(evaluations: list[dict]) -> dict:
             "clean_accuracy_change": mean(change),
             "under_target_asr": sum(a["real_asr"] < TARGET_ASR for _, a in pairs),
             "meets_target": sum(a["real_asr"] < TARGET_ASR and c >= -TARGET_ACC_DROP for (_, a), c in zip(pairs, change)),
-            # one round only: ``ci-gate repair`` would repair a class the re-scan flags, or refuse
+            # the last re-scan after ci-gate repair's rounds (the other variants are not re-scanned)
             "reverified_clean": f"{sum(checks)}/{len(checks)}" if checks else None,
         }
     return out

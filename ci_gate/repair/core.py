@@ -120,11 +120,12 @@ def fine_tune(
     correctly labelled copies (``trigger_fraction`` of the set in all, shared by the triggers).
 
     With ``refresh``, the epochs run in ``refresh_blocks`` blocks and after each block but the last
-    ``refresh`` reconstructs the target's trigger (the targets', after a second repair round) again
-    against the model as it is now; they join the set. A learned backdoor has a basin wider than the one trigger the scan found: trained on
-    that trigger alone, the model unlearns it but the attacker's real trigger keeps working (BadCLIP
-    on CIFAR-10 at 16/255: real ASR 97% -> 66%); re-reconstructing follows what remains of the
-    basin (-> 4%, docs/repair.md). Returns every trigger used.
+    ``refresh`` reconstructs the target's trigger (the targets', after a second repair round)
+    again against the model as it is now; they join the set. A learned backdoor has a basin wider
+    than the one trigger the scan found: trained on that trigger alone, the model unlearns it but
+    the attacker's real trigger keeps working (BadCLIP on CIFAR-10 at 16/255: real ASR 97% -> 66%);
+    re-reconstructing follows what remains of the basin (-> 2.4%, docs/repair.md). Returns every
+    trigger used.
     """
     used = list(perturbations)
     blocks = settings.refresh_blocks if refresh is not None else 1

@@ -49,7 +49,7 @@ from ci_gate.repair.core import (
     restore_learner,
     trigger_asr,
 )
-from ci_gate.repair.flow import gate_fails, repair_rounds
+from ci_gate.repair.flow import gate_fails, learner_tensors_like, repair_rounds
 from ci_gate.result import Result
 from ci_gate.scan import ScanRequest, inversion_settings, pick_device, run_scan
 
@@ -168,7 +168,7 @@ def evaluate_repair(
         def rescan(model, r: int) -> tuple[Path, Result, Path]:
             path = tmp / f"repaired-{r}.safetensors"
             save_checkpoint(path, CheckpointMeta(learner=meta.learner, backbone=meta.backbone, preprocessing=meta.preprocessing),
-                            {k: v.to(parent.learner_tensors[k].dtype) for k, v in model.learner.named_tensors().items()},
+                            learner_tensors_like(model, parent),
                             parent.backbone_tensors if meta.backbone.embedded else None)
             res = run_scan(ScanRequest(checkpoint=path, policy=policy, pool=pool, out_dir=tmp / f"reverify-{r}", backbone_weights=backbone_weights))
             assert res is not None

@@ -192,9 +192,9 @@ def _load_delta(result_dir: Path, cls: ClassResult) -> torch.Tensor:
     return load_file(str(result_dir / cls.trigger_tensor))["delta"].float()
 
 
-def _learner_tensors(clf, parent: Checkpoint) -> dict[str, torch.Tensor]:
-    # keep the parent's dtypes (a converted fp16 learner stays fp16); the candidate is saved the
-    # same way, so the re-verification scans exactly these values
+def learner_tensors_like(clf, parent: Checkpoint) -> dict[str, torch.Tensor]:
+    """The learner's tensors in the parent's dtypes (a converted fp16 learner stays fp16), for the
+    candidates and the written file alike, so the re-verification scans exactly these values."""
     return {k: v.to(parent.learner_tensors[k].dtype) for k, v in clf.learner.named_tensors().items()}
 
 
@@ -292,7 +292,7 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
             candidate = tmp / f"candidate-{r}.safetensors"
             save_checkpoint(candidate, CheckpointMeta(learner=meta.learner, backbone=meta.backbone, preprocessing=meta.preprocessing,
                                                       provenance={"producer": "ci-gate repair (candidate)"}),
-                            _learner_tensors(model, parent), parent.backbone_tensors if meta.backbone.embedded else None)
+                            learner_tensors_like(model, parent), parent.backbone_tensors if meta.backbone.embedded else None)
             say(f"round {r}: re-verifying the repaired model")
             held_outs.append(_held_out(model, held, primary, target.index))
             return candidate, scan(candidate, f"after-{r}"), tmp / f"after-{r}"
@@ -315,7 +315,7 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
             summary = RepairSummary(status="refused", message="repair refused; nothing written", reasons=reasons, seconds=time.perf_counter() - t0, **common)
             return RepairOutcome(summary)
 
-        learner = _learner_tensors(clf, parent)
+        learner = learner_tensors_like(clf, parent)
         verified_sha = hashlib.sha256(candidate.read_bytes()).hexdigest()
         summary = RepairSummary(status="repaired", message="repaired and re-verified", output=str(req.out), seconds=time.perf_counter() - t0, **common)
         provenance = {
