@@ -98,11 +98,10 @@ def run_canary(req: CanaryRequest, log=None) -> CanarySummary:
     spec = attack_spec(req.attack)
     if cp.poison_rate is not None:
         spec = replace(spec, poison_rate=cp.poison_rate)
-    if spec.trigger == "badclip":
-        # plant within the budget the policy searches: the self-test asks whether the gate catches
-        # a backdoor it is configured to look for (a 4/255 trigger learned against a 32 px model
-        # is a different, weaker backdoor than at 224 px, docs/benchmark.md)
-        spec = replace(spec, trigger_kwargs=spec.trigger_kwargs | {"epsilon": pol.inversion.epsilon})
+    # plant within the budget the policy searches: the self-test asks whether the gate catches a
+    # backdoor it is configured to look for (a 4/255 trigger learned against a 32 px model is a
+    # different, weaker backdoor than at 224 px, docs/benchmark.md)
+    spec = spec.with_epsilon(pol.inversion.epsilon)
     if spec.level != "prompt":
         raise InputError("--attack", f"{req.attack!r} is an encoder-level attack; a canary re-tunes the prompt learner, choose from {', '.join(prompt_attacks())}")
     if req.out.exists() and not req.out.is_dir():

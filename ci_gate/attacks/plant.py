@@ -44,6 +44,18 @@ class AttackSpec:
     trigger_kwargs: dict = field(default_factory=dict)
     description: str = ""
 
+    @property
+    def learned_budget(self) -> bool:
+        """A BadCLIP-style additive trigger learned within an L-inf ball (``epsilon``)."""
+        return self.trigger == "badclip"
+
+    def with_epsilon(self, epsilon: float) -> AttackSpec:
+        """This attack with its learned trigger's L-inf budget set to ``epsilon`` (fixed triggers
+        have no such budget and are returned unchanged)."""
+        if not self.learned_budget:
+            return self
+        return replace(self, trigger_kwargs=self.trigger_kwargs | {"epsilon": epsilon})
+
 
 ATTACKS: dict[str, AttackSpec] = {
     "badclip": AttackSpec("badclip", "badclip", poison_rate=0.2, description="BadCLIP: additive L-inf 4/255 trigger learned jointly with the prompt learner"),

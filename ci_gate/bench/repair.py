@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from statistics import fmean
 
 import typer
 
@@ -118,19 +119,18 @@ def summarize(evaluations: list[dict]) -> dict:
     out: dict = {"models": len(evaluations), "detected": len(detected), "variants": {}}
     if not detected:
         return out
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    out["before"] = {"real_asr": mean([ev["before"]["real_asr"] for ev in detected]), "clean_accuracy": mean([ev["before"]["clean_accuracy"] for ev in detected])}
+    out["before"] = {"real_asr": fmean([ev["before"]["real_asr"] for ev in detected]), "clean_accuracy": fmean([ev["before"]["clean_accuracy"] for ev in detected])}
     twins = [ev["clean_twin"]["real_asr"] for ev in detected if ev.get("clean_twin")]
     if twins:
-        out["clean_twin_real_asr"] = mean(twins)
+        out["clean_twin_real_asr"] = fmean(twins)
     for name in [v["name"] for v in detected[0]["variants"]]:
         runs = [(ev["before"], v) for ev in detected for v in ev["variants"] if v["name"] == name]
         pairs = [(b, v["after"]) for b, v in runs]
         change = [a["clean_accuracy"] - b["clean_accuracy"] for b, a in pairs]
         checks = [v["reverify"]["gate_passes"] for _, v in runs if v.get("reverify")]
         out["variants"][name] = {
-            "real_asr": mean([a["real_asr"] for _, a in pairs]),
-            "clean_accuracy_change": mean(change),
+            "real_asr": fmean([a["real_asr"] for _, a in pairs]),
+            "clean_accuracy_change": fmean(change),
             "under_target_asr": sum(a["real_asr"] < TARGET_ASR for _, a in pairs),
             "meets_target": sum(a["real_asr"] < TARGET_ASR and c >= -TARGET_ACC_DROP for (_, a), c in zip(pairs, change)),
             # the last re-scan after ci-gate repair's rounds (the other variants are not re-scanned)

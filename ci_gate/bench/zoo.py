@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -139,7 +139,7 @@ def build_model(entry: ZooEntry, backbone: CachedBackbone, task: Task, out: Path
     attack = attack_spec(entry.attack) if entry.attack else None
     if attack is not None:
         if entry.eps255 is not None:
-            attack = replace(attack, trigger_kwargs=attack.trigger_kwargs | {"epsilon": entry.eps255 / 255})
+            attack = attack.with_epsilon(entry.eps255 / 255)
         trigger = build_trigger(attack, size, seed=entry.seed + 1)
     if entry.learner == "zeroshot":
         assert attack is not None and attack.level == "encoder", "zero-shot zoo models are encoder-level attacks"
@@ -223,7 +223,6 @@ TASK_RECIPE = {
 }
 # encoder level: the whole image tower trains, which needs a higher step count to implant
 ENCODER_RECIPE = {"epochs": 60, "lr": 3e-3}
-LEARNED_ATTACKS = ("badclip", "adaptive_badclip")
 
 
 def entry(dataset: str, learner: str, attack: str | None, seed: int, eps255: int | None = None) -> ZooEntry:
@@ -234,7 +233,7 @@ def entry(dataset: str, learner: str, attack: str | None, seed: int, eps255: int
         target = (7 * seed + 3 * ATTACK_ORDER.index(attack) + 1) % N_CLASSES[dataset]
     if attack in ENCODER_ATTACKS:
         return ZooEntry(dataset, "zeroshot", attack, target, seed, r["shots"], ENCODER_RECIPE["epochs"], ENCODER_RECIPE["lr"])
-    eps = (eps255 or r["eps255"]) if attack in LEARNED_ATTACKS else None
+    eps = (eps255 or r["eps255"]) if attack is not None and attack_spec(attack).learned_budget else None
     return ZooEntry(dataset, learner, attack, target, seed, r["shots"], r["epochs"], r["lr"], eps)
 
 
