@@ -39,7 +39,7 @@ class ReferenceClass:
 
 
 def reference_classifier(loaded: LoadedModel, class_names: list[str], backbone: Backbone | None = None) -> PromptedClassifier:
-    pre = loaded.checkpoint.meta.preprocessing
+    pre = loaded.preprocessing
     clf = build_classifier(backbone or loaded.backbone, "zeroshot", None, list(class_names), 0, pre.image_size, pre.mean, pre.std)
     return clf
 

@@ -96,10 +96,10 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
 
     pool = load_pool(
         req.pool,
-        meta.preprocessing.image_size,
+        loaded.preprocessing.image_size,
         policy.pool.min_images,
         policy.pool.max_images,
-        meta.preprocessing.interpolation,
+        loaded.preprocessing.interpolation,
         seed=policy.seed,
     )
     t_pool = time.perf_counter()

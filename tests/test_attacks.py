@@ -85,14 +85,14 @@ def _tiny_classifier(kind):
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer
 
-    from ci_gate.checkpoint.format import LearnerSpec
+    from ci_gate.checkpoint.format import LearnerSpec, Preprocessing
     from ci_gate.model.backbone import Backbone
     from ci_gate.model.factory import build_classifier, new_learner
     from ci_gate.model.small import small_config
 
     torch.manual_seed(0)
     clip = CLIP(**copy.deepcopy(small_config("tiny-32"))).eval()
-    bb = Backbone(clip=clip, tokenizer=SimpleTokenizer(), quick_gelu=False, sha256=None, reference=None)
+    bb = Backbone(clip=clip, tokenizer=SimpleTokenizer(), quick_gelu=False, sha256=None, reference=None, preprocessing=Preprocessing(image_size=32))
     names = ["cat", "dog", "ship"]
     spec = LearnerSpec(kind=kind, class_names=names, n_ctx=0 if kind == "zeroshot" else 4, ctx_init=None if kind == "zeroshot" else "a photo of a")
     learner = new_learner(bb, spec, seed=0)

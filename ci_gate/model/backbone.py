@@ -22,9 +22,10 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.model import CLIP
+from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from safetensors.torch import load_file
 
-from ci_gate.checkpoint.format import BackboneSpec, backbone_digest
+from ci_gate.checkpoint.format import BackboneSpec, Preprocessing, backbone_digest
 from ci_gate.errors import InputError
 from ci_gate.io import sha256_file
 
@@ -39,6 +40,9 @@ class Backbone:
     quick_gelu: bool
     sha256: str | None
     reference: str | None
+    # what deployment feeds this backbone (open_clip's own preprocessing for the architecture and
+    # tag); the checkpoint's own 'preprocessing' field is only ever compared against it
+    preprocessing: Preprocessing
     notes: list[str] = field(default_factory=list)
 
 
@@ -49,6 +53,48 @@ def model_config(spec: BackboneSpec) -> dict[str, Any]:
     if cfg is None:
         raise InputError(None, f"unknown open_clip architecture {spec.architecture!r}")
     return copy.deepcopy(cfg)
+
+
+def square_size(size: Any, where: str) -> int:
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise InputError(where, f"non-square image size {list(size)} is not supported")
+        size = size[0]
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 1024:
+        raise InputError(where, f"vision_cfg.image_size {size!r} is not an integer between 8 and 1024")
+    return size
+
+
+def deployment_preprocessing(spec: BackboneSpec, cfg: dict[str, Any]) -> Preprocessing:
+    """The preprocessing deployment uses for this backbone, as open_clip's factory builds it:
+    its PreprocessCfg defaults (OpenAI mean/std, bicubic, shortest side) overlaid with the
+    architecture's registered ``preprocess_cfg`` and the pretrained tag's config.
+
+    Nothing here comes from the checkpoint's ``preprocessing`` field: a provider who could set
+    the scan's mean/std could blind it (std 1e6 flattens every image to the mean) while the
+    deployed model, fed the backbone's own preprocessing, keeps its backdoor. An inline config
+    is attacker-written too, so its ``preprocess_cfg`` is ignored and open_clip's defaults hold.
+    """
+    where = f"backbone {spec.architecture or 'inline config'}"
+    size = square_size(cfg.get("vision_cfg", {}).get("image_size", 224), where)
+    overlay: dict[str, Any] = {}
+    if spec.architecture is not None:
+        overlay.update(cfg.get("preprocess_cfg") or {})
+        if spec.pretrained is not None:
+            try:
+                overlay.update(open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained) or {})
+            except Exception:  # a weights file name rather than a tag: open_clip's defaults apply
+                pass
+    merged = merge_preprocess_dict(PreprocessCfg(size=size), overlay)
+    if merged["resize_mode"] != "shortest" or merged["interpolation"] not in ("bicubic", "bilinear"):
+        raise InputError(where, f"open_clip preprocessing {merged['resize_mode']}/{merged['interpolation']} is not supported (shortest-side resize, bicubic or bilinear)")
+    return Preprocessing(
+        image_size=size,
+        mean=tuple(float(v) for v in merged["mean"]),
+        std=tuple(float(v) for v in merged["std"]),
+        interpolation=merged["interpolation"],
+        resize_mode="shortest",
+    )
 
 
 def _tag_wants_quick_gelu(spec: BackboneSpec) -> bool:
@@ -138,6 +184,8 @@ def build_backbone(
     cache_dir: Path | None = None,
 ) -> Backbone:
     cfg = model_config(spec)
+    preprocessing = deployment_preprocessing(spec, cfg)
+    cfg.pop("preprocess_cfg", None)
     notes: list[str] = []
     if spec.embedded:
         state = dict(embedded or {})
@@ -170,4 +218,4 @@ def build_backbone(
         p.requires_grad_(False)
     context_length = cfg.get("text_cfg", {}).get("context_length", 77)
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
-    return Backbone(clip=clip, tokenizer=tokenizer, quick_gelu=quick_gelu, sha256=digest, reference=reference, notes=notes)
+    return Backbone(clip=clip, tokenizer=tokenizer, quick_gelu=quick_gelu, sha256=digest, reference=reference, preprocessing=preprocessing, notes=notes)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ci_gate.checkpoint.format import Checkpoint, CheckpointMeta, LearnerSpec, load_checkpoint
+from ci_gate.checkpoint.format import Checkpoint, CheckpointMeta, LearnerSpec, Preprocessing, load_checkpoint
 from ci_gate.errors import InputError
 from ci_gate.model.backbone import Backbone, build_backbone
 from ci_gate.model.classifier import PromptedClassifier
@@ -21,6 +22,10 @@ class LoadedModel:
     checkpoint: Checkpoint
     backbone: Backbone
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.backbone.preprocessing
 
 
 def vision_dim(backbone: Backbone) -> int:
@@ -99,6 +104,23 @@ def load_classifier(
     for extra in extra_classes or []:
         if extra not in names:
             names.append(extra)
-    pre = meta.preprocessing
+    check_preprocessing(ckpt.path, meta.preprocessing, backbone.preprocessing)
+    pre = backbone.preprocessing
     clf = build_classifier(backbone, meta.learner.kind, learner, names, meta.learner.n_ctx, pre.image_size, pre.mean, pre.std)
     return LoadedModel(classifier=clf, checkpoint=ckpt, backbone=backbone, notes=list(backbone.notes))
+
+
+def check_preprocessing(path: Path | None, stated: Preprocessing, deployed: Preprocessing, tol: float = 1e-6) -> None:
+    """The checkpoint's stated preprocessing must be the backbone's own.
+
+    The scan always uses the backbone's (what deployment does); a checkpoint that states another
+    is refused rather than silently corrected, because the provider's pipeline then disagrees
+    with ours and the user should know before shipping it.
+    """
+    for name in ("image_size", "interpolation", "resize_mode"):
+        if getattr(stated, name) != getattr(deployed, name):
+            raise InputError(path, f"preprocessing.{name} {getattr(stated, name)!r} differs from the backbone's {getattr(deployed, name)!r}; ci-gate scans with the preprocessing deployment uses")
+    for name in ("mean", "std"):
+        a, b = getattr(stated, name), getattr(deployed, name)
+        if not all(math.isfinite(x) and abs(x - y) <= tol for x, y in zip(a, b)):
+            raise InputError(path, f"preprocessing.{name} {list(a)} differs from the backbone's {[round(v, 8) for v in b]}; ci-gate scans with the preprocessing deployment uses")

@@ -1,0 +1,101 @@
+"""The checkpoint cannot change how the scan sees images: preprocessing comes from the backbone.
+
+A provider who could set the scan's mean/std could blind it (std 1e6 maps every image to the
+same input) while deployment, which feeds the backbone's own preprocessing, keeps the backdoor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import pytest
+
+from ci_gate.checkpoint.format import BackboneSpec, CheckpointMeta, LearnerSpec, Preprocessing, save_checkpoint
+from ci_gate.cli import main
+from ci_gate.errors import InputError
+from ci_gate.model.backbone import deployment_preprocessing, model_config
+from ci_gate.model.factory import check_preprocessing, load_classifier, new_learner
+from ci_gate.model.small import embedded_backbone, random_clip_state, small_config
+
+OPENAI = Preprocessing(image_size=224)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pre")
+    cfg = small_config("tiny-32")
+    state = random_clip_state(cfg, seed=0)
+    spec, backbone = embedded_backbone(cfg, state)
+    learner_spec = LearnerSpec(kind="coop", class_names=["cat", "dog", "ship"])
+    learner = new_learner(backbone, learner_spec, seed=0)
+    path = root / "model.safetensors"
+    save_checkpoint(path, CheckpointMeta(learner=learner_spec, backbone=spec, preprocessing=Preprocessing(image_size=32)), learner.named_tensors(), state)
+    return path
+
+
+def _with_preprocessing(src, dst, **fields):
+    """Rewrite only the header's preprocessing fields (tensors byte-identical), as an attacker would."""
+    raw = src.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["ci_gate"])
+    meta["preprocessing"].update(fields)
+    header["__metadata__"]["ci_gate"] = json.dumps(meta)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    dst.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
+    return dst
+
+
+def test_named_architecture_gets_open_clips_preprocessing():
+    spec = BackboneSpec(architecture="ViT-B-16", pretrained="openai")
+    pre = deployment_preprocessing(spec, model_config(spec))
+    assert pre.image_size == 224 and pre.interpolation == "bicubic"
+    assert pre.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    assert pre.std == pytest.approx((0.26862954, 0.26130258, 0.27577711))
+
+
+def test_inline_config_cannot_bring_its_own_preprocess_cfg():
+    cfg = small_config("tiny-32") | {"preprocess_cfg": {"mean": [0.5] * 3, "std": [1e6] * 3}}
+    pre = deployment_preprocessing(BackboneSpec(config=cfg, embedded=True), cfg)
+    assert pre.std == pytest.approx(OPENAI.std) and pre.image_size == 32
+
+
+def test_the_loaded_classifier_normalises_with_the_backbones_values(tiny):
+    loaded = load_classifier(tiny)
+    assert loaded.classifier.std.flatten().tolist() == pytest.approx(list(OPENAI.std))
+    assert loaded.preprocessing.image_size == 32
+
+
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        ({"std": [1e6, 1e6, 1e6]}, "preprocessing.std"),
+        ({"std": [0.27, 0.26, -0.27]}, "preprocessing.std"),
+        ({"std": [1e-30, 1e-30, 1e-30]}, "preprocessing.std"),
+        ({"mean": [1e6, 0.45, 0.4]}, "preprocessing.mean"),
+        ({"mean": [0.0, 0.0, 0.0]}, "preprocessing.mean"),
+        ({"image_size": 64}, "preprocessing.image_size"),
+        ({"interpolation": "bilinear"}, "preprocessing.interpolation"),
+    ],
+)
+def test_a_checkpoint_stating_other_preprocessing_is_refused(tiny, tmp_path, capsys, fields, named):
+    bad = _with_preprocessing(tiny, tmp_path / "bad.safetensors", **fields)
+    before = hashlib.sha256(bad.read_bytes()).hexdigest()
+    with pytest.raises(SystemExit) as exc:
+        main(["verify", str(bad), "--pool", str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2
+    assert len(err) == 1 and named in err[0] and str(bad) in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "out").exists()
+    assert hashlib.sha256(bad.read_bytes()).hexdigest() == before
+
+
+def test_check_preprocessing_is_tolerant_of_json_rounding_only():
+    check_preprocessing(None, Preprocessing(image_size=224, std=tuple(v + 1e-9 for v in OPENAI.std)), OPENAI)
+    with pytest.raises(InputError, match="preprocessing.std"):
+        check_preprocessing(None, Preprocessing(image_size=224, std=tuple(v + 1e-3 for v in OPENAI.std)), OPENAI)
+    with pytest.raises(InputError, match="preprocessing.mean"):
+        check_preprocessing(None, Preprocessing(image_size=224, mean=(float("nan"),) * 3), OPENAI)
