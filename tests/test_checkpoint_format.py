@@ -102,13 +102,13 @@ def test_bad_metadata_names_the_field(tmp_path: Path, mutate, field: str) -> Non
     path = _write_raw(tmp_path / "bad.safetensors", raw)
     with pytest.raises(InputError) as err:
         load_checkpoint(path)
-    assert str(path) in str(err.value) and "invalid ci-gate metadata" in str(err.value)
+    assert str(err.value).startswith(f"{path}: metadata")
     assert field in str(err.value)
 
 
 def test_metadata_that_is_not_json(tmp_path: Path) -> None:
     path = _write_raw(tmp_path / "bad.safetensors", "{not json")
-    with pytest.raises(InputError, match="invalid ci-gate metadata"):
+    with pytest.raises(InputError, match="metadata: not valid JSON"):
         load_checkpoint(path)
 
 
@@ -121,14 +121,33 @@ def test_plain_safetensors_without_metadata(tmp_path: Path) -> None:
 def test_unsupported_format_version(tmp_path: Path) -> None:
     raw = json.loads(_meta().model_dump_json())
     raw["format_version"] = 99
-    with pytest.raises(InputError, match="format version 99"):
+    with pytest.raises(InputError, match="metadata.format_version: version 99 is not supported"):
         load_checkpoint(_write_raw(tmp_path / "v99.safetensors", raw))
 
 
-def test_pickle_suffix_is_sent_to_convert(tmp_path: Path) -> None:
+def test_pickle_and_torch_save_files_are_sent_to_convert(tmp_path: Path) -> None:
+    import pickle
+
+    pickled = tmp_path / "model.pth"
+    pickled.write_bytes(pickle.dumps({"ctx": [0.0]}, protocol=4))  # written, never read back
+    zipped = tmp_path / "model.safetensors"  # judged by content: the name does not help
+    torch.save({"ctx": torch.zeros(2)}, zipped)
+    with pytest.raises(InputError, match="a pickle/torch.save file, not safetensors; .*ci-gate convert"):
+        load_checkpoint(pickled)
+    with pytest.raises(InputError, match="a zip archive .*ci-gate convert"):
+        load_checkpoint(zipped)
+
+
+def test_safetensors_named_bin_is_read_by_content(tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    save_checkpoint(path, _meta(), _ctx())
+    assert load_checkpoint(path).meta == _meta()
+
+
+def test_other_bytes_with_a_pickle_suffix_get_a_hint(tmp_path: Path) -> None:
     path = tmp_path / "model.pth"
-    path.write_bytes(b"whatever")
-    with pytest.raises(InputError, match="ci-gate convert"):
+    path.write_bytes(b"whatever, not a model")
+    with pytest.raises(InputError, match="not a safetensors file.*ci-gate convert"):
         load_checkpoint(path)
 
 

@@ -10,11 +10,15 @@ load, which is why it is the only format ci-gate reads directly.
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
+import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError, model_validator
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
@@ -26,6 +30,44 @@ META_KEY = "ci_gate"
 LEARNER_PREFIX = "prompt_learner."
 BACKBONE_PREFIX = "backbone."
 
+# Every byte of a checkpoint is written by the party the gate is checking, so each size below is
+# a bound on what a hostile file can make the loader allocate or recurse through.
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+MAX_META_CHARS = 16 * 1024 * 1024
+MAX_META_DEPTH = 64
+MAX_CLASSES = 50_000
+MAX_NAME_CHARS = 200
+MAX_TENSORS = 10_000
+MAX_CTX_WIDTH = 16_384
+# dtype names as the safetensors header spells them
+LEARNER_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+BACKBONE_DTYPES = {**LEARNER_DTYPES, "F64": torch.float64}
+# Integer buffers open_clip backbones legitimately carry (BatchNorm counters in the ResNet
+# towers, position ids of HF text towers); any other integer tensor in a backbone is refused.
+BACKBONE_INT_BUFFERS = ("num_batches_tracked", "position_ids")
+BACKBONE_INT_DTYPES = {"I64", "I32"}
+
+# Characters that let a name rewrite the terminal, a log line or the reading order of a report:
+# C0/DEL/C1 controls (ESC, NUL, newline...), lone surrogates (not encodable as UTF-8), the line
+# and paragraph separators, and the bidi embedding/override/isolate marks.
+_UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _safe_text(value: str) -> str:
+    bad = _UNSAFE_CHARS.search(value)
+    if bad:
+        raise ValueError(f"contains control character U+{ord(bad.group()):04X} at position {bad.start()}")
+    return value
+
+
+def _text(max_length: int) -> Any:
+    return Annotated[str, StringConstraints(strict=True, max_length=max_length), AfterValidator(_safe_text)]
+
+
+ShortText = _text(MAX_NAME_CHARS)  # class names, ctx_init, architecture names
+PathText = _text(4096)  # a pretrained tag or weights file name
+Sha256Hex = Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{64}$")]
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -36,26 +78,39 @@ class _Meta(BaseModel):
 
 class LearnerSpec(_Meta):
     kind: Literal["coop", "cocoop", "zeroshot"]
-    class_names: list[str] = Field(min_length=2)
-    n_ctx: int = Field(4, ge=0, le=64)
-    ctx_init: str | None = "a photo of a"
+    class_names: list[ShortText] = Field(min_length=2, max_length=MAX_CLASSES)
+    n_ctx: StrictInt = Field(4, ge=0, le=64)
+    ctx_init: ShortText | None = "a photo of a"
 
     @model_validator(mode="after")
     def _names(self) -> "LearnerSpec":
-        if any(not n.strip() for n in self.class_names):
-            raise ValueError("class_names must not contain empty names")
-        if len(set(self.class_names)) != len(self.class_names):
-            raise ValueError("class_names must be unique")
+        # The text encoder lower-cases and reads '_' as a space (PromptTokens), so names that
+        # differ only in that way get the same prompt: two indistinguishable classes.
+        seen: dict[str, int] = {}
+        for i, name in enumerate(self.class_names):
+            key = " ".join(name.replace("_", " ").split()).lower()
+            if not key:
+                raise ValueError(f"class_names[{i}] is empty")
+            if key in seen:
+                raise ValueError(f"class_names must be unique: [{seen[key]}] and [{i}] give the same prompt")
+            seen[key] = i
+        if self.kind != "zeroshot":
+            if self.n_ctx < 1:
+                raise ValueError(f"a {self.kind} learner needs n_ctx >= 1")
+            # every whitespace-separated word is at least one token, so more words than n_ctx
+            # can never tokenize to the n_ctx context vectors the learner has
+            if self.ctx_init is not None and len(self.ctx_init.split()) > self.n_ctx:
+                raise ValueError(f"ctx_init has {len(self.ctx_init.split())} words, more than n_ctx={self.n_ctx}")
         return self
 
 
 class BackboneSpec(_Meta):
-    architecture: str | None = Field(None, description="open_clip architecture name, e.g. 'ViT-B-16'")
+    architecture: ShortText | None = Field(None, description="open_clip architecture name, e.g. 'ViT-B-16'")
     config: dict[str, Any] | None = Field(None, description="inline open_clip model config (embed_dim, vision_cfg, text_cfg)")
-    pretrained: str | None = Field(None, description="pretrained tag (e.g. 'openai') or weights file name; None when embedded")
-    sha256: str | None = Field(None, description="SHA-256 of the weights file, or of the embedded backbone tensors")
-    quick_gelu: bool | None = None
-    embedded: bool = False
+    pretrained: PathText | None = Field(None, description="pretrained tag (e.g. 'openai') or weights file name; None when embedded")
+    sha256: Sha256Hex | None = Field(None, description="SHA-256 (lower-case hex) of the weights file, or of the embedded backbone tensors")
+    quick_gelu: StrictBool | None = None
+    embedded: StrictBool = False
 
     @model_validator(mode="after")
     def _identity(self) -> "BackboneSpec":
@@ -75,7 +130,8 @@ class Preprocessing(_Meta):
 
 
 class CheckpointMeta(_Meta):
-    format_version: int = FORMAT_VERSION
+    # load_checkpoint also insists the key is present: only code may rely on the default
+    format_version: StrictInt = FORMAT_VERSION
     learner: LearnerSpec
     backbone: BackboneSpec
     preprocessing: Preprocessing
@@ -118,43 +174,213 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read and validate a ci-gate checkpoint; any problem is an InputError naming the file."""
+    """Read and validate a ci-gate checkpoint; any problem is an InputError naming the file.
+
+    Checks run cheapest first and nothing is materialised before the header has passed: the
+    file itself, the container bytes, the metadata, the tensors' names, dtypes and shapes from
+    the header, and only then the tensor data (finite values, the embedded backbone's digest).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "checkpoint not found")
-    if path.suffix in {".pt", ".pth", ".tar", ".bin", ".pkl"}:
-        raise InputError(path, "not a safetensors file; import pickled CoOp/CoCoOp checkpoints with 'ci-gate convert'")
+    size = _regular_file_size(path)
+    _check_container(path, size)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        fh = safe_open(str(path), framework="pt")
     except Exception as exc:  # safetensors raises its own error types for truncation/corruption
-        raise InputError(path, f"not a readable safetensors file (truncated or corrupt?): {exc}") from None
-    if META_KEY not in header:
-        raise InputError(path, "safetensors file has no ci-gate metadata (is it a ci-gate checkpoint?)")
-    try:
-        meta = CheckpointMeta.model_validate(json.loads(header[META_KEY]))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise InputError(path, f"invalid ci-gate metadata: {_first_error(exc)}") from None
-    if meta.format_version != FORMAT_VERSION:
-        raise InputError(path, f"checkpoint format version {meta.format_version} is not supported (this ci-gate reads {FORMAT_VERSION})")
+        raise InputError(path, f"not a readable safetensors file (truncated or corrupt?): {_show(exc)}") from None
+    with fh:
+        header = _lib(path, fh.metadata) or {}
+        names = _lib(path, fh.keys)
+        if len(names) > MAX_TENSORS:
+            raise InputError(path, f"{len(names)} tensors, more than the {MAX_TENSORS} a checkpoint may hold")
+        if META_KEY not in header:
+            raise InputError(path, "safetensors file has no ci-gate metadata (is it a ci-gate checkpoint?)")
+        meta = _parse_meta(path, header[META_KEY])
+        layout = {}
+        for name in names:
+            view = _lib(path, fh.get_slice, name)
+            layout[name] = (_lib(path, view.get_dtype), tuple(_lib(path, view.get_shape)))
+        _check_layout(path, meta, layout)
+        tensors = {name: _lib(path, fh.get_tensor, name) for name in names}
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise InputError(path, f"tensor {_tensor_name(name)} contains NaN or Inf")
     learner = {k[len(LEARNER_PREFIX):]: v for k, v in tensors.items() if k.startswith(LEARNER_PREFIX)}
     backbone = {k[len(BACKBONE_PREFIX):]: v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
-    stray = [k for k in tensors if not k.startswith((LEARNER_PREFIX, BACKBONE_PREFIX))]
-    if stray:
-        raise InputError(path, f"unexpected tensors {stray[:3]}")
-    _check_tensors(path, meta, learner, backbone)
+    if meta.backbone.embedded and meta.backbone.sha256 and backbone_digest(backbone) != meta.backbone.sha256:
+        raise InputError(path, "embedded backbone tensors do not match their pinned SHA-256")
     return Checkpoint(path=path, sha256=sha256_file(path), meta=meta, learner_tensors=learner, backbone_tensors=backbone)
 
 
-def _first_error(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-    return str(exc)
+_PICKLE_SUFFIXES = {".pt", ".pth", ".tar", ".bin", ".pkl", ".ckpt"}
+_CONVERT = "import CoOp/CoCoOp checkpoints with 'ci-gate convert'"
 
 
-def _check_tensors(path: Path, meta: CheckpointMeta, learner: dict, backbone: dict) -> None:
+def _regular_file_size(path: Path) -> int:
+    """stat (following symlinks), never open: opening a FIFO blocks until a writer appears."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise InputError(path, f"checkpoint not found (dangling symlink to {_show(os.readlink(path))})") from None
+        raise InputError(path, "checkpoint not found") from None
+    except (OSError, ValueError) as exc:  # ELOOP, ENAMETOOLONG, EACCES on a parent, a NUL in the name
+        raise InputError(path, f"cannot read checkpoint: {_show(getattr(exc, 'strerror', None) or exc)}") from None
+    via = f" (via symlink to {_show(os.path.realpath(path))})" if os.path.islink(path) else ""
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(path, f"is a directory, not a checkpoint file{via}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a character device" if stat.S_ISCHR(st.st_mode) else (
+            "a block device" if stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "special")
+        raise InputError(path, f"not a regular file ({kind}){via}")
+    return st.st_size
+
+
+def _check_container(path: Path, size: int) -> None:
+    """Judge the file by its first bytes, not its name: safetensors starts with an 8-byte
+    little-endian header length followed by the JSON header's '{'."""
+    if size == 0:
+        raise InputError(path, "empty file, not a checkpoint")
+    try:
+        # O_NONBLOCK: if the file was swapped for a FIFO since the stat, open still returns
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise InputError(path, f"cannot read checkpoint: {_show(exc.strerror or exc)}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(path, "not a regular file")
+        head = os.read(fd, 9)
+    finally:
+        os.close(fd)
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if 2 <= n <= size - 8 and head[8:9] == b"{":
+        if n > MAX_HEADER_BYTES:
+            raise InputError(path, f"safetensors header of {n} bytes exceeds the {MAX_HEADER_BYTES // 2**20} MB limit")
+        return
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise InputError(path, f"a zip archive (torch.save or TorchScript file), not safetensors; {_CONVERT}")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise InputError(path, f"a pickle/torch.save file, not safetensors; {_CONVERT}")
+    hint = f"; {_CONVERT}" if path.suffix.lower() in _PICKLE_SUFFIXES else ""
+    if n < 0:
+        raise InputError(path, f"not a safetensors file: {size} bytes is shorter than the 8-byte header length{hint}")
+    if n > MAX_HEADER_BYTES:
+        raise InputError(path, f"not a safetensors file: header length {n} exceeds the {MAX_HEADER_BYTES // 2**20} MB limit{hint}")
+    if n > size - 8:
+        raise InputError(path, f"not a safetensors file (truncated?): header length {n} is larger than the file's {size} bytes{hint}")
+    raise InputError(path, f"not a safetensors file: the header is not a JSON object{hint}")
+
+
+def _lib(path: Path, fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # safetensors' error types for a header that lies about its data
+        raise InputError(path, f"not a readable safetensors file (truncated or corrupt?): {_show(exc)}") from None
+
+
+class _MetaJSONError(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> float:
+    raise _MetaJSONError(f"{name} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _MetaJSONError(f"number {text[:24]} overflows to infinity")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # with duplicates, which value wins depends on the parser: one reader could see what another does not
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _MetaJSONError(f"duplicate key {_show(repr(key), 60)}")
+        obj[key] = value
+    return obj
+
+
+def _too_deep(obj: Any) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > MAX_META_DEPTH:
+                return True
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False
+
+
+def _parse_meta(path: Path, text: str) -> CheckpointMeta:
+    if len(text) > MAX_META_CHARS:
+        raise InputError(path, f"metadata: {len(text)} characters, more than the {MAX_META_CHARS} allowed")
+    try:
+        raw = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise InputError(path, f"metadata: nested deeper than {MAX_META_DEPTH} levels") from None
+    except _MetaJSONError as exc:
+        raise InputError(path, f"metadata: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer beyond Python's digit limit
+        raise InputError(path, f"metadata: not valid JSON ({_show(exc)})") from None
+    if _too_deep(raw):
+        raise InputError(path, f"metadata: nested deeper than {MAX_META_DEPTH} levels")
+    if not isinstance(raw, dict):
+        raise InputError(path, f"metadata: expected a JSON object, got {_json_kind(raw)}")
+    # checked before the schema: a future version may have a different one
+    if "format_version" not in raw:
+        raise InputError(path, f"metadata.format_version: missing (this ci-gate reads format version {FORMAT_VERSION})")
+    version = raw["format_version"]
+    if type(version) is not int:
+        raise InputError(path, f"metadata.format_version: must be the integer {FORMAT_VERSION}, got {_json_kind(version)} {_show_value(version)}")
+    if version != FORMAT_VERSION:
+        raise InputError(path, f"metadata.format_version: version {_show(version, 24)} is not supported (this ci-gate reads {FORMAT_VERSION})")
+    try:
+        return CheckpointMeta.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(path, _first_error(exc)) from None
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _show_value(value: Any) -> str:
+    import reprlib
+
+    return _show(reprlib.repr(value), 60)
+
+
+def _show(value: object, limit: int = 160) -> str:
+    """Attacker-written text made safe for one log line: controls escaped, length capped."""
+    text = _UNSAFE_CHARS.sub(lambda m: repr(m.group())[1:-1], str(value))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = "metadata"
+    for part in err["loc"]:
+        loc += f"[{part}]" if isinstance(part, int) else f".{_show(part, 40)}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{loc}: {_show(msg)}"
+
+
+def _tensor_name(name: str) -> str:
+    short = name.removeprefix(LEARNER_PREFIX)
+    return _show(repr(short), 100)
+
+
+def _check_layout(path: Path, meta: CheckpointMeta, layout: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+    """Names, dtypes and shapes, from the header alone (before any tensor data is read)."""
+    stray = sorted(k for k in layout if not k.startswith((LEARNER_PREFIX, BACKBONE_PREFIX)))
+    if stray:
+        raise InputError(path, f"unexpected tensors {_show([_show(k, 60) for k in stray[:3]])}")
+    learner = {k[len(LEARNER_PREFIX):]: v for k, v in layout.items() if k.startswith(LEARNER_PREFIX)}
+    backbone = {k: v for k, v in layout.items() if k.startswith(BACKBONE_PREFIX)}
     kind = meta.learner.kind
     expected = set()
     if kind in ("coop", "cocoop"):
@@ -166,18 +392,43 @@ def _check_tensors(path: Path, meta: CheckpointMeta, learner: dict, backbone: di
     if missing:
         raise InputError(path, f"{kind} checkpoint lacks tensors {sorted(missing)}")
     if extra:
-        raise InputError(path, f"{kind} checkpoint has unexpected learner tensors {sorted(extra)}")
-    for name, t in {**learner, **backbone}.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise InputError(path, f"tensor {name!r} contains NaN or Inf")
+        raise InputError(path, f"{kind} checkpoint has unexpected learner tensors {_show(sorted(_show(k, 60) for k in extra)[:3])}")
+    for name, (dtype, shape) in layout.items():
+        if 0 in shape:
+            raise InputError(path, f"tensor {_tensor_name(name)} is empty (shape {shape})")
+        if name.startswith(LEARNER_PREFIX):
+            if dtype not in LEARNER_DTYPES:
+                raise InputError(path, f"tensor {_tensor_name(name)} has dtype {_show(dtype, 20)}; learner tensors must be F32, F16 or BF16")
+        elif dtype not in BACKBONE_DTYPES and not (dtype in BACKBONE_INT_DTYPES and name.rsplit(".", 1)[-1] in BACKBONE_INT_BUFFERS):
+            raise InputError(path, f"tensor {_tensor_name(name)} has dtype {_show(dtype, 20)}; backbone tensors must be floating point (F64, F32, F16, BF16)")
     if "ctx" in learner:
-        ctx = learner["ctx"]
-        if ctx.dim() != 2 or ctx.shape[0] != meta.learner.n_ctx:
-            raise InputError(path, f"ctx has shape {tuple(ctx.shape)}, expected ({meta.learner.n_ctx}, width)")
+        shape = learner["ctx"][1]
+        n_ctx = meta.learner.n_ctx
+        if len(shape) != 2 or shape[0] != n_ctx:
+            raise InputError(path, f"ctx has shape {shape}, expected ({n_ctx}, width)")
+        if shape[1] > MAX_CTX_WIDTH:
+            raise InputError(path, f"ctx width {shape[1]} exceeds {MAX_CTX_WIDTH}")
+    if kind == "cocoop":
+        _check_meta_net(path, learner["ctx"][1][1], {k: v[1] for k, v in learner.items()})
     if meta.backbone.embedded:
         if not backbone:
             raise InputError(path, "metadata says the backbone is embedded but the file has no backbone tensors")
-        if meta.backbone.sha256 and backbone_digest(backbone) != meta.backbone.sha256:
-            raise InputError(path, "embedded backbone tensors do not match their pinned SHA-256")
     elif backbone and kind != "zeroshot":
         raise InputError(path, "backbone tensors present but metadata says the backbone is not embedded")
+
+
+def _check_meta_net(path: Path, width: int, shapes: dict[str, tuple[int, ...]]) -> None:
+    """CoCoOp's meta-net is Linear(d_vis -> d_vis // 16) -> ReLU -> Linear(-> ctx width); d_vis
+    itself is the backbone's, checked when the model is built."""
+    w1 = shapes["meta_net.linear1.weight"]
+    if len(w1) != 2 or w1[0] != w1[1] // 16:
+        raise InputError(path, f"meta_net.linear1.weight has shape {w1}, expected (d // 16, d)")
+    hidden = w1[0]
+    want = {
+        "meta_net.linear1.bias": (hidden,),
+        "meta_net.linear2.weight": (width, hidden),
+        "meta_net.linear2.bias": (width,),
+    }
+    for name, shape in want.items():
+        if shapes[name] != shape:
+            raise InputError(path, f"{name} has shape {shapes[name]}, expected {shape} (ctx width {width}, hidden {hidden})")
