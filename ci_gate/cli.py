@@ -1,17 +1,26 @@
 """The ``ci-gate`` command line. Each command lives in ``ci_gate/commands/<name>.py``.
 
-Exit codes: 0 clean / success, 1 backdoor detected or policy violated, 2 bad input or
-configuration (one line naming the file and the problem; a traceback only with ``--debug``).
+Exit codes (see ci_gate.errors): 0 clean / success, 1 backdoor detected or policy violated,
+2 bad input or configuration (one line naming the file and the problem), 3 internal error (one
+line; the traceback goes to a crash log in the temp folder). ``--debug`` also prints tracebacks.
+Exit 1 comes only from a command's deliberate ``typer.Exit(1)`` or GateFailure: in CI it reads
+as "backdoor", so nothing else may produce it.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import sys
+import tempfile
+import traceback
+from typing import NoReturn
 
 import typer
 
 from ci_gate import __version__
-from ci_gate.errors import CiGateError
+from ci_gate.errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, CiGateError, InternalError
 
 app = typer.Typer(
     name="ci-gate",
@@ -22,6 +31,8 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
+_MAX_DETAIL = 400
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _version(value: bool) -> None:
@@ -47,23 +58,92 @@ def _register() -> None:
         register(app)
 
 
-def main(argv: list[str] | None = None) -> None:
-    _register()
+def one_line(text: str) -> str:
+    """Messages are one line: a line break in a file name or value could otherwise forge
+    further lines in a CI log (a line starting with ``::`` is a GitHub workflow command)."""
+    flat = " ".join(text.split())
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", flat)
+
+
+def _describe(exc: BaseException) -> str:
     try:
+        detail = str(exc)
+    except Exception:  # an exception whose __str__ fails must not hide the first one
+        detail = "<unprintable>"
+    detail = one_line(detail)
+    if len(detail) > _MAX_DETAIL:
+        detail = detail[:_MAX_DETAIL] + "..."
+    return detail
+
+
+def _save_crash_log(exc: BaseException, argv: list[str]) -> str | None:
+    """Writes the traceback to a new file; mkstemp creates it exclusively, readable by the owner
+    only, so nothing can be planted at or read from the name in a shared temp folder."""
+    try:
+        fd, name = tempfile.mkstemp(prefix="ci-gate-crash-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
+            fh.write(f"ci-gate {__version__} on Python {sys.version.split()[0]}\nargv: {argv!r}\n\n")
+            fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        return name
+    except Exception:  # a full or read-only temp folder must not mask the crash itself
+        return None
+
+
+def _internal_error(exc: BaseException, argv: list[str]) -> NoReturn:
+    log = _save_crash_log(exc, argv)
+    if _state["debug"]:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    where = f"traceback in {log}" if log else "no crash log could be written; rerun with --debug for the traceback"
+    head = f"ci-gate: internal error: {_describe(exc)}" if isinstance(exc, InternalError) else f"ci-gate: internal error: {type(exc).__name__}: {_describe(exc)}"
+    typer.echo(f"{head} ({where})", err=True)
+    sys.exit(EXIT_INTERNAL)
+
+
+def _broken_pipe() -> NoReturn:
+    # The interpreter flushes stdout once more at exit; with the reader gone that flush fails
+    # again and prints its own error, so stdout goes to /dev/null first.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
+def _is_click_broken_pipe(exc: SystemExit) -> bool:
+    # typer's main turns EPIPE into sys.exit(1), which would read as "backdoor"; it does so
+    # inside its `except OSError` block, so the OSError is the SystemExit's context.
+    ctx = exc.__context__
+    return exc.code == 1 and isinstance(ctx, OSError) and ctx.errno == errno.EPIPE
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    _state["debug"] = False
+    try:
+        _register()
         # With standalone_mode=False click does not exit: it *returns* the code of a
         # `raise typer.Exit(n)` (typer.Exit is not click's Exit, so the handler below never sees it).
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except CiGateError as exc:
+        if exc.exit_code == EXIT_INTERNAL:
+            _internal_error(exc, args)
         if _state["debug"]:
-            raise
-        typer.echo(f"ci-gate: error: {exc}", err=True)
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        typer.echo(one_line(f"ci-gate: error: {exc}"), err=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("ci-gate: aborted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors and friends
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        if _is_click_broken_pipe(exc):
+            _broken_pipe()
+        raise
+    except BrokenPipeError:
+        _broken_pipe()
+    except Exception as exc:
         import click
 
         # typer >= 0.20 vendors click: its usage errors (unknown option, missing argument) derive
@@ -73,9 +153,13 @@ def main(argv: list[str] | None = None) -> None:
             if hasattr(exc, "show"):
                 exc.show()
             else:
-                typer.echo(f"ci-gate: error: {exc}", err=True)
-            sys.exit(2)
+                typer.echo(one_line(f"ci-gate: error: {exc}"), err=True)
+            sys.exit(EXIT_BAD_INPUT)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
-        raise
-    sys.exit(code if isinstance(code, int) else 0)
+        if isinstance(exc, click.exceptions.Abort):
+            typer.echo("ci-gate: aborted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        _internal_error(exc, args)
+    # a command's return value is not an exit code (True would read as exit 1)
+    sys.exit(code if type(code) is int else 0)

@@ -7,23 +7,34 @@ rejected with the offending key's dotted name. The CLI may override single field
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ci_gate.errors import InputError
-from ci_gate.resources import policies_dir
+from ci_gate.resources import bundled_policy, bundled_policy_names
 
 POLICY_VERSION = 1
+# A policy is a page of settings; anything far larger is a mistake or an attempt to exhaust memory.
+MAX_POLICY_BYTES = 1 << 20
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `k: .inf` or `lr: .nan` would make every comparison against the
+    # threshold false (or crash the reporters) and so could turn a backdoor into CLEAN.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Names end up in one-line CLI messages, Markdown summaries and SARIF: no line breaks or other
+# control characters, which could forge extra lines (a GitHub workflow command starts a line).
+_Label = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")]
 
 
 def _parse_fraction(value: Any) -> Any:
@@ -31,8 +42,9 @@ def _parse_fraction(value: Any) -> Any:
     if isinstance(value, str) and "/" in value:
         try:
             return float(Fraction(value.strip()))
-        except (ValueError, ZeroDivisionError) as exc:
-            raise ValueError(f"not a number or fraction: {value!r}") from exc
+        except (ValueError, ZeroDivisionError, OverflowError) as exc:
+            # pydantic turns only ValueError into a validation error; anything else would escape
+            raise ValueError(f"not a finite number or fraction: {value[:40]!r}") from exc
     return value
 
 
@@ -41,9 +53,15 @@ class PoolPolicy(_Strict):
     min_images: int = Field(100, ge=1)
     max_images: int = Field(1000, ge=1)
 
+    @model_validator(mode="after")
+    def _min_le_max(self) -> PoolPolicy:
+        if self.min_images > self.max_images:
+            raise ValueError(f"min_images ({self.min_images}) is more than max_images ({self.max_images})")
+        return self
+
 
 class CandidatePolicy(_Strict):
-    extra_classes: list[str] = Field(default_factory=list, description="names scanned besides the checkpoint's classes")
+    extra_classes: list[_Label] = Field(default_factory=list, description="names scanned besides the checkpoint's classes")
     max_classes: int = Field(50, ge=2)
 
 
@@ -100,8 +118,8 @@ class CanaryPolicy(_Strict):
 
 class Policy(_Strict):
     version: Literal[1] = POLICY_VERSION
-    name: str = "custom"
-    seed: int = 0
+    name: _Label = "custom"
+    seed: int = Field(0, ge=0, lt=2**63, description="torch generators take 64-bit seeds; larger ones crash the scan")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     pool: PoolPolicy = PoolPolicy()
     candidates: CandidatePolicy = CandidatePolicy()
@@ -111,66 +129,252 @@ class Policy(_Strict):
     repair: RepairPolicy = RepairPolicy()
     canary: CanaryPolicy = CanaryPolicy()
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _exact_version(cls, value: Any) -> Any:
+        # pydantic's lax mode would read `version: true` or `version: 1.0` as 1
+        if type(value) is not int or value != POLICY_VERSION:
+            shown = json.dumps(value) if isinstance(value, (bool, int, float)) else type(value).__name__
+            raise ValueError(f"unsupported policy version {shown[:40]}; this ci-gate reads version {POLICY_VERSION}")
+        return value
+
     def sha256(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _format_validation_error(exc: ValidationError) -> str:
-    parts = []
+class _DuplicateKey(Exception):
+    pass
+
+
+def _check_duplicate_keys(root: yaml.Node) -> None:
+    """PyYAML keeps the last of two equal keys without a word, so a second ``k:`` further down a
+    long policy would silently win over the one a reviewer reads. Walks the composed node graph
+    (each node once: aliases may share or even nest nodes) in document order."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        children: list[tuple[yaml.Node, str]] = []
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                dotted = path
+                if isinstance(key_node, yaml.ScalarNode):
+                    dotted = f"{path}.{_show(key_node.value, 60)}" if path else _show(key_node.value, 60)
+                    ident = (key_node.tag, key_node.value)
+                    line = key_node.start_mark.line + 1
+                    if ident in first_line:
+                        raise _DuplicateKey(f"duplicate key '{dotted}' at line {line} (first at line {first_line[ident]})")
+                    first_line[ident] = line
+                children += [(key_node, dotted), (value_node, dotted)]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        stack.extend(reversed(children))
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no Python objects) that also refuses duplicate mapping keys."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_duplicate_keys(node)
+        return super().construct_document(node)
+
+
+def _show(text: str, limit: int = 80) -> str:
+    """User text for a one-line message: short, and quoted when it holds control characters."""
+    clipped = text[:limit] + ("..." if len(text) > limit else "")
+    return clipped if clipped.isprintable() else repr(clipped)
+
+
+def _parse_yaml(text: str, source: str, what: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_PolicyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise InputError(source, str(exc)) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise InputError(source, f"{what}: {where}{exc.problem or exc.context or 'syntax error'}") from None
+    except yaml.YAMLError as exc:  # e.g. the reader's "unacceptable character", over several lines
+        raise InputError(source, f"{what}: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise InputError(source, f"{what}: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:
+        # the constructor's int(), float() and date() on scalars such as a 5000-digit number
+        raise InputError(source, f"{what}: {exc}") from None
+
+
+def _error_key(loc: tuple[Any, ...]) -> tuple[tuple[str, ...], str, str | None]:
+    """A pydantic error location as (policy key path, dotted name, close match of an unknown key).
+
+    Union members add their own tags to the location (``inversion.class_batch.int``); those are
+    not keys and are dropped, list indices become ``[i]``."""
+    model: type[BaseModel] | None = Policy
+    keys: list[str] = []
+    dotted = ""
+    for part in loc:
+        if model is not None:
+            name = _show(str(part), 60)
+            keys.append(str(part))
+            dotted = f"{dotted}.{name}" if dotted else name
+            field = model.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:  # an unknown key: nothing below it matters
+                close = difflib.get_close_matches(str(part), list(model.model_fields), n=1)
+                return tuple(keys), dotted, (close[0] if close else None)
+            annotation = field.annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        elif isinstance(part, int):
+            dotted += f"[{part}]"
+    return tuple(keys), dotted or "<root>", None
+
+
+def _describe(exc: ValidationError) -> list[tuple[tuple[str, ...], str]]:
+    """One message per offending key, in the order pydantic found them."""
+    bad: dict[str, tuple[tuple[str, ...], list[str]]] = {}
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        keys, dotted, close = _error_key(tuple(err["loc"]))
         if err["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}'")
-        else:
-            parts.append(f"bad value for '{key}': {err['msg']}")
-    return "; ".join(parts)
+            hint = f" (did you mean '{close}'?)" if close else ""
+            bad.setdefault(f"unknown key '{dotted}'{hint}", (keys, []))
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "string_pattern_mismatch":  # pydantic would quote the regex
+            msg = "must be printable text on one line"
+        entry = bad.setdefault(f"bad value for '{dotted}'", (keys, []))
+        if msg not in entry[1]:
+            entry[1].append(msg)
+    return [(keys, f"{head}: {' or '.join(msgs)}" if msgs else head) for head, (keys, msgs) in bad.items()]
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, raw: str, source: str) -> None:
-    keys = dotted.split(".")
+def _joined(messages: list[str], limit: int = 3) -> str:
+    more = f"; and {len(messages) - limit} more" if len(messages) > limit else ""
+    return "; ".join(messages[:limit]) + more
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    return _joined([msg for _, msg in _describe(exc)])
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _apply_override(data: dict[str, Any], item: str) -> tuple[tuple[str, ...], str]:
+    """Apply one ``--set KEY=VALUE``; returns the key path and the name errors are blamed on."""
+    if "=" not in item:
+        raise InputError("--set", f"expected KEY=VALUE, got {_show(item)!s}")
+    key, raw = item.split("=", 1)
+    source = f"--set {_show(item)}"
+    parts = key.strip().split(".")
+    if not all(_KEY.fullmatch(p) for p in parts):
+        raise InputError(source, f"'{_show(key.strip(), 60)}' is not a dotted policy key such as detection.k")
+    value = _parse_yaml(raw, source, "not a valid YAML value")
+    model: type[BaseModel] = Policy
     node = data
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
+    for depth, part in enumerate(parts[:-1]):
+        section = ".".join(parts[: depth + 1])
+        field = model.model_fields.get(part)
+        if field is None:
+            close = difflib.get_close_matches(part, list(model.model_fields), n=1)
+            raise InputError(source, f"unknown key '{section}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        annotation = field.annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            raise InputError(source, f"'{section}' is not a section, so '{'.'.join(parts)}' does not exist")
+        child = node.get(part, {})
         if not isinstance(child, dict):
-            raise InputError(source, f"cannot override '{dotted}': '{key}' is not a section")
-        node = child
-    node[keys[-1]] = yaml.safe_load(raw)
+            raise InputError(source, f"'{section}' was replaced by a value that is not a section (an earlier --set)")
+        # copy on write: YAML anchors may share this mapping with another section
+        node[part] = node = dict(child)
+        model = annotation
+    node[parts[-1]] = value
+    return tuple(parts), source
 
 
 def resolve_policy_path(spec: str) -> Path:
-    """A policy argument is a path, or the name of a bundled policy (``strict``, ``default``...)."""
+    """A policy argument is a path, or the name of a bundled policy (``strict``, ``strict.yaml``...).
+
+    An existing file always wins; otherwise a bare name, with or without ``.yaml``/``.yml``, is
+    looked up among the bundled policies."""
     path = Path(spec)
-    if path.exists() or path.suffix in {".yaml", ".yml"} or "/" in spec:
+    if _exists(path) or "/" in spec or "\\" in spec:
         return path
-    return policies_dir() / f"{spec}.yaml"
+    name = spec
+    for suffix in (".yaml", ".yml"):
+        name = name.removesuffix(suffix)
+    bundled = bundled_policy(name)
+    return bundled if bundled is not None else path
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long, or with a NUL byte: reported when read
+        return True
+
+
+def _read_policy_file(path: Path, spec: str) -> dict[str, Any]:
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError) as exc:
+        raise InputError(_show(spec), f"not a usable policy path: {getattr(exc, 'strerror', None) or exc}") from None
+    if not is_file and not path.exists():
+        raise InputError(_show(spec), f"policy file not found (bundled policies: {', '.join(bundled_policy_names())})")
+    if not is_file:
+        raise InputError(path, "not a regular file")
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise InputError(path, f"cannot read the policy file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_POLICY_BYTES:
+        raise InputError(path, f"policy file larger than {MAX_POLICY_BYTES // 1024} KiB")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not valid YAML: not UTF-8 text (byte {exc.start})") from None
+    loaded = _parse_yaml(text, str(path), "not valid YAML")
+    if loaded is None:  # an empty or comment-only file must not silently mean "the defaults"
+        raise InputError(path, f"a policy must state its version: {POLICY_VERSION}")
+    if not isinstance(loaded, dict):
+        raise InputError(path, "a policy must be a YAML mapping")
+    if "version" not in loaded:
+        raise InputError(path, f"a policy must state its version: {POLICY_VERSION}")
+    return loaded
 
 
 def load_policy(spec: str | Path | None = None, overrides: list[str] | None = None) -> tuple[Policy, Path | None]:
-    """Load and validate a policy; returns it and the folder that relative paths are resolved in."""
+    """Load and validate a policy; returns it and the folder that relative paths are resolved in.
+
+    ``spec`` None starts from the built-in defaults. Errors in the file name the file; errors a
+    ``--set`` brings in name that ``--set KEY=VALUE``, even when they only show once it is merged
+    (``pool.min_images`` above the file's ``pool.max_images``)."""
     data: dict[str, Any] = {}
     path: Path | None = None
     if spec is not None:
         path = resolve_policy_path(str(spec))
-        if not path.is_file():
-            raise InputError(path, "policy file not found")
+        data = _read_policy_file(path, str(spec))
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise InputError(path, f"not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise InputError(path, "a policy must be a YAML mapping")
-        data = loaded
-    source = str(path) if path else "--set"
+            Policy.model_validate(data)
+        except ValidationError as exc:
+            raise InputError(path, _format_validation_error(exc)) from None
+        except RecursionError:
+            raise InputError(path, "nested too deeply") from None
+    applied: list[tuple[tuple[str, ...], str]] = []
+    data = dict(data)
     for item in overrides or []:
-        if "=" not in item:
-            raise InputError("--set", f"expected KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), raw, source)
+        applied.append(_apply_override(data, item))
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        raise InputError(source, _format_validation_error(exc)) from None
+        problems = _describe(exc)
+        keys = problems[0][0]
+        # the last --set that touched the key (or a key inside it, or the section around it)
+        source = next((src for ks, src in reversed(applied) if ks[: len(keys)] == keys[: len(ks)]), "--set")
+        mine = [msg for ks, msg in problems if next((src for a, src in reversed(applied) if a[: len(ks)] == ks[: len(a)]), "--set") == source]
+        raise InputError(source, _joined(mine)) from None
+    except RecursionError:
+        raise InputError("--set", "nested too deeply") from None
     return policy, (path.parent.resolve() if path else None)

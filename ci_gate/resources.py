@@ -24,3 +24,13 @@ def templates_dir() -> Path:
 
 def policies_dir() -> Path:
     return data_dir("policies")
+
+
+def bundled_policy_names() -> list[str]:
+    return sorted(p.stem for p in policies_dir().glob("*.yaml"))
+
+
+def bundled_policy(name: str) -> Path | None:
+    """The bundled policy called ``name`` (``strict``), or None; only names from the listing,
+    so a name like ``../x`` never reaches the file system."""
+    return policies_dir() / f"{name}.yaml" if name in bundled_policy_names() else None

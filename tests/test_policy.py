@@ -34,9 +34,9 @@ def test_bad_value_is_named(tmp_path):
 
 
 def test_overrides_and_fractions():
-    p, _ = load_policy("default", ["inversion.epsilon=8/255", "detection.k=3.5", "pool.max_images=64"])
+    p, _ = load_policy("default", ["inversion.epsilon=8/255", "detection.k=3.5", "pool.max_images=164"])
     assert p.inversion.epsilon == pytest.approx(8 / 255)
-    assert p.detection.k == 3.5 and p.pool.max_images == 64
+    assert p.detection.k == 3.5 and p.pool.max_images == 164
 
 
 def test_override_of_unknown_key_is_rejected():
