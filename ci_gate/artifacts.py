@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +16,27 @@ from safetensors.torch import save as st_save
 from ci_gate.io import atomic_write_bytes
 
 MIN_PNG_SIDE = 128
+# The index prefix makes a slug unique; the name part is only a hint for people browsing the
+# folder. Bounded, so a 10,000-character class name cannot exceed the filesystem's name limit.
+SLUG_NAME_LIMIT = 48
 
 
 def slug(index: int, name: str) -> str:
-    return f"{index:03d}_{re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-').lower() or 'class'}"
+    hint = re.sub(r"[^A-Za-z0-9]+", "-", name[: SLUG_NAME_LIMIT * 4]).strip("-").lower()[:SLUG_NAME_LIMIT].strip("-")
+    return f"{index:03d}_{hint or 'class'}"
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes whose header is canonical: the library writes its metadata map in hash
+    order, so two saves of the same tensors differed. Keys sorted, compact JSON, the same
+    8-byte space padding the format asks for; tensor offsets are relative to the data section and
+    do not move."""
+    raw = st_save(tensors, metadata=metadata)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + n :]
 
 
 def _png_bytes(image01: torch.Tensor) -> bytes:
@@ -50,5 +69,5 @@ def amplify(delta: torch.Tensor, epsilon: float) -> torch.Tensor:
 def write_trigger(out_dir: Path, index: int, name: str, delta: torch.Tensor, epsilon: float) -> tuple[str, str]:
     base = f"triggers/{slug(index, name)}"
     write_png(out_dir / f"{base}.png", amplify(delta, epsilon))
-    atomic_write_bytes(out_dir / f"{base}.safetensors", st_save({"delta": delta.contiguous()}, metadata={"class": name, "epsilon": repr(epsilon)}))
+    atomic_write_bytes(out_dir / f"{base}.safetensors", safetensors_bytes({"delta": delta.contiguous()}, {"class": name, "epsilon": repr(epsilon)}))
     return f"{base}.png", f"{base}.safetensors"

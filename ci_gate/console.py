@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ci_gate.report.sanitize import DISPLAY_LIMIT, plain, terminal
 from ci_gate.result import Result
 
 _STYLE = {"backdoor": "bold red", "suspicious": "yellow", "ok": "green"}
@@ -31,30 +32,34 @@ def scan_progress(console: Console, enabled: bool) -> Iterator:
 
 
 def one_line(result: Result) -> str:
+    # plain text for CI logs: names and paths are the checkpoint author's, shown with their
+    # control characters visible (a log viewer interprets ANSI and OSC sequences too); repr()
+    # already escapes them in the quoted target
+    model = plain(result.model.path)
     if result.verdict == "backdoor":
         top = next(c for c in result.classes if c.index == result.target_index)
-        return f"BACKDOOR target={result.target_class!r} anomaly={top.anomaly:.2f} trigger_asr={top.asr:.1%} model={result.model.path}"
-    return f"CLEAN max_anomaly={max(c.anomaly for c in result.classes):.2f} model={result.model.path}"
+        return f"BACKDOOR target={result.target_class[:DISPLAY_LIMIT]!r} anomaly={top.anomaly:.2f} trigger_asr={top.asr:.1%} model={model}"
+    return f"CLEAN max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model}"
 
 
 def print_summary(console: Console, result: Result, out_dir: str, top: int = 10) -> None:
     verdict = "[bold red]BACKDOOR DETECTED[/]" if result.verdict == "backdoor" else "[bold green]CLEAN[/]"
-    console.print(f"{verdict}  {result.model.path}  ({result.model.learner}, {len(result.classes)} candidate classes, {result.pool.n_images} pool images)")
+    console.print(f"{verdict}  {terminal(result.model.path)}  ({result.model.learner}, {len(result.classes)} candidate classes, {result.pool.n_images} pool images)")
     if result.target_class is not None:
-        console.print(f"suspected target class: [bold]{result.target_class}[/]")
+        console.print(f"suspected target class: [bold]{terminal(result.target_class)}[/]")
     table = Table(show_header=True, header_style="bold")
     for col in ("class", "trigger ASR", "base rate", "final loss", "anomaly", "status"):
         table.add_column(col, justify="left" if col in ("class", "status") else "right")
     ranked = sorted(result.classes, key=lambda c: c.anomaly, reverse=True)
     for c in ranked[:top]:
-        table.add_row(c.name, f"{c.asr:.1%}", f"{c.base_rate:.1%}", f"{c.final_loss:.3f}", f"{c.anomaly:.2f}", f"[{_STYLE[c.status]}]{c.status}[/]")
+        table.add_row(terminal(c.name), f"{c.asr:.1%}", f"{c.base_rate:.1%}", f"{c.final_loss:.3f}", f"{c.anomaly:.2f}", f"[{_STYLE[c.status]}]{c.status}[/]")
     console.print(table)
     if len(ranked) > top:
         console.print(f"({len(ranked) - top} more classes in the report)")
     d = result.detection
-    console.print(f"rule: anomaly > {d.k:g} and trigger ASR >= {d.min_asr:.0%} (statistic {d.statistic}); scan {result.timings.inversion_s:.1f}s on {result.device}")
+    console.print(f"rule: anomaly > {d.k:g} and trigger ASR >= {d.min_asr:.0%} (statistic {d.statistic}); scan {result.timings.inversion_s:.1f}s on {terminal(result.device)}")
     for w in result.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {terminal(w, None)}")
     if result.pool.n_skipped:
         console.print(f"[yellow]{result.pool.n_skipped} unreadable pool files skipped[/]")
-    console.print(f"results: {out_dir}")
+    console.print(f"results: {terminal(out_dir, None)}")

@@ -37,7 +37,7 @@ def stub_scan(monkeypatch):
 
 def _verify(tmp_path, *extra: str) -> int:
     out = tmp_path / "out"
-    argv = ["verify", str(tmp_path / "m.safetensors"), "--pool", str(tmp_path), "--out", str(out), "--quiet", *extra]
+    argv = ["verify", str(tmp_path / "m.safetensors"), "--pool", str(tmp_path / "pool"), "--out", str(out), "--quiet", *extra]
     with pytest.raises(SystemExit) as info:
         main(argv)
     return info.value.code

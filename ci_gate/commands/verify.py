@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def verify(
     checkpoint: Path = typer.Argument(..., help="ci-gate checkpoint (.safetensors)."),
     policy: str = typer.Option("default", "--policy", "-p", help="Policy file or bundled name (default, strict, permissive)."),
     pool: str = typer.Option(None, "--pool", help="OOD image pool: folder, glob or .tar (overrides pool.path)."),
-    out: Path = typer.Option(Path("ci-gate-report"), "--out", "-o", help="Folder for result.json, reports and triggers."),
+    out: str = typer.Option("ci-gate-report", "--out", "-o", help="Folder for result.json, reports and triggers (replaced as a whole, atomically)."),
     overrides: list[str] = typer.Option([], "--set", help="Override one policy field, e.g. --set detection.k=2.5"),
     backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local backbone weights file (instead of the pretrained tag)."),
     reference_weights: Path = typer.Option(None, "--reference-weights", help="Published backbone weights for the clean reference of the ref_* statistics (use with checkpoints that embed their backbone)."),
@@ -44,6 +45,8 @@ def verify(
     """Scan CHECKPOINT for a backdoor. Exit 0 clean, 1 backdoor (or policy violation), 2 bad input."""
     from ci_gate.console import one_line, print_summary, scan_progress
     from ci_gate.distributed import Shard
+    from ci_gate.report.folder import check_out_folder, staged_folder
+    from ci_gate.report.sanitize import terminal
     from ci_gate.scan import ScanRequest, run_scan
 
     if fail_on is not None and fail_on not in ("backdoor", "suspicious", "never"):
@@ -54,33 +57,39 @@ def verify(
         overrides = [*overrides, f"report.fail_on={fail_on}"]
     pol, policy_dir = load_policy(policy, overrides)
     pool_spec = resolve_pool(pool, pol, policy_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "output path exists and is not a folder")
+    policy_file = None if policy_dir is None else Path(policy)
+    inputs = [("checkpoint", checkpoint), ("policy", policy_file), ("backbone weights", backbone_weights), ("reference weights", reference_weights)]
+    out_dir = check_out_folder(out, "--out", inputs=inputs, pool=pool_spec)
     console = Console(stderr=False)
-    req = ScanRequest(
-        checkpoint=checkpoint,
-        policy=pol,
-        pool=pool_spec,
-        out_dir=out,
-        policy_path=None if policy_dir is None else Path(policy),
-        backbone_weights=backbone_weights,
-        reference_weights=reference_weights,
-        display_path=display_path,
-        # Under `torchrun --nproc-per-node N -m ci_gate verify ...` the candidate classes are
-        # sharded across the N processes; the launcher's variables are read here and nowhere else.
-        shard=Shard.from_launcher(os.environ),
-    )
-    with scan_progress(console, enabled=not quiet and req.shard.is_main) as progress:
-        result = run_scan(req, progress)
-    if result is None:  # another rank of a sharded scan: rank 0 reports and sets the exit code
-        return
-    paths = render_reports(result, out, [f for f in pol.report.formats if f != "json"])
+    shard = Shard.from_launcher(os.environ)
+    # Under `torchrun --nproc-per-node N -m ci_gate verify ...` the candidate classes are sharded
+    # across the N processes; the launcher's variables are read here and nowhere else. Only rank 0
+    # writes, so only rank 0 stages and swaps the report folder.
+    folder = staged_folder(out_dir) if shard.is_main else contextlib.nullcontext(out_dir)
+    with folder as stage:
+        req = ScanRequest(
+            checkpoint=checkpoint,
+            policy=pol,
+            pool=pool_spec,
+            out_dir=stage,
+            policy_path=policy_file,
+            backbone_weights=backbone_weights,
+            reference_weights=reference_weights,
+            display_path=display_path,
+            shard=shard,
+        )
+        with scan_progress(console, enabled=not quiet and shard.is_main) as progress:
+            result = run_scan(req, progress)
+        if result is None:  # another rank of a sharded scan: rank 0 reports and sets the exit code
+            return
+        staged = render_reports(result, stage, [f for f in pol.report.formats if f != "json"])
+    paths = {fmt: out_dir / path.relative_to(stage) for fmt, path in staged.items()}
     if quiet:
         typer.echo(one_line(result))
     else:
-        print_summary(console, result, str(out))
+        print_summary(console, result, str(out_dir))
         for fmt, path in paths.items():
-            console.print(f"  {fmt}: {path}")
+            console.print(f"  {fmt}: {terminal(str(path), None)}")
     if result.gate_fails(pol.report.fail_on):
         raise typer.Exit(1)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ci_gate.report.sanitize import plain
 from ci_gate.result import ClassResult
 
 LABEL_WIDTH = 200
@@ -50,20 +51,22 @@ class ChartLayout:
     bars: list[Bar]
     ticks: list[Tick]
     zero_x: float
-    threshold_x: float
+    threshold_x: float | None  # None: k is not finite, no threshold line can be drawn
     k: float
 
 
 def _drawable(values: list[float], k: float) -> list[float]:
     # A degenerate scan can yield inf/nan; the chart must still draw (the table shows the raw
     # value): nan sits at 0 and an infinity just past the largest finite score.
-    finite = [abs(v) for v in values if math.isfinite(v)]
-    bound = 1.25 * max([k, *finite])
+    finite = [abs(v) for v in [k, *values] if math.isfinite(v)]
+    bound = min(1.25 * max([1.0, *finite]), 1e300)  # far from float overflow in the scaling below
     return [0.0 if math.isnan(v) else max(min(v, bound), -bound) for v in values]
 
 
 def _tick_step(span: float) -> float:
     raw = span / 6
+    if not math.isfinite(raw) or raw <= 0:
+        return 1.0
     magnitude = 10 ** math.floor(math.log10(raw))
     for factor in (1, 2, 5, 10):
         if raw <= factor * magnitude:
@@ -73,8 +76,10 @@ def _tick_step(span: float) -> float:
 
 def layout(classes: list[ClassResult], k: float) -> ChartLayout:
     values = _drawable([c.anomaly for c in classes], k)
+    # a policy may say k = .inf (never flag) or a result may carry nan: scale without it
+    drawn_k = k if math.isfinite(k) else None
     lo = min([0.0, *values])
-    hi = max([k, *values])
+    hi = max([0.0 if drawn_k is None else drawn_k, *values])
     span = hi - lo or 1.0
     lo, hi = lo - 0.05 * span, hi + 0.08 * span
     step = _tick_step(hi - lo)
@@ -93,7 +98,7 @@ def layout(classes: list[ClassResult], k: float) -> ChartLayout:
         end_x = x_of(value)
         bars.append(
             Bar(
-                name=cls.name,
+                name=plain(cls.name),
                 value=cls.anomaly,
                 status=cls.status,
                 x=min(zero_x, end_x),
@@ -118,6 +123,6 @@ def layout(classes: list[ClassResult], k: float) -> ChartLayout:
         bars=bars,
         ticks=ticks,
         zero_x=zero_x,
-        threshold_x=x_of(k),
+        threshold_x=None if drawn_k is None else x_of(drawn_k),
         k=k,
     )

@@ -7,15 +7,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+import markupsafe
 
 from ci_gate.report import artifacts
 from ci_gate.report.chart import layout
 from ci_gate.report.ordering import by_anomaly
+from ci_gate.report.sanitize import visible
 from ci_gate.report.settings import report_settings
 from ci_gate.resources import templates_dir
 from ci_gate.result import ClassResult, Example, Result
 
 TEMPLATE = "report.html.j2"
+DATA_URI = "data:image/png;base64,"
+# Longer texts (a 10,000-character class name) are cut, with their length, for display.
+TEXT_LIMIT = 2000
 
 
 @dataclass(frozen=True)
@@ -43,10 +48,21 @@ def _pct(value: float) -> str:
     return "nan" if math.isnan(value) else f"{100 * value:.1f}%"
 
 
+def _finalize(value):
+    # Every {{ expression }} passes here before autoescaping: names and paths from the checkpoint
+    # lose their control and bidi characters (a U+202E in a class name would reorder the page).
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        if value.startswith(DATA_URI):
+            return value
+        return visible(value, TEXT_LIMIT)
+    return value
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         autoescape=True,
+        finalize=_finalize,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

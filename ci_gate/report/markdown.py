@@ -6,17 +6,15 @@ files in the report bundle (uploaded as a workflow artifact) where reviewers fin
 
 from __future__ import annotations
 
-import html
 import math
 import re
 from dataclasses import dataclass
 
+from ci_gate.report import sanitize
 from ci_gate.report.artifacts import referenced_paths
 from ci_gate.report.ordering import by_anomaly
 from ci_gate.report.settings import report_settings
 from ci_gate.result import ClassResult, Result
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 
 @dataclass(frozen=True)
@@ -28,12 +26,16 @@ class SummaryLinks:
 
 
 def escape(text: str) -> str:
-    """Class names and paths come from the checkpoint author: keep them from forming Markdown or HTML."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False)).replace("\n", " ")
+    """Class names and paths come from the checkpoint author: keep them from forming Markdown or
+    HTML, mentioning people or linking anywhere (ci_gate/report/sanitize.py)."""
+    return sanitize.markdown(text)
 
 
 def code(text: str, in_table: bool = True) -> str:
-    """A code span that survives any content: the fence is longer than any backtick run inside."""
+    """A code span that survives any content: the fence is longer than any backtick run inside.
+    Code spans show text literally (no mention, link or HTML), but control characters would
+    still reach a terminal that displays the file: those are made visible first."""
+    text = sanitize.visible(text, sanitize.DISPLAY_LIMIT)
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""

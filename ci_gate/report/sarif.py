@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import ci_gate
 from ci_gate.errors import CiGateError
+from ci_gate.report.sanitize import plain
 from ci_gate.report.settings import report_settings
 from ci_gate.result import ClassResult, Result
 
@@ -136,18 +137,21 @@ def fingerprint(rule_id: str, checkpoint_sha256: str, class_name: str) -> str:
 
 
 def _message(result: Result, cls: ClassResult) -> str:
+    # GitHub shows message text to reviewers: the class name and path are the checkpoint author's,
+    # so they arrive with control/bidi characters visible and a bounded length.
     k = result.detection.k
+    name, path = plain(cls.name), plain(result.model.path)
     why = (
         f"anomaly index {cls.anomaly:.2f} (threshold k = {k:g}), trigger attack success rate "
         f"{100 * cls.asr:.1f}% vs base rate {100 * cls.base_rate:.1f}%, trigger L-inf {cls.trigger_linf:.4f}"
     )
     if cls.status == "backdoor":
         return (
-            f"Backdoor detected in {result.model.path}: class '{cls.name}' is the likely target ({why}). "
+            f"Backdoor detected in {path}: class '{name}' is the likely target ({why}). "
             "See the ci-gate HTML report for the reconstructed trigger."
         )
     return (
-        f"Suspicious class '{cls.name}' in {result.model.path} ({why}). "
+        f"Suspicious class '{name}' in {path} ({why}). "
         "See the ci-gate HTML report for the reconstructed trigger."
     )
 
