@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from ci_gate.checkpoint.format import backbone_digest
 from ci_gate.errors import InputError
 from ci_gate.inversion import InversionSettings, base_rates, invert
 from ci_gate.model.backbone import Backbone, build_backbone
@@ -54,12 +53,6 @@ def reference_backbone(loaded: LoadedModel, weights: Path | None) -> Backbone | 
         return build_backbone(spec, weights=weights)
     except InputError as exc:
         raise InputError(weights, f"not usable as the reference backbone: {exc.problem}") from None
-
-
-def backbone_changed(delivered: Backbone, published: Backbone) -> bool:
-    """Whether the two towers hold different weights (digests of the loaded state dicts, so the
-    file format and key order do not matter)."""
-    return backbone_digest(delivered.clip.state_dict()) != backbone_digest(published.clip.state_dict())
 
 
 def reference_stats(

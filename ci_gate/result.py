@@ -58,6 +58,36 @@ class ModelInfo(_Model):
     backbone: BackboneInfo
 
 
+class TensorChange(_Model):
+    name: str
+    max_abs: float
+    rel_l2: float = Field(description="||delivered - published|| / ||published||")
+    note: str = ""
+
+    _scores = field_validator("max_abs", "rel_l2", mode="before")(_null_is_nan)
+
+
+class EncoderInfo(_Model):
+    """Whether the delivered towers are the published backbone (ci_gate.encoder_check)."""
+
+    status: Literal["not_embedded", "unmodified", "modified", "unverified"] = Field(
+        description="not_embedded: weights loaded from the published tag or file (pinned SHA-256 checked); "
+        "unmodified/modified: an embedded tower compared tensor by tensor with the published weights; "
+        "unverified: an embedded tower and no published weights to compare it with"
+    )
+    reference: str | None = Field(None, description="the published weights the tower was compared with")
+    n_tensors: int = 0
+    n_changed: int = 0
+    max_rel_l2: float = 0.0
+    changed: list[TensorChange] = Field(default_factory=list, description="largest relative changes first (at most 20)")
+
+    _scores = field_validator("max_rel_l2", mode="before")(_null_is_nan)
+
+    @property
+    def modified(self) -> bool:
+        return self.status == "modified"
+
+
 class PoolInfo(_Model):
     source: str
     sha256: str = Field(description="digest over the sorted (relative path, file digest) pairs of the images used")
@@ -130,6 +160,7 @@ class Result(_Model):
     policy: PolicyInfo
     detection: Detection
     classes: list[ClassResult]
+    encoder: EncoderInfo = EncoderInfo(status="not_embedded")
     examples: list[Example] = Field(default_factory=list)
     timings: Timings
     device: str
@@ -147,6 +178,9 @@ class Result(_Model):
     def gate_fails(self, fail_on: str) -> bool:
         if fail_on == "never":
             return False
+        # a modified encoder is a policy violation of its own: prompt tuning never changes them
+        if self.encoder.modified:
+            return True
         if fail_on == "suspicious":
             return self.verdict == "backdoor" or bool(self.suspicious)
         return self.verdict == "backdoor"

@@ -35,7 +35,8 @@ from ci_gate.result import (
     Timings,
     ToolInfo,
 )
-from ci_gate.reference import backbone_changed, reference_backbone, reference_stats
+from ci_gate.encoder_check import encoder_info
+from ci_gate.reference import reference_backbone, reference_stats
 from ci_gate.scoring import REFERENCE_STATISTICS, ClassStats, decide
 
 Progress = Callable[[int, int], None]
@@ -116,12 +117,18 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     rates, clean_losses = base_rates(clf, pool.images)
     ref = None
     published = reference_backbone(loaded, req.reference_weights)
-    if published is not None and backbone_changed(loaded.backbone, published):
-        # prompt tuning never touches the encoders: a delivered tower that differs from the
-        # published one is what an encoder-level backdoor looks like from the outside
+    encoder = encoder_info(
+        meta.backbone.embedded,
+        loaded.backbone.clip.state_dict(),
+        None if published is None else published.clip.state_dict(),
+        None if req.reference_weights is None else str(req.reference_weights),
+    )
+    if encoder.modified:
+        worst = encoder.changed[0]
         warnings.append(
-            f"the checkpoint's backbone differs from the published weights in {req.reference_weights}: "
-            "the encoders were modified, which prompt tuning never does"
+            f"the checkpoint's backbone differs from the published weights in {req.reference_weights}: {encoder.n_changed} of "
+            f"{encoder.n_tensors} tensors changed (largest: {worst.name}, relative change {worst.rel_l2:.3g}); "
+            "prompt tuning never changes the encoders, so this fails the gate on its own"
         )
     if policy.detection.statistic in REFERENCE_STATISTICS:
         if published is None and meta.backbone.embedded:
@@ -199,6 +206,7 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
         policy=PolicyInfo(name=policy.name, path=None if req.policy_path is None else str(req.policy_path), sha256=policy.sha256(), settings=policy.model_dump(mode="json")),
         detection=Detection(statistic=det.statistic, k=det.k, min_asr=det.min_asr, median=decision.median, mad=decision.mad),
         classes=classes,
+        encoder=encoder,
         examples=examples,
         timings=Timings(load_s=t_load - t0, pool_s=t_pool - t_load, inversion_s=t_inv - t_pool, total_s=total),
         device=str(device) if not shard.distributed else f"{device.type} x{shard.world_size} processes",

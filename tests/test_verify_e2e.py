@@ -110,9 +110,13 @@ def test_a_backbone_that_differs_from_the_published_one_is_reported(cifar_models
     path = tmp_path / "published.safetensors"
     save_file(published, str(path))
     proc = _verify(cifar_models.clean.path, tmp_path / "out", "--reference-weights", str(path))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # a modified tower is a finding of its own: it fails the gate whatever the inversion says
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert any("differs from the published weights" in w and str(path) in w for w in result["warnings"])
+    assert result["encoder"]["status"] == "modified" and result["encoder"]["n_changed"] == 1
+    assert result["encoder"]["changed"][0]["name"] == name
+    assert result["encoder"]["changed"][0]["max_abs"] == pytest.approx(0.01, rel=1e-3)
 
 
 def test_unusable_reference_weights_are_bad_input(cifar_models, tmp_path):

@@ -1,0 +1,68 @@
+"""The tower comparison behind the encoder-level finding (pure functions on state dicts)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ci_gate.encoder_check import compare_state_dicts, encoder_info
+from ci_gate.result import Result
+
+
+def _state(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"visual.proj": torch.randn(8, 4, generator=g), "visual.ln.bias": torch.randn(4, generator=g), "logit_scale": torch.tensor(4.6)}
+
+
+def test_identical_towers_are_unmodified():
+    a = _state()
+    cmp = compare_state_dicts(a, {k: v.clone() for k, v in a.items()})
+    assert not cmp.modified and cmp.n_tensors == 3 and cmp.max_rel_l2 == 0.0
+
+
+def test_any_change_is_listed_with_its_size_largest_first():
+    a, b = _state(), _state()
+    a["visual.proj"] = a["visual.proj"] + 1e-6  # tiny but deliberate
+    a["visual.ln.bias"][0] += 0.5
+    cmp = compare_state_dicts(a, b)
+    assert cmp.n_changed == 2
+    assert cmp.changed[0].name == "visual.ln.bias" and cmp.changed[0].max_abs == pytest.approx(0.5)
+    assert cmp.changed[1].max_abs == pytest.approx(1e-6, rel=0.2)  # float32 rounding of the edit
+    assert cmp.changed[0].rel_l2 == pytest.approx(0.5 / float(b["visual.ln.bias"].double().norm()), rel=1e-6)
+
+
+@pytest.mark.parametrize("edit, note", [
+    (lambda s: s.pop("logit_scale"), "missing"),
+    (lambda s: s.update(extra=torch.zeros(2)), "not in the published"),
+    (lambda s: s.update({"visual.proj": torch.zeros(4, 8)}), "shape"),
+    (lambda s: s["visual.proj"].__setitem__((0, 0), float("nan")), "non-finite"),
+])
+def test_structural_changes_are_modifications(edit, note):
+    a = _state()
+    edit(a)
+    cmp = compare_state_dicts(a, _state())
+    assert cmp.modified and note in cmp.changed[0].note and math.isinf(cmp.changed[0].rel_l2)
+
+
+def test_encoder_info_cases():
+    a = _state()
+    assert encoder_info(False, a, None, None).status == "not_embedded"
+    assert encoder_info(True, a, None, None).status == "unverified"
+    assert encoder_info(True, a, _state(), "pub.safetensors").status == "unmodified"
+    info = encoder_info(True, a, _state(1), "pub.safetensors")
+    assert info.status == "modified" and info.n_changed == 2 and info.reference == "pub.safetensors"  # logit_scale is the same
+
+
+def test_a_modified_encoder_fails_the_gate_even_with_a_clean_verdict(tmp_path):
+    from result_factory import make_result
+
+    clean = make_result(tmp_path, verdict="clean", with_images=False)
+    assert clean.verdict == "clean" and not clean.gate_fails("backdoor")
+    modified = clean.model_copy(update={"encoder": encoder_info(True, _state(), _state(1), "pub")})
+    assert modified.gate_fails("backdoor") and modified.gate_fails("suspicious")
+    assert not modified.gate_fails("never")
+    # it survives the round trip through result.json, infinities included
+    again = Result.model_validate_json(modified.to_json())
+    assert again.encoder.status == "modified" and again.gate_fails("backdoor")
