@@ -115,14 +115,24 @@ def test_prepare_refuses_what_github_would_reject():
 
 # ---- retries ---------------------------------------------------------------------------------
 
-def test_retries_5xx_with_exponential_backoff(fake, sarif):
+def test_retries_5xx_with_exponential_backoff(fake):
     fake.inject(Fault(502), Fault(503), Fault(500))
     sleeps = Sleeps()
     with client_for(fake, sleeps) as client:
-        upload = upload_sarif(client, sarif, commit_sha=HEAD_SHA, ref="refs/heads/main")
-    assert upload.id in fake.sarifs
+        assert client.get("/repos/octo/models/pulls") == []
     assert len(fake.requests) == 4
-    assert sleeps == pytest.approx([0.001, 0.002, 0.004])
+    # urllib3's schedule: the first retry at once, then backoff_s * 2, * 4
+    assert sleeps == pytest.approx([0.002, 0.004])
+
+
+def test_post_is_never_retried(fake, sarif):
+    # GitHub may have applied a POST that answered 502: a second one could duplicate it.
+    fake.inject(Fault(502))
+    sleeps = Sleeps()
+    with client_for(fake, sleeps) as client, pytest.raises(GitHubError) as info:
+        upload_sarif(client, sarif, commit_sha=HEAD_SHA, ref="refs/heads/main")
+    assert info.value.status == 502 and info.value.exit_code == 1
+    assert len(fake.requests) == 1 and sleeps == [] and fake.sarifs == {}
 
 
 def test_gives_up_after_the_last_attempt_with_status(fake):

@@ -9,12 +9,33 @@ from __future__ import annotations
 
 import base64
 import posixpath
+from typing import Annotated
 from urllib.parse import quote
+
+from pydantic import BaseModel, StringConstraints
 
 from ci_gate.github.client import GitHubClient
 
 # The git data API accepts blobs up to 100 MB.
 MAX_BLOB_BYTES = 100 * 1024 * 1024
+
+
+# SHA-1 object names, or SHA-256 ones in a repository that uses them. The commit's goes into
+# $GITHUB_OUTPUT and into later URLs, so nothing else is accepted.
+Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")]
+
+
+class _ObjectShape(BaseModel):
+    sha: Sha
+
+
+class _CommitShape(BaseModel):
+    sha: Sha
+    tree: _ObjectShape
+
+
+class _RefShape(BaseModel):
+    object: _ObjectShape
 
 
 def _ref_path(client: GitHubClient, branch: str) -> str:
@@ -45,25 +66,29 @@ def commit_file(
     blob = client.post(
         client.repo_path("/git/blobs"),
         {"content": base64.b64encode(content).decode("ascii"), "encoding": "base64"},
+        shape=_ObjectShape,
     )
-    base_commit = client.get(client.repo_path(f"/git/commits/{base_sha}"))
+    base_commit = client.get(client.repo_path(f"/git/commits/{quote(base_sha, safe='')}"), shape=_CommitShape)
     tree = client.post(
         client.repo_path("/git/trees"),
         {
-            "base_tree": base_commit["tree"]["sha"],
-            "tree": [{"path": path, "mode": "100644", "type": "blob", "sha": blob["sha"]}],
+            "base_tree": base_commit.tree.sha,
+            "tree": [{"path": path, "mode": "100644", "type": "blob", "sha": blob.sha}],
         },
+        shape=_ObjectShape,
     )
     commit = client.post(
         client.repo_path("/git/commits"),
-        {"message": message, "tree": tree["sha"], "parents": [base_sha]},
+        {"message": message, "tree": tree.sha, "parents": [base_sha]},
+        shape=_ObjectShape,
     )
-    if client.get_optional(_ref_path(client, branch)) is None:
-        client.post(client.repo_path("/git/refs"), {"ref": f"refs/heads/{branch}", "sha": commit["sha"]})
+    if client.get_optional(_ref_path(client, branch), shape=_RefShape) is None:
+        client.post(client.repo_path("/git/refs"), {"ref": f"refs/heads/{branch}", "sha": commit.sha}, shape=_RefShape)
     else:
         # force: the branch is rebuilt from the base commit on every run (see module docstring).
         client.patch(
             client.repo_path(f"/git/refs/heads/{quote(branch, safe='/')}"),
-            {"sha": commit["sha"], "force": True},
+            {"sha": commit.sha, "force": True},
+            shape=_RefShape,
         )
-    return commit["sha"]
+    return commit.sha

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from ci_gate.github.client import GitHubClient
 
 MARKER = "<!-- ci-gate -->"
@@ -20,6 +22,13 @@ class Comment:
     id: int
     url: str
     created: bool
+
+
+class _CommentShape(BaseModel):
+    # The fields ci-gate reads; GitHub sends many more, ignored.
+    id: int
+    body: str | None = None
+    html_url: str = ""
 
 
 def marker_line(key: str | None = None) -> str:
@@ -44,9 +53,9 @@ def _is_ours(body: str | None, marker: str) -> bool:
 def upsert_comment(client: GitHubClient, *, number: int, markdown: str, key: str | None = None) -> Comment:
     marker = marker_line(key)
     body = comment_body(markdown, key)
-    for comment in client.paginate(client.repo_path(f"/issues/{number}/comments")):
-        if _is_ours(comment.get("body"), marker):
-            updated = client.patch(client.repo_path(f"/issues/comments/{comment['id']}"), {"body": body})
-            return Comment(id=updated["id"], url=updated.get("html_url", ""), created=False)
-    created = client.post(client.repo_path(f"/issues/{number}/comments"), {"body": body})
-    return Comment(id=created["id"], url=created.get("html_url", ""), created=True)
+    for comment in client.paginate(client.repo_path(f"/issues/{number}/comments"), shape=_CommentShape):
+        if _is_ours(comment.body, marker):
+            updated = client.patch(client.repo_path(f"/issues/comments/{comment.id}"), {"body": body}, shape=_CommentShape)
+            return Comment(id=updated.id, url=updated.html_url, created=False)
+    created = client.post(client.repo_path(f"/issues/{number}/comments"), {"body": body}, shape=_CommentShape)
+    return Comment(id=created.id, url=created.html_url, created=True)

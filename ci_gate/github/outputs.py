@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from ci_gate.github.redact import redact
 from ci_gate.report import FILE_NAMES
 from ci_gate.result import Result
 
@@ -34,10 +35,12 @@ def _append(path: Path, text: str) -> None:
 
 
 def write_outputs(path: Path, values: Mapping[str, str]) -> None:
-    _append(path, format_outputs(values))
+    # Redacted per value, before the blocks are framed: a mask never lands inside a delimiter.
+    _append(path, format_outputs({name: redact(value) for name, value in values.items()}))
 
 
 def append_step_summary(path: Path, markdown: str) -> None:
+    markdown = redact(markdown)
     _append(path, markdown if markdown.endswith("\n") else markdown + "\n")
 
 
