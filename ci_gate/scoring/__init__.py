@@ -1,0 +1,10 @@
+"""Scoring: per-class inversion statistics -> anomaly index -> verdict. Pure functions only.
+
+``statistics``: the registry of per-class statistics (where to change the anomaly score);
+``decision``: the robust z-score across classes and the verdict rule.
+"""
+
+from ci_gate.scoring.decision import MAD_TO_SIGMA, Decision, anomaly_index, decide
+from ci_gate.scoring.statistics import REFERENCE_STATISTICS, STATISTICS, ClassStats, Statistic, class_statistic
+
+__all__ = ["MAD_TO_SIGMA", "REFERENCE_STATISTICS", "STATISTICS", "ClassStats", "Decision", "Statistic", "anomaly_index", "class_statistic", "decide"]
