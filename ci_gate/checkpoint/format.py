@@ -374,11 +374,16 @@ def _tensor_name(name: str) -> str:
     return _show(repr(short), 100)
 
 
+def _names(names: list[str], at_most: int = 3) -> str:
+    shown = ", ".join(_show(repr(n), 60) for n in names[:at_most])
+    return shown + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
+
+
 def _check_layout(path: Path, meta: CheckpointMeta, layout: dict[str, tuple[str, tuple[int, ...]]]) -> None:
     """Names, dtypes and shapes, from the header alone (before any tensor data is read)."""
     stray = sorted(k for k in layout if not k.startswith((LEARNER_PREFIX, BACKBONE_PREFIX)))
     if stray:
-        raise InputError(path, f"unexpected tensors {_show([_show(k, 60) for k in stray[:3]])}")
+        raise InputError(path, f"unexpected tensors {_names(stray)}")
     learner = {k[len(LEARNER_PREFIX):]: v for k, v in layout.items() if k.startswith(LEARNER_PREFIX)}
     backbone = {k: v for k, v in layout.items() if k.startswith(BACKBONE_PREFIX)}
     kind = meta.learner.kind
@@ -392,7 +397,7 @@ def _check_layout(path: Path, meta: CheckpointMeta, layout: dict[str, tuple[str,
     if missing:
         raise InputError(path, f"{kind} checkpoint lacks tensors {sorted(missing)}")
     if extra:
-        raise InputError(path, f"{kind} checkpoint has unexpected learner tensors {_show(sorted(_show(k, 60) for k in extra)[:3])}")
+        raise InputError(path, f"{kind} checkpoint has unexpected learner tensors {_names(sorted(extra))}")
     for name, (dtype, shape) in layout.items():
         if 0 in shape:
             raise InputError(path, f"tensor {_tensor_name(name)} is empty (shape {shape})")
