@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ci_gate.report.sanitize import DISPLAY_LIMIT, plain, terminal
+from ci_gate.report.sanitize import plain, quoted, terminal
 from ci_gate.result import Result
 
 _STYLE = {"backdoor": "bold red", "suspicious": "yellow", "ok": "green"}
@@ -38,7 +38,7 @@ def one_line(result: Result) -> str:
     model = plain(result.model.path)
     if result.verdict == "backdoor":
         top = next(c for c in result.classes if c.index == result.target_index)
-        return f"BACKDOOR target={result.target_class[:DISPLAY_LIMIT]!r} anomaly={top.anomaly:.2f} trigger_asr={top.asr:.1%} model={model}"
+        return f"BACKDOOR target={quoted(result.target_class)} anomaly={top.anomaly:.2f} trigger_asr={top.asr:.1%} model={model}"
     return f"CLEAN max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model}"
 
 

@@ -16,7 +16,7 @@ def canary(
     pool: str = typer.Option(None, "--pool", help="OOD image pool: folder, glob or .tar (overrides pool.path)."),
     attack: str = typer.Option("badclip", "--attack", help="Backdoor to plant (prompt-level attacks of ci_gate.attacks, e.g. badclip, badnets, blended, wanet)."),
     target: str = typer.Option(None, "--target", help="Class the backdoor sends triggered images to (default: a seeded choice)."),
-    out: Path = typer.Option(Path("ci-gate-canary"), "--out", "-o", help="Folder for canary.json and the scan's result.json and triggers."),
+    out: str = typer.Option("ci-gate-canary", "--out", "-o", help="Folder for canary.json and the scan's result.json and triggers (replaced as a whole, atomically)."),
     overrides: list[str] = typer.Option([], "--set", help="Override one policy field, e.g. --set canary.epochs=30"),
     keep_model: bool = typer.Option(False, "--keep-model", help="Also keep the backdoored copy as OUT/canary.safetensors (off: a backdoored model should not linger)."),
     backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local backbone weights file (instead of the pretrained tag)."),
@@ -29,30 +29,45 @@ def canary(
     """
     from ci_gate.canary import CanaryRequest, run_canary
     from ci_gate.commands.verify import resolve_pool
+    from ci_gate.io import atomic_write_text
     from ci_gate.policy import load_policy
+    from ci_gate.report.folder import check_out_folder, staged_folder
+    from ci_gate.report.sanitize import plain, quoted
 
     pol, policy_dir = load_policy(policy, overrides)
-    req = CanaryRequest(
-        checkpoint=checkpoint,
-        data=data,
-        policy=pol,
-        pool=resolve_pool(pool, pol, policy_dir),
-        out=out,
-        attack=attack,
-        target=target,
-        keep_model=keep_model,
-        backbone_weights=backbone_weights,
-    )
+    pool_spec = resolve_pool(pool, pol, policy_dir)
+    policy_file = None if policy_dir is None else Path(policy)
+    inputs = [("checkpoint", checkpoint), ("data", data), ("policy", policy_file), ("backbone weights", backbone_weights)]
+    out_dir = check_out_folder(out, "--out", inputs=inputs, pool=pool_spec)
     log = None if quiet else (lambda msg: typer.echo(f"ci-gate canary: {msg}", err=True))
-    s = run_canary(req, log=log)
+    # Everything (canary.json, scan/, canary.safetensors) is built in a staging folder: the
+    # backdoored copy can never land on the user's checkpoint, and a failed run leaves an earlier
+    # canary report as it was.
+    with staged_folder(out_dir) as stage:
+        req = CanaryRequest(
+            checkpoint=checkpoint,
+            data=data,
+            policy=pol,
+            pool=pool_spec,
+            out=stage,
+            attack=attack,
+            target=target,
+            keep_model=keep_model,
+            backbone_weights=backbone_weights,
+        )
+        s = run_canary(req, log=log)
+        if s.canary_model is not None:
+            # canary.json names the kept model where it will be, not at the staging name
+            s = s.model_copy(update={"canary_model": str(out_dir / Path(s.canary_model).relative_to(stage))})
+            atomic_write_text(stage / "canary.json", s.model_dump_json(indent=2) + "\n")
     if not quiet:
         typer.echo(
-            f"planted {s.attack} -> {s.planted_target!r}: held-out ASR {s.planted_asr:.1%} (no-trigger rate {s.natural_rate:.1%}), "
+            f"planted {s.attack} -> {quoted(s.planted_target)}: held-out ASR {s.planted_asr:.1%} (no-trigger rate {s.natural_rate:.1%}), "
             f"clean accuracy {s.clean_accuracy_original:.1%} -> {s.clean_accuracy_canary:.1%}"
         )
         if s.scan is not None:
-            typer.echo(f"scan: {s.scan.verdict}" + (f", target {s.scan.target_class!r}" if s.scan.target_class else "") + f", max anomaly {s.scan.max_anomaly:.2f}")
-    line = f"{s.status.upper()}: {s.message} (report {out / 'canary.json'})"
+            typer.echo(f"scan: {s.scan.verdict}" + (f", target {quoted(s.scan.target_class)}" if s.scan.target_class else "") + f", max anomaly {s.scan.max_anomaly:.2f}")
+    line = f"{s.status.upper()}: {plain(s.message, None)} (report {plain(out_dir / 'canary.json', None)})"
     if not s.passed:
         raise GateFailure(line)
     typer.echo(line)

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from ci_gate.errors import InputError
+
 
 class Kind(str, Enum):
     auto = "auto"
@@ -18,7 +20,7 @@ class Kind(str, Enum):
 def convert_command(
     source: Path = typer.Argument(..., help="Dassl prompt_learner/model.pth.tar-N (read with torch.load weights_only=True; never modified)."),
     classes: str = typer.Option(..., "--classes", help="Class names in training order: a file with one per line, or 'a,b,c'."),
-    out: Path = typer.Option(..., "--out", help="Output .safetensors checkpoint (written atomically)."),
+    out: str = typer.Option(..., "--out", help="Output .safetensors checkpoint (written atomically)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="open_clip architecture name, e.g. ViT-B-16."),
     config: Optional[Path] = typer.Option(None, "--config", help="Inline open_clip model config (JSON) instead of --arch."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip pretrained tag (e.g. openai) or a weights file."),
@@ -33,7 +35,15 @@ def convert_command(
     """Convert a CoOp/CoCoOp checkpoint after checking the class names and backbone against its stored prompt tokens."""
     # torch and open_clip load here, not at import: every other command (and --help) starts without them.
     from ci_gate.checkpoint.convert import BackboneSource, ConvertRequest, convert, load_inline_config, parse_class_names
+    from ci_gate.report.folder import check_out_file, output_errors
 
+    classes_file = classes if Path(classes).is_file() else None
+    inputs = [("source", source), ("classes file", classes_file), ("config", config), ("backbone weights", backbone_weights)]
+    if not str(out).strip():
+        raise InputError("--out", "empty path; give the .safetensors file to write")
+    # the converter names a wrong suffix first (the simplest fix for the user); every other output
+    # check (under a file, read-only folder, an input through a hard or symbolic link) is here
+    out_path = check_out_file(out, "--out", inputs=inputs) if Path(out).suffix == ".safetensors" else Path(out)
     request = ConvertRequest(
         source=source,
         class_names=parse_class_names(classes),
@@ -46,12 +56,13 @@ def convert_command(
             cache_dir=cache_dir,
             embed=embed_backbone,
         ),
-        out=out,
+        out=out_path,
         kind=kind.value,
         ctx_init=ctx_init,
         classes_ref=classes if Path(classes).is_file() else "--classes",
     )
-    result = convert(request)
+    with output_errors(out_path):
+        result = convert(request)
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     # sha256sum's layout, so the line can be fed to `sha256sum -c`.

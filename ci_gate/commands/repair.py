@@ -12,11 +12,11 @@ from ci_gate.errors import GateFailure
 def repair(
     checkpoint: Path = typer.Argument(..., help="ci-gate checkpoint (.safetensors); never modified."),
     clean_data: Path = typer.Option(..., "--clean-data", help="Labeled clean images, one sub-folder per class of the checkpoint."),
-    out: Path = typer.Option(..., "--out", "-o", help="Repaired checkpoint (written atomically, only when the repair re-verifies)."),
+    out: str = typer.Option(..., "--out", "-o", help="Repaired checkpoint (written atomically, only when the repair re-verifies)."),
     policy: str = typer.Option("default", "--policy", "-p", help="Policy file or bundled name; it must allow repair (repair.allowed)."),
     pool: str = typer.Option(None, "--pool", help="OOD image pool: folder, glob or .tar (overrides pool.path)."),
     overrides: list[str] = typer.Option([], "--set", help="Override one policy field, e.g. --set repair.epochs=30"),
-    summary: Path = typer.Option(None, "--summary", help="Where to write the JSON summary (default: repair.json next to --out)."),
+    summary: str = typer.Option(None, "--summary", help="Where to write the JSON summary (default: repair.json next to --out)."),
     backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local backbone weights file (instead of the pretrained tag)."),
     display_path: str = typer.Option(None, "--display-path", help="Checkpoint path as the summary should name it (repository-relative)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final line."),
@@ -31,30 +31,40 @@ def repair(
     from ci_gate.commands.verify import resolve_pool
     from ci_gate.policy import load_policy
     from ci_gate.repair.flow import RepairRequest, require_allowed, run_repair
+    from ci_gate.report.folder import check_out_file, output_errors
+    from ci_gate.report.sanitize import plain, quoted
 
     pol, policy_dir = load_policy(policy, overrides)
     policy_path = None if policy_dir is None else Path(policy)
     require_allowed(pol, policy_path)
+    # never over an input, also not through a hard or symbolic link (flow.check_output compares
+    # resolved paths only); refused before any compute
+    inputs = [("checkpoint", checkpoint), ("policy", policy_path), ("backbone weights", backbone_weights)]
+    out_path = check_out_file(out, "--out", inputs=inputs)
+    summary_path = None if summary is None else check_out_file(summary, "--summary", inputs=inputs)
+    if summary_path is None:
+        check_out_file(out_path.parent / "repair.json", "--out", inputs=inputs)
     req = RepairRequest(
         checkpoint=checkpoint,
         clean_data=clean_data,
-        out=out,
+        out=out_path,
         policy=pol,
         pool=resolve_pool(pool, pol, policy_dir),
-        summary=summary,
+        summary=summary_path,
         policy_path=policy_path,
         backbone_weights=backbone_weights,
         display_path=display_path,
     )
     log = None if quiet else (lambda msg: typer.echo(f"ci-gate repair: {msg}", err=True))
-    outcome = run_repair(req, log=log)
+    with output_errors(out_path):  # a full disk or read-only folder is exit 2 naming the file
+        outcome = run_repair(req, log=log)
     s = outcome.summary
     if not quiet:
         typer.echo(_table(s))
     if s.status == "clean":
-        typer.echo(f"CLEAN: the gate passes {s.checkpoint}; nothing to repair, nothing written")
+        typer.echo(f"CLEAN: the gate passes {plain(s.checkpoint, None)}; nothing to repair, nothing written")
     elif s.status == "repaired":
-        typer.echo(f"REPAIRED target={s.target_class!r} out={s.output} summary={req.summary_path}")
+        typer.echo(f"REPAIRED target={quoted(s.target_class)} out={plain(s.output, None)} summary={plain(req.summary_path, None)}")
     else:
         raise GateFailure("repair refused, nothing written: " + "; ".join(s.reasons))
 

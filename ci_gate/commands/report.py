@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import typer
@@ -28,33 +30,65 @@ def report(
     formats: str | None = typer.Option(
         None, "--format", "-f", help=f"Comma-separated formats from {FORMATS_HELP} (default: the policy's report.formats)."
     ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: the result's folder)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output folder (default: the result's folder); replaced as a whole, atomically."),
     run_url: str | None = typer.Option(None, "--run-url", help="Workflow run the Markdown summary links to."),
     artifact_name: str | None = typer.Option(None, "--artifact-name", help="Workflow artifact holding the report bundle."),
     source_root: Path | None = typer.Option(
         None, "--source-root", help="Repository root, to make an absolute checkpoint path relative in SARIF."
     ),
 ) -> None:
-    """Re-render HTML, SARIF, Markdown and JSON reports from a saved result."""
+    """Re-render HTML, SARIF, Markdown and JSON reports from a saved result.
+
+    result.json itself is an input and is never rewritten: into its own folder only the other
+    formats are rendered; into --out it is copied byte for byte.
+    """
     from ci_gate.report import FORMATS, SummaryLinks, render
     from ci_gate.report.artifacts import missing_artifacts
+    from ci_gate.report.folder import check_out_folder, own_folder, staged_folder
+    from ci_gate.report.sanitize import plain
     from ci_gate.result import load_result
 
     result = load_result(result_json)
-    result_dir = result_json.parent
+    result_dir = Path(os.path.realpath(result_json)).parent
     chosen = parse_formats(formats) if formats else list(result.policy.settings.get("report", {}).get("formats") or FORMATS)
     for rel in missing_artifacts(result, result_dir):
-        typer.echo(f"ci-gate: warning: {result_dir / rel}: image missing or not a PNG; the report shows a placeholder", err=True)
-    written = render(
-        result,
-        result_dir,
-        chosen,
-        out_dir=out,
-        links=SummaryLinks(run_url=run_url, artifact_name=artifact_name),
-        source_root=source_root.resolve() if source_root else None,
-    )
+        typer.echo(f"ci-gate: warning: {plain(result_dir / rel)}: image missing or not a PNG; the report shows a placeholder", err=True)
+    in_place = out is None or (str(out).strip() and Path(os.path.realpath(out)) == result_dir)
+    target = result_dir if in_place else check_out_folder(out, "--out", inputs=[("result", result_json)])
+    rendered = [f for f in chosen if f != "json"]
+    options = dict(links=SummaryLinks(run_url=run_url, artifact_name=artifact_name), source_root=source_root.resolve() if source_root else None)
+    written: dict[str, Path] = {}
+    if in_place and not own_folder(result_dir):
+        # a result.json among other files (not a folder verify wrote): replacing the folder would
+        # take those along, so each report is replaced on its own (still atomically per file)
+        written = render(result, result_dir, rendered, **options)
+    else:
+        with staged_folder(target) as stage:
+            if in_place:
+                link_tree(result_dir, stage)  # the artifacts and result.json itself, unchanged
+            elif "json" in chosen:
+                shutil.copyfile(result_json, stage / "result.json")
+            staged = render(result, result_dir, rendered, out_dir=stage, **options)
+        written = {fmt: target / path.relative_to(stage) for fmt, path in staged.items()}
+    if "json" in chosen:
+        written = {"json": target / "result.json" if not in_place else Path(result_json), **written}
+        written = {f: written[f] for f in chosen if f in written}
     for path in written.values():
-        typer.echo(str(path))
+        typer.echo(plain(path, None))
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Mirror src into the (existing) folder dst with hard links: same bytes, same inodes, no copy."""
+    for entry in os.scandir(src):
+        target = dst / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            target.mkdir(exist_ok=True)
+            link_tree(Path(entry.path), target)
+        elif entry.is_file(follow_symlinks=False) and not target.exists():
+            try:
+                os.link(entry.path, target)
+            except OSError:
+                shutil.copy2(entry.path, target)
 
 
 def register(app: typer.Typer) -> None:

@@ -266,3 +266,18 @@ def staged_folder(out: Path) -> Iterator[Path]:
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def own_folder(path: Path) -> bool:
+    """Whether every entry of ``path`` is one ci-gate writes (so it may be replaced as a whole)."""
+    return path.is_dir() and all(e in OWN_ENTRIES for e in os.listdir(path))
+
+
+def check_out_file(raw: str | os.PathLike | None, flag: str = "--out", *, inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()) -> Path:
+    """An output file path (repaired or converted checkpoint): writable, not a folder, not an input
+    (also through a symbolic or hard link: compared by resolved path and by inode)."""
+    out = check_out_path(raw, flag)
+    check_not_input(out, inputs, flag, folder=False)
+    if out.is_dir():
+        raise _problem(flag, out, "is a folder; give a file path")
+    return out

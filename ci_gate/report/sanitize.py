@@ -85,3 +85,10 @@ def markdown(text: object, limit: int | None = DISPLAY_LIMIT) -> str:
     escaped = html.escape(visible(text, limit), quote=True)
     # html.escape produced entities (&lt;): leave them whole
     return "".join(p if _ENTITY.fullmatch(p) else _markdown_part(p) for p in _ENTITY.split(escaped))
+
+
+def quoted(text: object, limit: int = DISPLAY_LIMIT) -> str:
+    """A Python-style quoted name for one-line logs: repr() already writes every non-printable
+    character (controls, bidi overrides) as an escape; only the length needs bounding."""
+    s = str(text)
+    return repr(s if len(s) <= limit else s[:limit] + "…")
