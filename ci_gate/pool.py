@@ -1,9 +1,39 @@
 """The OOD image pool: a folder (recursive), a glob, or a .tar of unlabeled images.
 
-Images are decoded with Pillow, converted to RGB (greyscale and palette files are common in
-scraped pools), resized so the short side matches the model's input and centre-cropped, and kept
-in [0, 1] pixel space: normalisation belongs to the classifier, after the perturbation. Files
-that do not decode are skipped and counted; a tar is read in memory and never extracted.
+Images are decoded with Pillow and mapped into RGB, resized so the short side matches the model's
+input and centre-cropped, and kept in [0, 1] pixel space: normalisation belongs to the classifier,
+after the perturbation. Files that do not decode are skipped and counted; a tar is read in memory
+and never extracted.
+
+What the loader guarantees, and why:
+
+- **Every mode Pillow opens means what the file says.** Pillow's own ``convert("RGB")`` clips
+  16- and 32-bit integer images at 255 (a 16-bit PNG pool came out all white) and floors float
+  images to 0, so those modes are scaled here: integer images by their bit depth (the TIFF
+  ``BitsPerSample`` tag when present, 16 for PNG and other ``I;16`` sources, otherwise 16 or 32
+  bits, whichever holds the largest value); float images (``F``) by the convention of float
+  image files (Photoshop/GIMP 32-bit, tifffile, scikit-image: 0.0 is black and 1.0 is white),
+  and a float image whose values are mostly outside [0, 1] (a depth map, a 0..255 float dump) is
+  refused rather than guessed at. CMYK uses the embedded ICC profile when there is one (Pillow's
+  naive formula otherwise). Transparency is composited over white (:data:`ALPHA_BACKGROUND`), the
+  page a viewer shows a transparent image on, rather than dropped: dropping alpha exposes
+  whatever colour an encoder left under transparent pixels, often black. Animated GIF/WebP/PNG
+  files contribute their first frame.
+- **List, sample, then read.** Sources are listed (names and sizes only) in sorted order, a seeded
+  permutation picks the order, and only as many files are read and decoded as it takes to collect
+  ``max_images`` usable ones. A tar's sampled members are read in archive order, so a compressed
+  tar is streamed rather than re-decompressed for each member.
+- **Bounded decoding.** JPEGs much larger than the model input are decoded at a reduced DCT scale
+  (``Image.draft``); anything still above :data:`MAX_PIXELS` pixels, or a file above
+  :data:`MAX_FILE_BYTES`, is skipped with a reason before its pixels are decoded.
+- **No degenerate pools.** Constant images, byte-identical files and near-duplicates (the same
+  picture re-encoded or rescaled) are skipped with reasons; if fewer than ``min_images`` distinct
+  usable images remain, the pool is an input error. A scan over 200 copies of one image, or over
+  blank frames, would otherwise look like a well-populated pool and could pass a backdoored model.
+- **Folders are walked without following symlinked folders** (no cycles, no escape), and a
+  symlinked file is read only when it resolves inside the pool. File names that are not UTF-8 are
+  kept, shown with backslash escapes (``caf\\xe9.png``).
+- Same listing and seed: the same images, names, order and ``sha256``.
 """
 
 from __future__ import annotations
@@ -11,18 +41,49 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import lzma
+import os
+import stat
 import tarfile
+import warnings
+import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ci_gate.errors import InputError
 
+try:
+    from PIL import ImageCms
+except ImportError:  # Pillow built without littlecms: CMYK falls back to Pillow's formula
+    ImageCms = None
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+# Content sniffing is limited to the formats the suffixes name (a .jpg that is really a PNG is common
+# in scraped pools; JPEG covers MPO); plugins such as EPS would run external programs on untrusted files.
+_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+
+MAX_PIXELS = 50_000_000  # decoded pixels per image; a 50 MP RGB decode is 150 MB
+MAX_FILE_BYTES = 256 * 2**20  # an 8-bit RGB file this big is over MAX_PIXELS even uncompressed
+ALPHA_BACKGROUND = (255, 255, 255)
+# A JPEG is decoded at 1/2, 1/4 or 1/8 scale only while its short side stays >= this many times
+# the model input: the antialiased bicubic resize then sees enough pixels that the result matches a
+# full decode to within a grey level, and pools of ordinary photos decode exactly as open_clip does.
+_DRAFT_HEADROOM = 4
+# Pixel standard deviation (grey levels, over the model-size image) below which an image is blank:
+# a re-encoded single-colour JPEG has about 0.5; the least varied photo of ImageNet-1k has 18.
+CONSTANT_STD = 2.0
+# Mean absolute difference (grey levels) between 16x16 thumbnails of the model inputs below which
+# two images are the same picture. Measured at 224 and 32 px: JPEG re-encodes (quality 50..95) and
+# half-resolution copies of ImageNet-1k photos are within 1.8, a copy brightened by 3 levels is at 3;
+# the closest distinct pair of the 1000 ImageNet-1k photos is at 15.8, of the demo's synthetic pool 31.
+NEAR_DUPLICATE_MAD = 4.0
+_THUMB = 16
 
 
 @dataclass
@@ -37,39 +98,265 @@ class Pool:
         return self.images.shape[0]
 
 
+class _Refused(ValueError):
+    """An image that decodes but whose pixels have no agreed meaning (the reason is the message)."""
+
+
+def display_name(name: str | bytes) -> str:
+    """A printable form of a file name: bytes that are not UTF-8 become ``\\xNN`` escapes.
+
+    Linux hands such names to Python as lone surrogates (PEP 383), which cannot be written to a
+    UTF-8 report or hashed; the escaped form can, and still tells the user which file it was.
+    """
+    if isinstance(name, str):
+        try:
+            name = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate no file system produced: keep it visible
+            name = name.encode("utf-8", "backslashreplace")
+    return name.decode("utf-8", "backslashreplace")
+
+
+def _bit_depth(img: Image.Image, arr: np.ndarray) -> tuple[int, bool]:
+    """(bits, signed) of an integer image, from the file where it says so."""
+    tags = getattr(img, "tag_v2", None)
+    if tags is not None:
+        bps = tags.get(258)
+        bps = bps[0] if isinstance(bps, tuple) and bps else bps
+        fmt = tags.get(339)
+        fmt = fmt[0] if isinstance(fmt, tuple) and fmt else fmt
+        if isinstance(bps, int) and 1 <= bps <= 32:
+            return bps, fmt == 2
+    if img.mode.startswith("I;16") or img.format == "PNG":
+        return 16, False
+    return (16 if arr.size == 0 or int(arr.max()) <= 65535 else 32), False
+
+
+def _integer_to_l(img: Image.Image) -> Image.Image:
+    arr = np.asarray(img)
+    bits, signed = _bit_depth(img, arr)
+    peak = float(2 ** (bits - 1) - 1 if signed else 2**bits - 1)
+    scaled = np.clip(arr.astype(np.float64) / peak, 0.0, 1.0)
+    return Image.fromarray(np.round(scaled * 255.0).astype(np.uint8))
+
+
+def _float_to_l(img: Image.Image) -> Image.Image:
+    arr = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise _Refused("float image with NaN or infinite pixel values")
+    outside = float(((arr < -0.01) | (arr > 1.01)).mean()) if arr.size else 0.0
+    if outside > 0.01:
+        raise _Refused(f"float pixel values span {arr.min():.4g}..{arr.max():.4g}, not the [0, 1] of float image files")
+    return Image.fromarray(np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8))
+
+
+def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
+    icc = img.info.get("icc_profile")
+    if icc and ImageCms is not None:
+        try:
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+            pass  # a broken or non-CMYK profile: the naive formula is still a faithful rendering
+    return img.convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Map any Pillow mode to 8-bit RGB as the file means it (see the module docstring)."""
+    mode = img.mode
+    if mode == "I" or mode.startswith("I;16"):
+        return _integer_to_l(img).convert("RGB")
+    if mode == "F":
+        return _float_to_l(img).convert("RGB")
+    if mode == "CMYK":
+        return _cmyk_to_rgb(img)
+    if img.has_transparency_data:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def to_model_input(img: Image.Image, size: int, interpolation: str = "bicubic") -> np.ndarray:
-    """Resize the short side to ``size`` and centre-crop, as open_clip's 'shortest' mode does."""
-    img = img.convert("RGB")
+    """Resize the short side to ``size`` and centre-crop, as open_clip's 'shortest' mode does.
+
+    Returns (size, size, 3) uint8. An image not yet loaded is decoded at reduced scale when it is
+    a JPEG far larger than ``size`` (see ``_DRAFT_HEADROOM``).
+    """
+    img.draft(None, (size * _DRAFT_HEADROOM, size * _DRAFT_HEADROOM))
+    img = to_rgb(img)
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), _RESAMPLE[interpolation])
     left, top = (nw - size) // 2, (nh - size) // 2
-    img = img.crop((left, top, left + size, top + size))
+    resample = _RESAMPLE[interpolation]
+    if nw * nh <= 16 * size * size:
+        img = img.resize((nw, nh), resample).crop((left, top, left + size, top + size))
+    else:
+        # A sliver (1 x 10000) would be stretched into a huge intermediate; resizing only the
+        # source region that the crop keeps is the same mapping without the allocation.
+        box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)
+        img = img.resize((size, size), resample, box=box)
     return np.asarray(img, dtype=np.uint8)
 
 
-def _iter_sources(spec: str) -> tuple[str, list[tuple[str, bytes]]]:
-    path = Path(spec)
-    if path.is_file() and tarfile.is_tarfile(path):
-        items = []
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
-                    fh = tar.extractfile(member)
-                    if fh is not None:
-                        items.append((member.name, fh.read()))
-        return "tar", items
-    if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        return "folder", [(p.relative_to(path).as_posix(), p.read_bytes()) for p in files]
-    if path.is_file():
-        raise InputError(spec, "pool must be a folder, a glob or a .tar of images")
-    matches = [Path(m) for m in glob.glob(spec, recursive=True)]
-    files = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    if not matches:
-        raise InputError(spec, "pool not found (no such folder, tar or glob matches)")
-    return "glob", [(p.as_posix(), p.read_bytes()) for p in files]
+# -- listing --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    name: str  # display name (escaped), also the sort key and what Pool.names reports
+    ref: object  # a filesystem path (str) or a tarfile.TarInfo
+    order: int = 0  # read order inside a batch (a tar member's offset)
+
+
+def _inside(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:
+        return False
+
+
+def _check_file(full: str, shown: str, real_root: str, skipped: list[tuple[str, str]], resolve: bool) -> _Entry | None:
+    """A listed path becomes an entry when it is a regular file inside the pool.
+
+    A symlinked file counts when it resolves inside the pool; ``resolve`` also checks files that
+    are not links themselves (a glob's ``*/`` steps through a symlinked folder).
+    """
+    try:
+        if resolve or os.path.islink(full):
+            if not _inside(os.path.realpath(full), real_root):
+                skipped.append((shown, "link: symbolic link leads outside the pool, not read"))
+                return None
+        st = os.stat(full)
+    except OSError as exc:
+        skipped.append((shown, f"unreadable: {exc.strerror or type(exc).__name__}"))
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        skipped.append((shown, "unreadable: not a regular file"))
+        return None
+    if st.st_size > MAX_FILE_BYTES:
+        skipped.append((shown, f"too large: {st.st_size / 2**20:.0f} MiB file exceeds the {MAX_FILE_BYTES // 2**20} MiB cap"))
+        return None
+    return _Entry(shown, full)
+
+
+def _list_folder(root: Path, skipped: list[tuple[str, str]]) -> list[_Entry]:
+    real_root = os.path.realpath(root)
+    entries = []
+
+    def unreadable_folder(exc: OSError) -> None:
+        where = os.path.relpath(exc.filename, root) if exc.filename else "."
+        skipped.append((display_name(Path(where).as_posix()), f"unreadable: folder ({exc.strerror or type(exc).__name__})"))
+
+    # os.walk does not descend into symlinked folders (followlinks=False): no cycles, no escape.
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable_folder, followlinks=False):
+        dirnames.sort()
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if os.path.islink(full):
+                skipped.append((display_name(Path(os.path.relpath(full, root)).as_posix()), "link: symbolic link to a folder, not followed"))
+        for fname in sorted(filenames):
+            if os.path.splitext(fname)[1].lower() not in IMAGE_SUFFIXES:
+                continue
+            full = os.path.join(dirpath, fname)
+            shown = display_name(Path(os.path.relpath(full, root)).as_posix())
+            entry = _check_file(full, shown, real_root, skipped, resolve=False)
+            if entry is not None:
+                entries.append(entry)
+    return entries
+
+
+def _list_glob(spec: str, skipped: list[tuple[str, str]]) -> list[_Entry] | None:
+    """Match ``spec`` without following symlinked folders on ``**`` (glob.glob does, into cycles).
+
+    Returns None when nothing at all matches.
+    """
+    parts = Path(spec).parts
+    magic = next((i for i, p in enumerate(parts) if glob.has_magic(p)), None)
+    if magic is None:
+        return None
+    root = Path(*parts[:magic]) if magic else Path(".")
+    pattern = "/".join(parts[magic:])
+    if not root.is_dir():
+        return None
+    real_root = os.path.realpath(root)
+    explicit_hidden = any(p.startswith(".") for p in parts[magic:])
+    matches = sorted(root.glob(pattern))
+    entries = []
+    for p in matches:
+        rel = p.relative_to(root).parts
+        # glob.glob's `*` skips dot files; keep that unless the pattern names one
+        if not explicit_hidden and any(r.startswith(".") for r in rel):
+            continue
+        if p.suffix.lower() not in IMAGE_SUFFIXES or p.is_dir():
+            continue
+        entry = _check_file(str(p), display_name(p.as_posix()), real_root, skipped, resolve=True)
+        if entry is not None:
+            entries.append(entry)
+    return entries if matches else None
+
+
+def _list_tar(tar: tarfile.TarFile, skipped: list[tuple[str, str]]) -> list[_Entry]:
+    entries = []
+    for member in tar.getmembers():
+        if Path(member.name).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        shown = display_name(member.name)
+        if not member.isfile():
+            if member.issym() or member.islnk():
+                skipped.append((shown, "link: tar member is a link, not read"))
+            continue
+        if member.size > MAX_FILE_BYTES:
+            skipped.append((shown, f"too large: {member.size / 2**20:.0f} MiB member exceeds the {MAX_FILE_BYTES // 2**20} MiB cap"))
+            continue
+        entries.append(_Entry(shown, member, member.offset_data))
+    return entries
+
+
+# -- decoding -------------------------------------------------------------------------------------
+
+
+def _decode(data: bytes, size: int, interpolation: str, max_pixels: int) -> np.ndarray | str:
+    """The model-size uint8 image, or the reason it is not usable."""
+    with warnings.catch_warnings():
+        # Pillow warns on hostile files (decompression bombs, odd palettes, truncated chunks);
+        # the outcome is recorded as a skip reason, and a filterwarnings=error run must not turn
+        # a warning into a different decision than a normal run makes.
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data), formats=_FORMATS) as img:
+                img.draft(None, (size * _DRAFT_HEADROOM, size * _DRAFT_HEADROOM))
+                w, h = img.size
+                if w * h > max_pixels:
+                    return f"too large: {w}x{h} is {w * h / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP cap"
+                if w < 1 or h < 1:
+                    return "unreadable: empty image"
+                img.load()
+                return to_model_input(img, size, interpolation)
+        except Image.DecompressionBombError:
+            return f"too large: over the {max_pixels / 1e6:.0f} MP cap"
+        except _Refused as exc:
+            return f"unusable: {exc}"
+        except Exception as exc:  # noqa: BLE001 -- Pillow's decoders raise SyntaxError, struct.error,
+            # EOFError, IndexError ... on malformed files; for an untrusted pool each is "unreadable".
+            return f"unreadable: {type(exc).__name__}"
+
+
+def _std(arr: np.ndarray) -> float:
+    """Pixel standard deviation of a uint8 image, from its histogram (no float copy of the image)."""
+    counts = np.bincount(arr.reshape(-1), minlength=256).astype(np.float64)
+    levels = np.arange(256.0)
+    mean = counts @ levels / counts.sum()
+    return float(np.sqrt(max(counts @ (levels - mean) ** 2 / counts.sum(), 0.0)))
+
+
+def _thumbnail(arr: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(arr).resize((_THUMB, _THUMB), Image.Resampling.BOX), dtype=np.float32).reshape(-1)
+
+
+def _summary(skipped: list[tuple[str, str]]) -> str:
+    counts = Counter(reason.split(":", 1)[0] for _, reason in skipped)
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "none"
 
 
 def load_pool(
@@ -79,38 +366,144 @@ def load_pool(
     max_images: int,
     interpolation: str = "bicubic",
     seed: int = 0,
+    *,
+    max_pixels: int = MAX_PIXELS,
 ) -> Pool:
     """Decode the pool deterministically; raise InputError when fewer than ``min_images`` are usable.
 
-    When the source holds more than ``max_images`` usable files, a seeded sample is taken so a
-    large pool costs no more than the policy allows and the same seed picks the same images.
+    When the source holds more than ``max_images`` files, a seeded permutation orders them and
+    files are read only until ``max_images`` distinct usable images are collected, so a large pool
+    costs no more than the policy allows and the same seed picks the same images.
     """
     spec = str(spec)
-    _, items = _iter_sources(spec)
-    items.sort(key=lambda kv: kv[0])
-    if len(items) > max_images:
-        # decode a seeded subset (plus headroom for unreadable files) rather than the whole source
-        order = np.random.default_rng(seed).permutation(len(items))
-        items = [items[i] for i in order]
+    shown_spec = display_name(spec)
+    path = Path(spec)
+    skipped: list[tuple[str, str]] = []
+    tar: tarfile.TarFile | None = None
+    if path.is_file():
+        try:
+            is_tar = tarfile.is_tarfile(path)
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # is_tarfile lets a corrupt compressed stream's errors through
+            raise InputError(shown_spec, f"unreadable ({type(exc).__name__})") from None
+        if not is_tar:
+            raise InputError(shown_spec, "pool must be a folder, a glob or a .tar of images")
+        try:
+            tar = tarfile.open(path)
+            entries = _list_tar(tar, skipped)
+        except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as exc:
+            if tar is not None:
+                tar.close()
+            raise InputError(shown_spec, f"unreadable tar ({type(exc).__name__})") from None
+    elif path.is_dir():
+        entries = _list_folder(path, skipped)
+    else:
+        listed = _list_glob(spec, skipped)
+        if listed is None:
+            raise InputError(shown_spec, "pool not found (no such folder, tar or glob matches)")
+        entries = listed
+    try:
+        return _collect(tar, entries, skipped, shown_spec, image_size, min_images, max_images, interpolation, seed, max_pixels)
+    finally:
+        if tar is not None:
+            tar.close()
+
+
+def _read(tar: tarfile.TarFile | None, entry: _Entry) -> bytes | str:
+    try:
+        if tar is None:
+            with open(entry.ref, "rb") as fh:  # type: ignore[arg-type]
+                return fh.read(MAX_FILE_BYTES + 1)
+        fh = tar.extractfile(entry.ref)  # type: ignore[arg-type]
+        if fh is None:
+            return "unreadable: not a regular tar member"
+        return fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or type(exc).__name__}"
+    except (tarfile.TarError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
+        return f"unreadable: {type(exc).__name__}"
+
+
+def _collect(tar, entries, skipped, shown_spec, image_size, min_images, max_images, interpolation, seed, max_pixels) -> Pool:
+    entries.sort(key=lambda e: e.name)
+    order = list(range(len(entries)))
+    if len(entries) > max_images:
+        order = [int(i) for i in np.random.default_rng(seed).permutation(len(entries))]
     arrays: list[np.ndarray] = []
     names: list[str] = []
-    skipped: list[tuple[str, str]] = []
     digest_rows: list[str] = []
-    for name, data in items:
-        if len(arrays) >= max_images:
-            break
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                arr = to_model_input(img, image_size, interpolation)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            skipped.append((name, type(exc).__name__))
-            continue
-        arrays.append(arr)
-        names.append(name)
-        digest_rows.append(f"{name}\t{hashlib.sha256(data).hexdigest()}")
+    thumbs = np.empty((min(max_images, 256), _THUMB * _THUMB * 3), np.float32)  # grows by doubling
+    coarses = np.empty((len(thumbs), 4 * 4 * 3), np.float32)
+    first_by_bytes: dict[str, str] = {}  # file sha256 -> name of the accepted image
+    first_by_pixels: dict[bytes, str] = {}  # model-input sha256 -> name
+    decoded: dict[str, np.ndarray | str] = {}  # file sha256 -> decode outcome (same bytes, same pixels)
+    pos = 0
+    while len(arrays) < max_images and pos < len(order):
+        batch = order[pos : pos + max_images - len(arrays)]
+        pos += len(batch)
+        # read in storage order (a compressed tar streams forward), accept in permutation order
+        outcome: dict[int, tuple[str, np.ndarray | str]] = {}
+        for i in sorted(batch, key=lambda i: (entries[i].order, i)):
+            data = _read(tar, entries[i])
+            if isinstance(data, str):
+                outcome[i] = ("", data)
+                continue
+            if len(data) > MAX_FILE_BYTES:
+                outcome[i] = ("", f"too large: file exceeds the {MAX_FILE_BYTES // 2**20} MiB cap")
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            if sha not in decoded:
+                decoded[sha] = _decode(data, image_size, interpolation, max_pixels)
+            outcome[i] = (sha, decoded[sha])
+        for i in batch:
+            name = entries[i].name
+            sha, result = outcome[i]
+            if isinstance(result, str):
+                skipped.append((name, result))
+                continue
+            if sha in first_by_bytes:
+                skipped.append((name, f"duplicate: same bytes as {first_by_bytes[sha]}"))
+                continue
+            std = _std(result)
+            if std < CONSTANT_STD:
+                skipped.append((name, f"constant: pixel std {std:.2f} grey levels, a blank image"))
+                continue
+            pixels = hashlib.sha256(result.tobytes()).digest()
+            if pixels in first_by_pixels:
+                skipped.append((name, f"duplicate: same pixels as {first_by_pixels[pixels]}"))
+                continue
+            thumb = _thumbnail(result)
+            coarse = thumb.reshape(4, 4, 4, 4, 3).mean(axis=(1, 3)).reshape(-1)
+            n = len(arrays)
+            if n:
+                # The 4x4 block means' difference never exceeds the 16x16 one (triangle inequality),
+                # so only images close at 4x4 need the full comparison: 16x less work per image.
+                near = np.flatnonzero(np.abs(coarses[:n] - coarse).mean(axis=1) < NEAR_DUPLICATE_MAD + 1e-3)
+                if near.size:
+                    mad = np.abs(thumbs[near] - thumb).mean(axis=1)
+                    j = int(mad.argmin())
+                    if mad[j] < NEAR_DUPLICATE_MAD:
+                        skipped.append((name, f"duplicate: near-copy of {names[near[j]]} (thumbnail difference {mad[j]:.2f} grey levels)"))
+                        continue
+            if n == len(thumbs):
+                thumbs = np.concatenate([thumbs, np.empty_like(thumbs)])
+                coarses = np.concatenate([coarses, np.empty_like(coarses)])
+            thumbs[n] = thumb
+            coarses[n] = coarse
+            first_by_bytes[sha] = name
+            first_by_pixels[pixels] = name
+            arrays.append(result)
+            names.append(name)
+            digest_rows.append(f"{name}\t{sha}")
+        # keep only the reasons: an accepted file's bytes are caught by first_by_bytes from now on
+        decoded = {k: v for k, v in decoded.items() if isinstance(v, str)}
     if len(arrays) < min_images:
-        raise InputError(spec, f"pool has {len(arrays)} usable images ({len(skipped)} unreadable), the policy needs at least {min_images}")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        raise InputError(
+            shown_spec,
+            f"pool has {len(arrays)} usable images, the policy needs at least {min_images} (skipped: {_summary(skipped)})",
+        )
+    stacked = np.stack(arrays) if arrays else np.empty((0, image_size, image_size, 3), np.uint8)
+    del arrays, decoded
+    # channels-first while still uint8: the float copy is then the only large allocation
+    images = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
     sha = hashlib.sha256("\n".join(sorted(digest_rows)).encode()).hexdigest()
-    return Pool(images=images.contiguous(), names=names, source=spec, sha256=sha, skipped=skipped)
+    return Pool(images=images, names=names, source=shown_spec, sha256=sha, skipped=skipped)

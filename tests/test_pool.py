@@ -73,7 +73,7 @@ def test_sampling_is_seeded_and_bounded(tmp_path):
 
 def test_tar_is_read_not_extracted(tmp_path):
     buf = io.BytesIO()
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
     tar_path = tmp_path / "p.tar"
     with tarfile.open(tar_path, "w") as tar:
         info = tarfile.TarInfo("../escape.png")
