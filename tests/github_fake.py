@@ -2,7 +2,8 @@
 
 It keeps state (refs, commits, pull requests, comments, SARIF uploads), checks every request the
 way GitHub would (token, required fields, existing base trees and parents), records the requests
-for assertions, and can be told to answer the next requests with faults (502, rate limits).
+for assertions, and can be told to answer the next requests with faults: an error status, a rate
+limit, a redirect, a body that is not JSON or is cut off, an answer that comes late or never.
 """
 
 from __future__ import annotations
@@ -30,9 +31,31 @@ class Recorded:
 
 @dataclass
 class Fault:
+    """The answer to the next request (or the next one ``match`` fits) instead of the API's own."""
+
     status: int
     headers: dict[str, str] = field(default_factory=dict)
-    body: dict = field(default_factory=lambda: {"message": "injected fault"})
+    body: object = field(default_factory=lambda: {"message": "injected fault"})
+    raw: bytes | None = None  # sent as is instead of body's JSON
+    content_type: str = "application/json"
+    delay_s: float = 0.0  # before anything is sent (a server that hangs)
+    drip_s: float = 0.0  # between single bytes of the body (a server that trickles)
+    declared_length: int | None = None  # a Content-Length larger than the body: the answer is cut off
+    match: tuple[str, str] | None = None  # (method, regex searched in the path): only such a request gets it
+
+    def fits(self, method: str, path: str) -> bool:
+        return self.match is None or (self.match[0] == method and re.search(self.match[1], path) is not None)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    data: bytes
+    content_type: str = "application/json"
+    delay_s: float = 0.0
+    drip_s: float = 0.0
+    declared_length: int | None = None
 
 
 class HttpError(Exception):
@@ -65,6 +88,7 @@ class FakeGitHub:
         self.sarif_status = "complete"
         self._ids = iter(range(1000, 10**6))
         self._server: ThreadingHTTPServer | None = None
+        self._stopping = threading.Event()
         self.url = ""
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -75,27 +99,42 @@ class FakeGitHub:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                status, headers, payload = fake.handle(self.command, self.path, dict(self.headers), raw)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply = fake.reply(self.command, self.path, dict(self.headers), raw)
+                if reply.delay_s and fake._stopping.wait(reply.delay_s):
+                    return
+                try:
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Type", reply.content_type)
+                    self.send_header("Content-Length", str(reply.declared_length or len(reply.data)))
+                    self.end_headers()
+                    if not reply.drip_s:
+                        self.wfile.write(reply.data)
+                        return
+                    for i in range(len(reply.data)):
+                        if fake._stopping.wait(reply.drip_s):
+                            return
+                        self.wfile.write(reply.data[i:i + 1])
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (its deadline): nothing to tell it
 
-            do_GET = do_POST = do_PATCH = _serve
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client that hung up is expected in fault tests; tracebacks would land in capsys
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # ends handlers that are still delaying or trickling
         if self._server:
             self._server.shutdown()
             self._server.server_close()
@@ -114,19 +153,34 @@ class FakeGitHub:
         return comment
 
     # ---- request handling --------------------------------------------------------------------
-    def handle(self, method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, object]:
+    def reply(self, method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> Reply:
+        split = urlsplit(raw_path)
+        with self.lock:
+            fault = next((f for f in self.faults if f.fits(method, split.path)), None)
+            if fault is not None:
+                self.faults.remove(fault)
+        if fault is None:
+            status, extra, payload = self.handle(method, raw_path, headers, raw)
+            return Reply(status, extra, json.dumps(payload).encode())
+        self._record(method, raw_path, headers, raw)
+        data = fault.raw if fault.raw is not None else json.dumps(fault.body).encode()
+        return Reply(fault.status, fault.headers, data, fault.content_type, fault.delay_s, fault.drip_s, fault.declared_length)
+
+    def _record(self, method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> tuple[str, dict, object]:
         split = urlsplit(raw_path)
         query = {k: v[0] for k, v in parse_qs(split.query).items()}
         body = json.loads(raw) if raw else None
         with self.lock:
             self.requests.append(Recorded(method, split.path, query, {k.lower(): v for k, v in headers.items()}, body))
-            if self.faults:
-                fault = self.faults.popleft()
-                return fault.status, fault.headers, fault.body
+        return split.path, query, body
+
+    def handle(self, method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, object]:
+        path, query, body = self._record(method, raw_path, headers, raw)
+        with self.lock:
             if headers.get("Authorization") != f"Bearer {self.token}":
                 return 401, {}, {"message": "Bad credentials"}
             try:
-                return self._route(method, split.path, query, body)
+                return self._route(method, path, query, body)
             except HttpError as exc:
                 return exc.status, {}, {"message": exc.message}
             except (KeyError, TypeError) as exc:

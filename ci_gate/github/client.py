@@ -100,11 +100,14 @@ def one_line(text: str) -> str:
     return " ".join(cleaned.split())
 
 
+def _cap(text: str, limit: int = SHOWN_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _snippet(body: bytes, limit: int = SHOWN_CHARS) -> str:
     text = body[: limit * 8].decode("utf-8", errors="replace")
     text = re.sub(r"<(script|style)\b.*?</\1>|<[^>]*>", " ", text, flags=re.S | re.I)  # an HTML error page: its words
-    text = one_line(text)
-    return text if len(text) <= limit else text[:limit] + "..."
+    return _cap(one_line(text), limit)
 
 
 def _origin(url: str) -> str:
@@ -490,13 +493,13 @@ class GitHubClient:
             return f"{reason}: {snippet}" if snippet else reason
         if not isinstance(body, dict):
             return reason
-        message = one_line(str(body.get("message") or reason))[:SHOWN_CHARS]
+        message = _cap(one_line(str(body.get("message") or reason)))
         errors = body.get("errors") or []
         if not isinstance(errors, list):
             errors = [errors]
-        details = [str(e.get("message") or e.get("code") or e) if isinstance(e, dict) else str(e) for e in errors[:5]]
+        details = [_cap(one_line(str(e.get("message") or e.get("code") or e) if isinstance(e, dict) else str(e))) for e in errors[:5]]
         text = f"{message} ({'; '.join(details)})" if details else message
-        return text if len(text) <= 2 * SHOWN_CHARS else text[: 2 * SHOWN_CHARS] + "..."
+        return _cap(text, 2 * SHOWN_CHARS)
 
     # ---- JSON --------------------------------------------------------------------------------
     def _json(self, answer: Answer, shape: Any = None) -> Any:
