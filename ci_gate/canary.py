@@ -98,10 +98,9 @@ def run_canary(req: CanaryRequest, log=None) -> CanarySummary:
     spec = attack_spec(req.attack)
     if cp.poison_rate is not None:
         spec = replace(spec, poison_rate=cp.poison_rate)
-    # plant within the budget the policy searches: the self-test asks whether the gate catches a
-    # backdoor it is configured to look for (a 4/255 trigger learned against a 32 px model is a
-    # different, weaker backdoor than at 224 px, docs/benchmark.md)
-    spec = spec.with_epsilon(pol.inversion.epsilon)
+    # the planted trigger's budget is the canary's own (canary.epsilon), inside the ladder the scan
+    # searches: the gate does not know it, as it would not know an attacker's
+    spec = spec.with_epsilon(pol.canary.epsilon)
     if spec.level != "prompt":
         raise InputError("--attack", f"{req.attack!r} is an encoder-level attack; a canary re-tunes the prompt learner, choose from {', '.join(prompt_attacks())}")
     if req.out.exists() and not req.out.is_dir():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ci_gate.errors import InputError
-from ci_gate.inversion.optimize import ClassTrigger
+from ci_gate.inversion.optimize import ClassTrigger, Rung
 
 
 @dataclass(frozen=True)
@@ -105,23 +105,25 @@ def process_group(shard: Shard, device: torch.device) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def gather_triggers(local: list[ClassTrigger], shard: Shard, image_size: int, device: torch.device) -> list[ClassTrigger] | None:
-    """All ranks' triggers, sorted by class index, on rank 0; None on the other ranks."""
+def gather_triggers(local: list[ClassTrigger], shard: Shard, image_size: int, device: torch.device, epsilons: tuple[float, ...]) -> list[ClassTrigger] | None:
+    """All ranks' triggers (every rung of the ladder), sorted by class index, on rank 0; None on
+    the other ranks."""
     if not shard.distributed:
         return sorted(local, key=lambda t: t.index)
     import torch.distributed as dist
 
+    n_rungs = len(epsilons)
     # NCCL only moves device tensors; gloo only host tensors
     comm = device if device.type == "cuda" else torch.device("cpu")
     count = torch.tensor([len(local)], dtype=torch.int64, device=comm)
     counts = [torch.zeros_like(count) for _ in range(shard.world_size)]
     dist.all_gather(counts, count)
     width = max(1, int(max(c.item() for c in counts)))
-    stats = torch.zeros(width, 3, dtype=torch.float64, device=comm)  # index, ASR, final loss
-    deltas = torch.zeros(width, 3, image_size, image_size, dtype=torch.float32, device=comm)
+    stats = torch.zeros(width, 1 + 2 * n_rungs, dtype=torch.float64, device=comm)  # index, (ASR, final loss) per rung
+    deltas = torch.zeros(width, n_rungs, 3, image_size, image_size, dtype=torch.float32, device=comm)
     for i, t in enumerate(local):
-        stats[i] = torch.tensor([t.index, t.asr, t.final_loss], dtype=torch.float64)
-        deltas[i] = t.delta.to(comm, torch.float32)
+        stats[i] = torch.tensor([t.index] + [v for r in t.rungs for v in (r.asr, r.final_loss)], dtype=torch.float64)
+        deltas[i] = torch.stack([r.delta for r in t.rungs]).to(comm, torch.float32)
     all_stats = [torch.zeros_like(stats) for _ in range(shard.world_size)]
     all_deltas = [torch.zeros_like(deltas) for _ in range(shard.world_size)]
     dist.all_gather(all_stats, stats)
@@ -132,5 +134,6 @@ def gather_triggers(local: list[ClassTrigger], shard: Shard, image_size: int, de
     for n, st, dl in zip(counts, all_stats, all_deltas):
         st, dl = st.cpu(), dl.cpu()
         for i in range(int(n.item())):
-            merged.append(ClassTrigger(index=int(st[i, 0]), delta=dl[i].clone(), asr=float(st[i, 1]), final_loss=float(st[i, 2])))
+            rungs = [Rung(epsilon=e, delta=dl[i, r].clone(), asr=float(st[i, 1 + 2 * r]), final_loss=float(st[i, 2 + 2 * r])) for r, e in enumerate(epsilons)]
+            merged.append(ClassTrigger(index=int(st[i, 0]), rungs=rungs))
     return sorted(merged, key=lambda t: t.index)

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ci_gate.errors import InputError
+from ci_gate.scoring.statistics import STATISTICS
 from ci_gate.resources import bundled_policy, bundled_policy_names
 
 POLICY_VERSION = 1
@@ -65,24 +66,61 @@ class CandidatePolicy(_Strict):
     max_classes: int = Field(50, ge=2)
 
 
+def _parse_ladder(value: Any) -> Any:
+    # one budget or a ladder of them; each may be written as a fraction ("4/255")
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [_parse_fraction(v) for v in items]
+
+
 class InversionPolicy(_Strict):
-    epsilon: float = Field(4 / 255, gt=0, le=1)
+    epsilon: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(
+        (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255),
+        min_length=1,
+        max_length=8,
+        description="L-inf trigger budget(s) in [0,1] pixel space: one value, or an ascending ladder the steps are split over",
+    )
     lr: float = Field(0.1, gt=0)
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(1, ge=1)
     loss: Literal["margin", "cross_entropy", "logit"] = "margin"
     class_batch: int | Literal["auto"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    eval_images: int | None = Field(256, ge=16, description="pool images (seeded subset) each rung's trigger is evaluated on; null: the whole pool")
 
-    _frac = field_validator("epsilon", mode="before")(_parse_fraction)
+    _frac = field_validator("epsilon", mode="before")(_parse_ladder)
+
+    @field_validator("epsilon")
+    @classmethod
+    def _ascending(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError("a budget ladder must be strictly ascending")
+        return value
+
+    @property
+    def max_epsilon(self) -> float:
+        return self.epsilon[-1]
+
+
+StatisticName = Literal[tuple(STATISTICS)]  # type: ignore[valid-type]  # the registry in ci_gate.scoring.statistics
 
 
 class DetectionPolicy(_Strict):
-    # ref_*: relative to the same backbone with hand-written prompts (ci_gate.reference)
-    statistic: Literal["loss_drop", "neg_loss", "asr", "asr_gain", "ref_loss_gain", "ref_asr_gain", "ref_drop_gain"] = "ref_loss_gain"
-    k: float = Field(4.0, gt=0, description="anomaly index above which a class is an outlier")
-    min_asr: float = Field(0.5, ge=0, le=1, description="minimum trigger ASR for a backdoor verdict")
+    # ref_*: relative to the published backbone with hand-written prompts (ci_gate.reference)
+    statistic: StatisticName = "ref_loss_gain"
+    # an embedded tower with no published weights to compare it with would carry an encoder-level
+    # backdoor into the clean reference too, so such scans score with a reference-free statistic
+    absolute_statistic: StatisticName = "loss_drop"
+    k: float = Field(4.0, gt=0, description="anomaly index (largest over the budget ladder) above which a class is an outlier")
+    min_asr: float = Field(0.5, ge=0, le=1, description="trigger ASR an outlier must reach at some rung to be a backdoor target")
+    extreme: float = Field(8.0, gt=0, description="an outlier this far out is a backdoor target whatever its trigger ASR")
     mad_floor: float = Field(0.05, gt=0, description="lower bound on the MAD so a tight cluster of clean classes does not blow up the index")
+
+    @field_validator("absolute_statistic")
+    @classmethod
+    def _reference_free(cls, value: str) -> str:
+        if STATISTICS[value].needs_reference:
+            raise ValueError(f"{value!r} needs the clean reference; pick one of {', '.join(n for n, s in STATISTICS.items() if not s.needs_reference)}")
+        return value
 
 
 class ReportPolicy(_Strict):
@@ -107,6 +145,7 @@ class RepairPolicy(_Strict):
 class CanaryPolicy(_Strict):
     """How 'ci-gate canary' plants its known backdoor in a copy of the user's model."""
 
+    epsilon: float = Field(8 / 255, gt=0, le=1, description="L-inf budget of the planted BadCLIP trigger")
     epochs: int = Field(30, ge=1, description="poisoned re-tuning epochs, starting from the user's prompt learner")
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(32, ge=1)
@@ -114,6 +153,8 @@ class CanaryPolicy(_Strict):
     trigger_lr: float = Field(0.01, gt=0, description="step size of learnable triggers (BadCLIP, SIBA)")
     holdout: float = Field(0.2, gt=0, lt=1, description="share of each class held out to measure the planted backdoor's ASR")
     min_attack_asr: float = Field(0.5, ge=0, le=1, description="a planted backdoor weaker than this on held-out images makes the self-test inconclusive")
+
+    _frac = field_validator("epsilon", mode="before")(_parse_fraction)
 
 
 class Policy(_Strict):
@@ -176,8 +217,13 @@ def _check_duplicate_keys(root: yaml.Node) -> None:
         stack.extend(reversed(children))
 
 
-class _PolicyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (no Python objects) that also refuses duplicate mapping keys."""
+# libyaml's parser when PyYAML has it (its wheels do): linear in the input and with a nesting
+# limit, where the pure-Python scanner takes seconds on a few thousand nested brackets.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _PolicyLoader(_SafeLoader):  # type: ignore[misc, valid-type]
+    """A safe loader (plain data, never Python objects) that also refuses duplicate mapping keys."""
 
     def construct_document(self, node: yaml.Node) -> Any:
         _check_duplicate_keys(node)

@@ -62,9 +62,10 @@ def reference_stats(
     settings: InversionSettings,
     device: torch.device | None = None,
     backbone: Backbone | None = None,
-) -> list[ReferenceClass]:
-    """Per candidate class (in ``class_names`` order): trigger ASR, final and clean margin loss
-    of the hand-written-prompt model on the same (or the given published) backbone."""
+) -> list[list[ReferenceClass]]:
+    """Per candidate class (in ``class_names`` order) and per rung of the budget ladder: trigger
+    ASR, final and clean margin loss of the hand-written-prompt model on the same (or the given
+    published) backbone, inverted with the same settings, batches and evaluation images."""
     clf = reference_classifier(loaded, class_names, backbone)
     if device is not None:
         clf.to(device)
@@ -72,4 +73,4 @@ def reference_stats(
     triggers = invert(clf, images, settings, class_batch=max(1, len(class_names)))
     rates, clean = base_rates(clf, images)
     by_index = {t.index: t for t in triggers}
-    return [ReferenceClass(asr=by_index[i].asr, final_loss=by_index[i].final_loss, clean_loss=float(clean[i])) for i in range(len(class_names))]
+    return [[ReferenceClass(asr=r.asr, final_loss=r.final_loss, clean_loss=float(clean[i])) for r in by_index[i].rungs] for i in range(len(class_names))]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text
 
-RESULT_SCHEMA_VERSION = "1.0"
+RESULT_SCHEMA_VERSION = "1.1"
 
 Verdict = Literal["clean", "backdoor"]
 ClassStatus = Literal["ok", "suspicious", "backdoor"]
@@ -103,6 +103,20 @@ class PolicyInfo(_Model):
     settings: dict = Field(description="the full, validated policy after overrides")
 
 
+class RungResult(_Model):
+    """One budget of the ladder for one class: the inputs of every statistic and what they gave."""
+
+    epsilon: float
+    asr: float = Field(description="trigger ASR on the evaluation images")
+    final_loss: float
+    ref_asr: float | None = None
+    ref_final_loss: float | None = None
+    statistic: float
+    anomaly: float
+
+    _scores = field_validator("asr", "final_loss", "ref_asr", "ref_final_loss", "statistic", "anomaly", mode="before")(_null_is_nan)
+
+
 class ClassResult(_Model):
     index: int
     name: str
@@ -117,9 +131,12 @@ class ClassResult(_Model):
     trigger_linf: float
     trigger_png: str | None = None
     trigger_tensor: str | None = None
+    epsilon: float | None = Field(None, description="budget of the deciding rung (the one whose anomaly index is largest); asr, final_loss, statistic and anomaly are its values")
+    ref_clean_loss: float | None = Field(None, description="the clean reference's mean margin loss on the clean pool")
+    rungs: list[RungResult] = Field(default_factory=list, description="every rung of the budget ladder, ascending")
 
     _scores = field_validator(
-        "asr", "base_rate", "final_loss", "clean_loss", "statistic", "anomaly", "trigger_linf", mode="before"
+        "asr", "base_rate", "final_loss", "clean_loss", "statistic", "anomaly", "trigger_linf", "ref_clean_loss", mode="before"
     )(_null_is_nan)
 
 
@@ -139,11 +156,14 @@ class Timings(_Model):
 
 
 class Detection(_Model):
-    statistic: str
+    statistic: str = Field(description="the statistic the verdict used")
     k: float
     min_asr: float
-    median: float
+    median: float = Field(description="median of the statistic at the target's (or the largest) rung")
     mad: float
+    extreme: float | None = None
+    epsilons: list[float] = Field(default_factory=list, description="the budget ladder")
+    reference: Literal["published", "none"] | None = Field(None, description="published: the ref_* inputs come from the published backbone; none: no trusted reference, so a reference-free statistic decided")
 
     _scores = field_validator("median", "mad", mode="before")(_null_is_nan)
 

@@ -7,6 +7,7 @@ to it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,12 +33,13 @@ from ci_gate.result import (
     PolicyInfo,
     PoolInfo,
     Result,
+    RungResult,
     Timings,
     ToolInfo,
 )
 from ci_gate.encoder_check import encoder_info
 from ci_gate.reference import reference_backbone, reference_stats
-from ci_gate.scoring import REFERENCE_STATISTICS, ClassStats, decide
+from ci_gate.scoring import STATISTICS, ClassStats, decide_ladder
 
 Progress = Callable[[int, int], None]
 N_EXAMPLES = 4
@@ -69,7 +71,10 @@ def pick_device(setting: str) -> torch.device:
 
 def inversion_settings(policy: Policy) -> InversionSettings:
     inv = policy.inversion
-    return InversionSettings(epsilon=inv.epsilon, lr=inv.lr, batch_size=inv.batch_size, epochs=inv.epochs, loss=inv.loss, seed=policy.seed)
+    return InversionSettings(
+        epsilon=inv.max_epsilon, ladder=tuple(inv.epsilon), eval_images=inv.eval_images,
+        lr=inv.lr, batch_size=inv.batch_size, epochs=inv.epochs, loss=inv.loss, seed=policy.seed,
+    )
 
 
 def run_scan(req: ScanRequest, progress: Progress | None = None) -> Result | None:
@@ -111,11 +116,10 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     mine = shard_classes(clf.n_classes, shard.rank, shard.world_size)
     class_batch = inv.class_batch if inv.class_batch != "auto" else choose_class_batch(clf, inv.batch_size, max(1, len(mine)), device)
     local = invert(clf, pool.images, settings, classes=mine, class_batch=class_batch, progress=progress if shard.is_main else None)
-    triggers = gather_triggers(local, shard, pool.images.shape[-1], device)
+    triggers = gather_triggers(local, shard, pool.images.shape[-1], device, settings.rungs)
     if triggers is None:  # not rank 0: rank 0 scores and writes
         return None
     rates, clean_losses = base_rates(clf, pool.images)
-    ref = None
     published = reference_backbone(loaded, req.reference_weights)
     encoder = encoder_info(
         meta.backbone.embedded,
@@ -130,52 +134,78 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
             f"{encoder.n_tensors} tensors changed (largest: {worst.name}, relative change {worst.rel_l2:.3g}); "
             "prompt tuning never changes the encoders, so this fails the gate on its own"
         )
-    if policy.detection.statistic in REFERENCE_STATISTICS:
-        if published is None and meta.backbone.embedded:
+    det = policy.detection
+    statistic, ref = det.statistic, None
+    if STATISTICS[statistic].needs_reference:
+        if encoder.status == "unverified":
+            # the only tower at hand is the delivered one: a reference built on it would carry an
+            # encoder-level backdoor and cancel it, so score without a reference
+            statistic = det.absolute_statistic
             warnings.append(
-                "the clean reference uses the checkpoint's own embedded backbone: a backdoor in that image tower "
-                "would cancel out of the ref_* statistic; pass --reference-weights with the published backbone"
+                f"the checkpoint embeds its backbone and no published weights were given to check it: the towers are unverified "
+                f"and classes were scored with the reference-free '{statistic}'; pass --reference-weights with the published backbone"
             )
-        ref = reference_stats(loaded, clf.class_names, pool.images, settings, device, backbone=published)
+        else:
+            ref = reference_stats(loaded, clf.class_names, pool.images, settings, device, backbone=published)
     t_inv = time.perf_counter()
 
-    det = policy.detection
-    stats = [
-        ClassStats(asr=t.asr, base_rate=float(rates[t.index]), final_loss=t.final_loss, clean_loss=float(clean_losses[t.index]))
-        if ref is None
-        else ClassStats(asr=t.asr, base_rate=float(rates[t.index]), final_loss=t.final_loss, clean_loss=float(clean_losses[t.index]), ref_asr=ref[t.index].asr, ref_final_loss=ref[t.index].final_loss, ref_clean_loss=ref[t.index].clean_loss)
-        for t in triggers
+    rung_stats = [
+        [
+            ClassStats(
+                asr=t.rungs[r].asr, base_rate=float(rates[t.index]), final_loss=t.rungs[r].final_loss, clean_loss=float(clean_losses[t.index]),
+                ref_asr=None if ref is None else ref[t.index][r].asr,
+                ref_final_loss=None if ref is None else ref[t.index][r].final_loss,
+                ref_clean_loss=None if ref is None else ref[t.index][r].clean_loss,
+            )
+            for t in triggers
+        ]
+        for r in range(len(settings.rungs))
     ]
-    decision = decide(stats, det.statistic, det.k, det.min_asr, det.mad_floor)
+    _refuse_non_finite(req.checkpoint, rung_stats, statistic)
+    decision = decide_ladder(rung_stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme)
 
     out = req.out_dir
     n_ckpt = len(meta.learner.class_names)
     classes: list[ClassResult] = []
     examples: list[Example] = []
-    for trig, s, stat, score, status in zip(triggers, stats, decision.statistic, decision.anomaly, decision.status):
+    for c, trig in enumerate(triggers):
         name = clf.class_names[trig.index]
-        png, tensor = write_trigger(out, trig.index, name, trig.delta, inv.epsilon)
+        best = decision.rung[c]
+        rung = trig.rungs[best]
+        status = decision.status[c]
+        png, tensor = write_trigger(out, trig.index, name, rung.delta, rung.epsilon)
         classes.append(
             ClassResult(
                 index=trig.index,
                 name=name,
                 from_checkpoint=trig.index < n_ckpt,
-                asr=trig.asr,
-                base_rate=s.base_rate,
-                final_loss=trig.final_loss,
-                clean_loss=s.clean_loss,
-                statistic=stat,
-                anomaly=score,
+                asr=rung.asr,
+                base_rate=float(rates[trig.index]),
+                final_loss=rung.final_loss,
+                clean_loss=float(clean_losses[trig.index]),
+                statistic=decision.statistic[best][c],
+                anomaly=decision.score[c],
                 status=status,
-                trigger_linf=float(trig.delta.abs().max()),
+                trigger_linf=float(rung.delta.abs().max()),
                 trigger_png=png,
                 trigger_tensor=tensor,
+                epsilon=rung.epsilon,
+                ref_clean_loss=None if ref is None else ref[trig.index][0].clean_loss,
+                rungs=[
+                    RungResult(
+                        epsilon=tr.epsilon, asr=tr.asr, final_loss=tr.final_loss,
+                        ref_asr=rung_stats[r][c].ref_asr, ref_final_loss=rung_stats[r][c].ref_final_loss,
+                        statistic=decision.statistic[r][c], anomaly=decision.anomaly[r][c],
+                    )
+                    for r, tr in enumerate(trig.rungs)
+                ],
             )
         )
         if status != "ok":
-            examples.extend(_examples(clf, pool.images[:N_EXAMPLES], trig.delta, trig.index, name, out, device))
+            examples.extend(_examples(clf, pool.images[:N_EXAMPLES], rung.delta, trig.index, name, out, device))
 
     target = decision.target
+    shown = decision.rung[target] if target is not None else len(settings.rungs) - 1
     total = time.perf_counter() - t0
     result = Result(
         tool=ToolInfo(version=__version__),
@@ -204,7 +234,11 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
             skipped=[f"{n}: {why}" for n, why in pool.skipped[:20]],
         ),
         policy=PolicyInfo(name=policy.name, path=None if req.policy_path is None else str(req.policy_path), sha256=policy.sha256(), settings=policy.model_dump(mode="json")),
-        detection=Detection(statistic=det.statistic, k=det.k, min_asr=det.min_asr, median=decision.median, mad=decision.mad),
+        detection=Detection(
+            statistic=statistic, k=det.k, min_asr=det.min_asr, extreme=det.extreme,
+            median=decision.median[shown], mad=decision.mad[shown], epsilons=list(settings.rungs),
+            reference="none" if ref is None else "published",
+        ),
         classes=classes,
         encoder=encoder,
         examples=examples,
@@ -215,6 +249,16 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     )
     result.save(out / "result.json")
     return result
+
+
+def _refuse_non_finite(path: Path, rung_stats: list[list[ClassStats]], statistic: str) -> None:
+    """A NaN or infinite statistic compares false against every threshold, which would read as
+    CLEAN; the inputs that produce one (a degenerate model or pool) are refused instead."""
+    for stats in rung_stats:
+        for s in stats:
+            values = [s.asr, s.final_loss, s.clean_loss, s.ref_asr, s.ref_final_loss, s.ref_clean_loss]
+            if not all(v is None or math.isfinite(v) for v in values) or not math.isfinite(STATISTICS[statistic].fn(s)):
+                raise InputError(path, f"the scan produced a non-finite '{statistic}' statistic (the model's logits are NaN or infinite on the pool); refusing to give a verdict")
 
 
 def _examples(clf, images: torch.Tensor, delta: torch.Tensor, index: int, name: str, out: Path, device: torch.device) -> list[Example]:

@@ -11,11 +11,13 @@ from pathlib import Path
 import torch
 from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
+from safetensors.torch import save as st_save
 
 from ci_gate.artifacts import save_image
 from ci_gate.attacks.triggers import LearnedTrigger
 from ci_gate.checkpoint.format import LearnerSpec, Preprocessing
-from ci_gate.demo.synthetic import COLOURS, ood_pool, colours_dataset
+from ci_gate.demo.synthetic import COLOURS, colours_dataset, ood_pool
+from ci_gate.io import atomic_write_bytes
 from ci_gate.model.small import embedded_backbone, small_config
 from ci_gate.policy import load_policy
 from ci_gate.result import Result
@@ -80,9 +82,12 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> li
         ("clean", None, TuneSettings(epochs=10, lr=5e-3, seed=seed)),
         ("backdoored", LearnedTrigger(size, epsilon=ATTACK_EPSILON, seed=seed + 1), TuneSettings(epochs=10, lr=5e-3, seed=seed, poison_rate=0.2, target=target, trigger_lr=1e-2)),
     ]
-    # The demo scans with the attacker's budget and the clean-reference statistic: this backbone's
-    # pool drifts towards green, which the reference cancels (see docs/benchmark.md).
-    policy, _ = load_policy("default", ["pool.min_images=100", "inversion.epsilon=16/255", "detection.statistic=ref_asr_gain", "detection.k=2"])
+    # The backbone the demo "publishes": both models embed it, and the scans get it as the
+    # published weights (verify --reference-weights), as a user who downloaded the backbone would.
+    published = out / "published-backbone.safetensors"
+    atomic_write_bytes(published, st_save({k: v.contiguous() for k, v in state.items()}))
+    # the bundled default policy, unchanged: the gate does not know the attacker's 16/255 budget
+    policy, _ = load_policy("default")
     outcomes = []
     for step, (name, attack, settings) in enumerate(plans, start=2):
         log(f"{step}/4 prompt-tuning the {name} CoCoOp model" + (f" (BadCLIP backdoor, target '{TARGET}')" if attack is not None else ""))
@@ -94,7 +99,7 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> li
         acc = accuracy(tuned.classifier, held_out)
         asr = attack_success_rate(tuned.classifier, held_out, tuned.trigger, target) if tuned.trigger is not None else None
         log(f"    clean accuracy {acc:.1%}" + (f", attack success {asr:.1%}" if asr is not None else ""))
-        result = run_scan(ScanRequest(checkpoint=tuned.path, policy=policy, pool=str(pool_dir), out_dir=model_dir / "report"))
+        result = run_scan(ScanRequest(checkpoint=tuned.path, policy=policy, pool=str(pool_dir), out_dir=model_dir / "report", reference_weights=published))
         outcomes.append(DemoOutcome(name, "clean" if attack is None else "backdoor", result, model_dir / "report", acc, asr))
     log(f"4/4 done in {time.perf_counter() - t0:.0f}s")
     return outcomes

@@ -34,14 +34,52 @@ class InversionSettings:
     loss: str = "margin"
     seed: int = 0
     eval_batch_size: int = 64
+    # A budget ladder (ascending L-inf budgets): the steps are split evenly over the rungs, each
+    # rung starts from the previous rung's trigger (it lies inside the larger ball), and every
+    # rung's trigger is evaluated. Empty: one rung at ``epsilon``.
+    ladder: tuple[float, ...] = ()
+    # pool images (a seeded subset) each rung's trigger is evaluated on; None: the whole pool
+    eval_images: int | None = None
+
+    @property
+    def rungs(self) -> tuple[float, ...]:
+        return tuple(self.ladder) or (self.epsilon,)
+
+
+@dataclass
+class Rung:
+    epsilon: float
+    delta: torch.Tensor  # (3, S, S), |delta|_inf <= epsilon
+    asr: float
+    final_loss: float
 
 
 @dataclass
 class ClassTrigger:
     index: int
-    delta: torch.Tensor  # (3, S, S), |delta|_inf <= epsilon
-    asr: float
-    final_loss: float
+    rungs: list[Rung]  # one per budget of the ladder, ascending
+
+    # the largest budget's trigger: what a one-rung scan reports
+    @property
+    def delta(self) -> torch.Tensor:
+        return self.rungs[-1].delta
+
+    @property
+    def asr(self) -> float:
+        return self.rungs[-1].asr
+
+    @property
+    def final_loss(self) -> float:
+        return self.rungs[-1].final_loss
+
+
+def eval_subset(images: torch.Tensor, settings: InversionSettings) -> torch.Tensor:
+    """The seeded subset of the pool every rung is evaluated on (the whole pool if it is small)."""
+    n = images.shape[0]
+    if settings.eval_images is None or settings.eval_images >= n:
+        return images
+    gen = torch.Generator().manual_seed(settings.seed + 1)
+    return images[torch.randperm(n, generator=gen)[: settings.eval_images].sort().values]
 
 
 def _batch_order(n: int, settings: InversionSettings) -> list[torch.Tensor]:
@@ -76,6 +114,16 @@ def _evaluate(classifier: PromptedClassifier, images: torch.Tensor, deltas: torc
     return hits / n, losses / n
 
 
+def _segments(order: list[torch.Tensor], n_rungs: int) -> list[list[torch.Tensor]]:
+    per, extra = divmod(len(order), n_rungs)
+    out, start = [], 0
+    for r in range(n_rungs):
+        size = per + (1 if r < extra else 0)
+        out.append(order[start : start + size])
+        start += size
+    return out
+
+
 def _optimise_group(
     classifier: PromptedClassifier,
     images: torch.Tensor,
@@ -89,25 +137,27 @@ def _optimise_group(
     deltas = torch.zeros(len(targets), 3, size, size, device=device, requires_grad=True)
     opt = torch.optim.Adam([deltas], lr=settings.lr)
     tgt = torch.tensor(targets, device=device)
-    for idx in order:
-        x = images[idx].to(device, non_blocking=True)
-        logits = _perturbed_logits(classifier, x, deltas)
-        k, b, c = logits.shape
-        per_sample = target_loss(settings.loss, logits.reshape(k * b, c), tgt.repeat_interleave(b)).view(k, b)
-        loss = per_sample.mean(dim=1).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            deltas.clamp_(-settings.epsilon, settings.epsilon)
-        if on_step:
-            on_step()
-    final = deltas.detach()
-    asr, final_loss = _evaluate(classifier, images, final, tgt.cpu(), settings)
-    return [
-        ClassTrigger(index=t, delta=final[i].cpu(), asr=float(asr[i]), final_loss=float(final_loss[i]))
-        for i, t in enumerate(targets)
-    ]
+    held_out = eval_subset(images, settings)
+    per_class: list[list[Rung]] = [[] for _ in targets]
+    for epsilon, segment in zip(settings.rungs, _segments(order, len(settings.rungs))):
+        for idx in segment:
+            x = images[idx].to(device, non_blocking=True)
+            logits = _perturbed_logits(classifier, x, deltas)
+            k, b, c = logits.shape
+            per_sample = target_loss(settings.loss, logits.reshape(k * b, c), tgt.repeat_interleave(b)).view(k, b)
+            loss = per_sample.mean(dim=1).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                deltas.clamp_(-epsilon, epsilon)
+            if on_step:
+                on_step()
+        final = deltas.detach().clone()
+        asr, final_loss = _evaluate(classifier, held_out, final, tgt.cpu(), settings)
+        for i in range(len(targets)):
+            per_class[i].append(Rung(epsilon=epsilon, delta=final[i].cpu(), asr=float(asr[i]), final_loss=float(final_loss[i])))
+    return [ClassTrigger(index=t, rungs=per_class[i]) for i, t in enumerate(targets)]
 
 
 def invert(

@@ -148,11 +148,12 @@ def evaluate_repair(
         say(f"scan: {scan.verdict}, predicted target {scan.target_class!r} (true {names[target]!r}); wrong-class control uses {names[wrong]!r}")
 
         recon = AdditiveTrigger(deltas[repair_cls.index], f"reconstructed:{repair_cls.name}")
+        noise_eps = repair_cls.epsilon or policy.inversion.max_epsilon  # the control's noise at the trigger's own budget
         perturbations: dict[str, tuple[str, list[Perturb]]] = {
             "reconstructed": (f"reconstructed trigger of {repair_cls.name!r}, refreshed {rp.refresh_blocks - 1}x (ci-gate repair)", [recon]),
             "single_trigger": (f"reconstructed trigger of {repair_cls.name!r} only (the paper's repair)", [recon]),
             "clean_only": ("none (clean images twice)", [_identity]),
-            "random_noise": (f"random +-{policy.inversion.epsilon:.4f} sign noise", [AdditiveTrigger(random_sign_noise(recon.delta.shape, policy.inversion.epsilon, policy.seed + 17), "noise")]),
+            "random_noise": (f"random +-{noise_eps:.4f} sign noise", [AdditiveTrigger(random_sign_noise(recon.delta.shape, noise_eps, policy.seed + 17), "noise")]),
             "wrong_class": (f"reconstructed trigger of {names[wrong]!r}", [AdditiveTrigger(deltas[wrong], f"reconstructed:{names[wrong]}")]),
         }
         device = pick_device(policy.device)

@@ -22,7 +22,7 @@ import hashlib
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -228,10 +228,13 @@ def repair_rounds(clf: PromptedClassifier, train: LabeledImages, target: ClassRe
     rp = policy.repair
     triggers: dict[str, Perturb] = {target.name: trigger}
     focus = [target.index]
+    # refreshed triggers are inverted at the budget that revealed the backdoor (the scan's
+    # deciding rung), not over the whole ladder
+    budget = target.epsilon or policy.inversion.max_epsilon
     rounds: list[Round] = []
     for r in range(1, rp.rounds + 1):
         ft = FineTuneSettings(epochs=rp.epochs, lr=rp.lr, batch_size=rp.batch_size, seed=policy.seed + r - 1, trigger_fraction=rp.trigger_fraction, refresh_blocks=rp.refresh_blocks)
-        refresh = trigger_refresher(train, focus, inversion_settings(policy))
+        refresh = trigger_refresher(train, focus, replace(inversion_settings(policy), epsilon=budget, ladder=(), eval_images=None))
         fine_tune(clf, train, list(triggers.values()), ft, refresh=refresh)
         candidate, result, result_dir = rescan(clf, r)
         rounds.append(Round(r, list(triggers), candidate, result, result_dir))
@@ -242,6 +245,7 @@ def repair_rounds(clf: PromptedClassifier, train: LabeledImages, target: ClassRe
         triggers[key] = AdditiveTrigger(_load_delta(result_dir, nxt), f"reconstructed:{key}")
         if nxt.index not in focus:
             focus.append(nxt.index)
+        budget = max(budget, nxt.epsilon or budget)
     return rounds
 
 

@@ -4,7 +4,7 @@
 ``decision``: the robust z-score across classes and the verdict rule.
 """
 
-from ci_gate.scoring.decision import MAD_TO_SIGMA, Decision, anomaly_index, decide
+from ci_gate.scoring.decision import MAD_TO_SIGMA, Decision, LadderDecision, anomaly_index, decide, decide_ladder
 from ci_gate.scoring.statistics import REFERENCE_STATISTICS, STATISTICS, ClassStats, Statistic, class_statistic
 
-__all__ = ["MAD_TO_SIGMA", "REFERENCE_STATISTICS", "STATISTICS", "ClassStats", "Decision", "Statistic", "anomaly_index", "class_statistic", "decide"]
+__all__ = ["MAD_TO_SIGMA", "REFERENCE_STATISTICS", "STATISTICS", "ClassStats", "Decision", "LadderDecision", "Statistic", "anomaly_index", "class_statistic", "decide", "decide_ladder"]

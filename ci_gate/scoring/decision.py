@@ -57,3 +57,62 @@ def decide(stats: Sequence[ClassStats], statistic: str, k: float, min_asr: float
         median=med,
         mad=mad,
     )
+
+
+@dataclass(frozen=True)
+class LadderDecision:
+    """The verdict over a budget ladder. Per class: the rung whose anomaly index is largest
+    decides; per rung: each class's statistic and anomaly index (reports show them all)."""
+
+    statistic: list[list[float]]  # [rung][class]
+    anomaly: list[list[float]]  # [rung][class]
+    median: list[float]  # per rung
+    mad: list[float]  # per rung
+    rung: list[int]  # per class: the deciding rung
+    score: list[float]  # per class: its anomaly index at the deciding rung
+    status: list[str]
+    verdict: str
+    target: int | None
+
+
+def decide_ladder(rungs: Sequence[Sequence[ClassStats]], statistic: str, k: float, min_asr: float, mad_floor: float, extreme: float) -> LadderDecision:
+    """Blind decision over budgets the defender cannot know in advance.
+
+    The anomaly index is computed across classes within each rung (every class saw the same
+    budget, batches and evaluation images); a class's score is its largest index over the rungs.
+    A class is an outlier when that score exceeds ``k``; an outlier is a backdoor target when its
+    trigger reaches ``min_asr`` at some rung, or unconditionally once the score exceeds
+    ``extreme``: a class that stands out that far cannot pass because the ladder's budgets stop
+    short of the attacker's. An outlier that is neither is suspicious. ``k`` is calibrated for the
+    maximum over rungs (docs/benchmark.md), which is what accounts for testing several budgets.
+    """
+    if not rungs:
+        raise ValueError("the ladder needs at least one rung")
+    n = len(rungs[0])
+    if any(len(r) != n for r in rungs):
+        raise ValueError("every rung needs a statistic for every class")
+    values, scores, meds, mads = [], [], [], []
+    for stats in rungs:
+        v = [class_statistic(statistic, s) for s in stats]
+        a, med, mad = anomaly_index(v, mad_floor)
+        values.append(v)
+        scores.append(a)
+        meds.append(med)
+        mads.append(mad)
+    best = [max(range(len(rungs)), key=lambda r: (scores[r][c], -r)) for c in range(n)]
+    score = [scores[best[c]][c] for c in range(n)]
+    status = []
+    for c in range(n):
+        reached = max(r[c].asr for r in rungs) >= min_asr
+        if not score[c] > k:  # NaN is never an outlier here; the scan refuses NaN statistics before
+            status.append("ok")
+        elif reached or score[c] > extreme:
+            status.append("backdoor")
+        else:
+            status.append("suspicious")
+    flagged = [c for c in range(n) if status[c] == "backdoor"]
+    target = max(flagged, key=lambda c: score[c]) if flagged else None
+    return LadderDecision(
+        statistic=values, anomaly=scores, median=meds, mad=mads, rung=best, score=score, status=status,
+        verdict="backdoor" if flagged else "clean", target=target,
+    )
