@@ -285,6 +285,20 @@ def test_token_given_as_the_token_env_value_is_refused_unseen(env, fake, value):
     assert fake.requests == []
 
 
+@pytest.mark.parametrize(
+    ("argv", "pattern"),
+    [
+        (["--api-timeout", "0"], r"--api-timeout: must be a positive number of seconds, got 0"),
+        (["--api-timeout", "nan"], r"--api-timeout: must be a positive number of seconds, got nan"),
+        (["--api-url", "ftp://example.test/api"], r"--api-url: the API URL must be http\(s\)://host"),
+        (["--repo", "just-a-name"], r"--repo: repository must be 'owner/name'"),
+    ],
+)
+def test_bad_flags_are_exit_2_before_any_call(env, fake, argv, pattern):
+    env.expect(env.comment(*argv), 2, pattern)
+    assert fake.requests == []
+
+
 def test_token_with_inner_whitespace_is_refused_unseen(env, fake, monkeypatch):
     odd = "ghs_half0fAT0ken secondHalf0fIt"
     monkeypatch.setenv("GITHUB_TOKEN", odd)

@@ -140,7 +140,7 @@ class _DeadlineTimeout(Timeout):
         self._deadline = deadline
 
     def clone(self) -> Timeout:
-        left = max(self._deadline.left(), 0.01)  # urllib3 refuses 0; a spent deadline fails in _GitHubRetry
+        left = max(round(self._deadline.left(), 2), 0.01)  # urllib3 refuses 0; a spent deadline fails in _GitHubRetry
         return Timeout(connect=min(self._limits[0], left), read=min(self._limits[1], left))
 
 
