@@ -37,56 +37,72 @@ def test_learned_trigger_budget_is_part_of_the_id():
     assert entry("cifar10", "cocoop", "blended", 0, eps255=8) == fixed
 
 
-def test_scan_policy_follows_the_task_budget():
-    base, _ = load_policy("default", overrides=["device=cpu"])
-    for ds, recipe in TASK_RECIPE.items():
-        p = detection.scan_policy(base, ds)
-        assert p.inversion.epsilon == pytest.approx(recipe["eps255"] / 255)
-        assert p.detection == base.detection and p.pool == base.pool
-    assert base.inversion.epsilon == pytest.approx(4 / 255), "the bundled default is not modified"
+def test_the_benchmark_scans_with_the_bundled_default_policy_unchanged():
+    # no per-task, per-attack or per-budget setting: the benchmark measures the gate users run
+    import inspect
+
+    src = inspect.getsource(detection.run)
+    assert 'load_policy("default")' in src
+    assert not hasattr(detection, "scan_policy")
+    default, _ = load_policy("default")
+    assert len(default.inversion.epsilon) >= 3 and default.inversion.epsilon[-1] == pytest.approx(32 / 255)
 
 
-def _model(tmp_path: Path) -> ZooModel:
-    return ZooModel(
+def _model(tmp_path: Path, **kw) -> ZooModel:
+    fields = dict(
         id="m", dataset="cifar10", learner="cocoop", attack=None, target=None, target_name=None, seed=0, shots=1,
         class_names=["a", "b"], clean_acc=0.5, asr=None, implanted=None, train_s=0.0, path=str(tmp_path / "m.safetensors"),
     )
+    return ZooModel(**(fields | kw))
 
 
-def test_scan_cache_reuses_baselines_when_only_the_inversion_changed(tmp_path, monkeypatch):
-    calls = {"ci": 0, "ref": 0, "baseline": 0}
+def test_budget_comes_from_the_zoo_id(tmp_path):
+    e = entry("cifar10", "cocoop", "badclip", 0, eps255=8)
+    assert detection.budget255(_model(tmp_path, id=e.id)) == 8
+    assert detection.budget255(_model(tmp_path, id=entry("cifar10", "cocoop", None, 0).id)) is None
 
-    def fake_ci(model, policy, pool_path, out, published=None):
-        calls["ci"] += 1
-        return {"verdict": "clean", "target": None, "score": 0.0, "seconds": 0.0, "epsilon": policy.inversion.epsilon, "classes": []}
 
-    def fake_ref(model, policy, images, pristine=None):
-        calls["ref"] += 1
-        return {"classes": [], "seconds": 0.0}
+def test_summary_breakdown_and_flips_are_pure_functions():
+    rows = [
+        {"positive": False, "flagged": False, "target_pred": None, "target_true": None, "score": 1.0, "attack": "clean"},
+        {"positive": False, "flagged": True, "target_pred": 2, "target_true": None, "score": 5.0, "attack": "clean"},
+        {"positive": True, "flagged": True, "target_pred": 3, "target_true": 3, "score": 9.0, "attack": "badclip"},
+        {"positive": True, "flagged": False, "target_pred": None, "target_true": 1, "score": 2.0, "attack": "badclip"},
+    ]
+    s = detection.summary(rows)
+    assert s["n"] == 4 and s["accuracy"] == pytest.approx(0.5)
+    assert s["confusion"] == {"tp": 1, "fp": 1, "tn": 1, "fn": 1}
+    assert s["auroc"] == pytest.approx(0.75)
+    b = detection.breakdown(rows, "attack")
+    assert b["clean"]["correct"] == 1 and b["clean"]["max_clean_score"] == 5.0
+    assert b["badclip"]["target_right"] == 1
+    assert detection.flips({"a": {0: True, 1: True}, "b": {0: True, 1: False}, "c": {0: False}}) == ["b"]
 
-    def fake_baseline(fn, model, images, settings):
-        calls["baseline"] += 1
-        return {"verdict": "clean", "target": None, "score": 0.0, "seconds": 0.0, "classes": []}
 
-    monkeypatch.setattr(detection, "_ci_scan", fake_ci)
-    monkeypatch.setattr(detection, "_reference", fake_ref)
-    monkeypatch.setattr(detection, "_baseline", fake_baseline)
-    base, _ = load_policy("default", overrides=["device=cpu"])
-    profile = detection.PROFILES["quick"]
+def test_ci_scan_reuses_a_saved_result_only_for_the_same_policy_and_pool(tmp_path, monkeypatch):
+    from result_factory import saved_result
+
+    import ci_gate.scan as scan
+
+    calls = []
+
+    def fake_run_scan(req, progress=None):
+        calls.append(req)
+        path = saved_result(req.out_dir, verdict="clean", with_images=False)
+        res = json.loads(path.read_text())
+        res["policy"]["sha256"] = req.policy.sha256()
+        res["pool"]["source"] = req.pool
+        path.write_text(json.dumps(res))
+
+    monkeypatch.setattr(scan, "run_scan", fake_run_scan)
+    policy, _ = load_policy("default")
     model = _model(tmp_path)
-    import torch
-
-    images = torch.zeros(1, 3, 4, 4)
-    first = detection.scan_model(model, base, "pool", images, profile, tmp_path)
-    assert calls == {"ci": 1, "ref": 1, "baseline": 2}
-    again = detection.scan_model(model, base, "pool", images, profile, tmp_path)
-    assert calls == {"ci": 1, "ref": 1, "baseline": 2} and again == first
-    wider = detection.scan_policy(base, "tin20")
-    assert detection.scan_model(model, wider, "pool", images, profile, tmp_path, cached_only=True) is None
-    rescanned = detection.scan_model(model, wider, "pool", images, profile, tmp_path)
-    assert calls == {"ci": 2, "ref": 2, "baseline": 2}, "baselines do not depend on CI's budget"
-    assert rescanned.ci["epsilon"] == pytest.approx(wider.inversion.epsilon)
-    saved = json.loads((tmp_path / "models" / "m.json").read_text())
-    assert saved["key"]["inversion"]["epsilon"] == pytest.approx(wider.inversion.epsilon)
-    detection.scan_model(model, base, "pool", images, detection.PROFILES["full"], tmp_path)
-    assert calls["baseline"] == 4, "a new baseline budget reruns the baselines"
+    published = tmp_path / "pub.safetensors"
+    first = detection.ci_scan(model, policy, "pool", tmp_path, "published", 0, published)
+    assert len(calls) == 1 and calls[0].reference_weights == published
+    assert detection.ci_scan(model, policy, "pool", tmp_path, "published", 0, published) == first and len(calls) == 1
+    detection.ci_scan(model, policy, "other-pool", tmp_path, "published", 0, published)
+    assert len(calls) == 2
+    detection.ci_scan(model, policy, "pool", tmp_path, "none", 1, published)
+    assert len(calls) == 3 and calls[-1].reference_weights is None and calls[-1].policy.seed == 1
+    assert calls[-1].policy.detection == policy.detection and calls[-1].policy.inversion == policy.inversion

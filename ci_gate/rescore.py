@@ -1,0 +1,84 @@
+"""Re-decide a saved Result under other detection settings, without scanning again.
+
+``result.json`` stores every input the statistics read (per class and per rung of the budget
+ladder, the clean reference's values included), so a statistic, ``k`` or ``min_asr`` can be
+changed after the fact: ``ci-gate report result.json --rescore --set detection.k=3`` and the
+detection benchmark's statistic variants both go through :func:`rescore`. Pure, and torch-free
+like every reader of a Result.
+"""
+
+from __future__ import annotations
+
+from ci_gate.errors import InputError
+from ci_gate.policy import Policy
+from ci_gate.result import ClassResult, Result
+from ci_gate.scoring import STATISTICS, ClassStats, decide_ladder
+
+
+def rung_stats(result: Result) -> list[list[ClassStats]]:
+    """The ClassStats of every rung (outer) and class (inner), as the scan scored them."""
+    if not result.classes or any(not c.rungs for c in result.classes):
+        raise InputError(None, "this result has no per-rung inputs (written before schema 1.1); scan again to rescore")
+    n = len(result.classes[0].rungs)
+    if any(len(c.rungs) != n for c in result.classes):
+        raise InputError(None, "classes disagree on the number of rungs")
+    return [
+        [
+            ClassStats(
+                asr=c.rungs[r].asr, base_rate=c.base_rate, final_loss=c.rungs[r].final_loss, clean_loss=c.clean_loss,
+                ref_asr=c.rungs[r].ref_asr, ref_final_loss=c.rungs[r].ref_final_loss, ref_clean_loss=c.ref_clean_loss,
+            )
+            for c in result.classes
+        ]
+        for r in range(n)
+    ]
+
+
+def statistic_for(result: Result, policy: Policy) -> str:
+    """The scan's rule: a reference statistic needs a trusted reference, else the absolute one."""
+    det = policy.detection
+    if STATISTICS[det.statistic].needs_reference and result.detection.reference != "published":
+        return det.absolute_statistic
+    return det.statistic
+
+
+def rescore(result: Result, policy: Policy) -> Result:
+    det = policy.detection
+    stats = rung_stats(result)
+    statistic = statistic_for(result, policy)
+    d = decide_ladder(stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme)
+    classes: list[ClassResult] = []
+    moved = False
+    for c, cls in enumerate(result.classes):
+        best = d.rung[c]
+        rung = cls.rungs[best]
+        moved |= cls.epsilon is not None and rung.epsilon != cls.epsilon
+        classes.append(
+            cls.model_copy(
+                update={
+                    "asr": rung.asr, "final_loss": rung.final_loss, "epsilon": rung.epsilon,
+                    "statistic": d.statistic[best][c], "anomaly": d.score[c], "status": d.status[c],
+                    "rungs": [r.model_copy(update={"statistic": d.statistic[i][c], "anomaly": d.anomaly[i][c]}) for i, r in enumerate(cls.rungs)],
+                }
+            )
+        )
+    target = d.target
+    shown = d.rung[target] if target is not None else len(stats) - 1
+    warnings = list(result.warnings)
+    note = f"re-decided from the saved scan under policy {policy.name!r} (sha256 {policy.sha256()[:12]}); the scan itself used {result.policy.sha256[:12]}"
+    warnings.append(note)
+    if moved:
+        warnings.append("some classes are now decided at another rung than the scan's: their trigger images are the scan's deciding rung's")
+    return result.model_copy(
+        update={
+            "verdict": d.verdict,
+            "target_index": target,
+            "target_class": None if target is None else result.classes[target].name,
+            "classes": classes,
+            "detection": result.detection.model_copy(
+                update={"statistic": statistic, "k": det.k, "min_asr": det.min_asr, "extreme": det.extreme, "median": d.median[shown], "mad": d.mad[shown]}
+            ),
+            "policy": result.policy.model_copy(update={"name": policy.name, "sha256": policy.sha256(), "settings": policy.model_dump(mode="json")}),
+            "warnings": warnings,
+        }
+    )
