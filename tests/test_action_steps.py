@@ -68,56 +68,69 @@ def _expressions(fake: FakeGitHub, inputs: dict[str, str], outputs: dict[str, di
     return lambda text: re.sub(r"\$\{\{(.*?)\}\}", lambda m: evaluate(m.group(1)), text)
 
 
+def _run_steps(tmp_path: Path, fake: FakeGitHub, shim: str, overrides: dict[str, str], only: set[str] | None = None):
+    """Runs the action's shell steps in order (all of them, or those in ``only``); returns the
+    outputs and exit code of each step, their stdout, and the job summary file."""
+    workspace = tmp_path / "ws"
+    (workspace / "models").mkdir(parents=True)
+    (workspace / "models" / "coop.safetensors").write_bytes(b"original")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ci-gate").write_text(shim)
+    (bin_dir / "ci-gate").chmod(0o755)
+
+    action = yaml.safe_load((REPO / "action.yml").read_text())
+    inputs = {name: str(spec.get("default", "")) for name, spec in action["inputs"].items()}
+    inputs.update(overrides)
+    outputs: dict[str, dict[str, str]] = {"setup": {"artifact-name": "ci-gate-report-models_coop.safetensors"}}
+    substitute = _expressions(fake, inputs, outputs)
+    summary = tmp_path / "step_summary"
+    codes, stdout = {}, {}
+    for step in action["runs"]["steps"]:
+        sid = step.get("id", step["name"])
+        if "run" not in step or sid == "setup":  # setup pip-installs the action; upload-artifact is GitHub's
+            continue
+        if only is not None and sid not in only:
+            continue
+        output_file = tmp_path / f"output_{sid.replace(' ', '_')}"
+        env = {
+            "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHON": sys.executable,
+            "PYTHONPATH": str(REPO), "TESTS": str(TESTS), "CI_GATE_TEST_LOG": str(tmp_path / "log"),
+            "GITHUB_OUTPUT": str(output_file), "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_WORKSPACE": str(workspace),
+            "GITHUB_REPOSITORY": fake.repo, "GITHUB_API_URL": fake.url, "GITHUB_SHA": "b" * 40,
+            "GITHUB_REF": "refs/pull/5/merge", "RUNNER_TEMP": str(tmp_path),
+        }
+        env.update({k: substitute(str(v)) for k, v in step.get("env", {}).items()})
+        # GitHub runs bash steps with -e and pipefail
+        done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", step["run"]], cwd=workspace, env=env, capture_output=True, text=True, timeout=120)
+        codes[sid] = done.returncode
+        stdout[sid] = done.stdout
+        outputs[sid] = parse_github_output(output_file.read_text()) if output_file.exists() else {}
+    return workspace, outputs, codes, stdout, summary
+
+
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
 def test_pull_request_with_backdoor_repair_and_auto_commit(tmp_path):
     fake = FakeGitHub(TOKEN).start()
     try:
         fake.refs["refs/heads/feature"] = FakeGitHub.BASE_SHA
-        workspace = tmp_path / "ws"
-        (workspace / "models").mkdir(parents=True)
-        (workspace / "models" / "coop.safetensors").write_bytes(b"original")
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
-        (bin_dir / "ci-gate").write_text(SHIM)
-        (bin_dir / "ci-gate").chmod(0o755)
-
-        action = yaml.safe_load((REPO / "action.yml").read_text())
-        inputs = {name: str(spec.get("default", "")) for name, spec in action["inputs"].items()}
-        inputs.update(
+        workspace, outputs, codes, stdout, summary = _run_steps(
+            tmp_path, fake, SHIM,
             {"checkpoint": "models/coop.safetensors", "repair": "true", "clean-data": "/data/clean", "auto-commit": "true",
              "token": TOKEN, "extra-args": "--set detection.k=2.5", "fail-on": "suspicious",
-             "backbone-weights": "/weights/vit-b-16.safetensors"}
+             "backbone-weights": "/weights/vit-b-16.safetensors"},
         )
-        outputs: dict[str, dict[str, str]] = {"setup": {"artifact-name": "ci-gate-report-models_coop.safetensors"}}
-        substitute = _expressions(fake, inputs, outputs)
-        summary = tmp_path / "step_summary"
-        codes = {}
-        for step in action["runs"]["steps"]:
-            sid = step.get("id", step["name"])
-            if "run" not in step or sid == "setup":  # setup pip-installs the action; upload-artifact is GitHub's
-                continue
-            output_file = tmp_path / f"output_{sid.replace(' ', '_')}"
-            env = {
-                "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHON": sys.executable,
-                "PYTHONPATH": str(REPO), "TESTS": str(TESTS), "CI_GATE_TEST_LOG": str(tmp_path / "log"),
-                "GITHUB_OUTPUT": str(output_file), "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_WORKSPACE": str(workspace),
-                "GITHUB_REPOSITORY": fake.repo, "GITHUB_API_URL": fake.url, "GITHUB_SHA": "b" * 40,
-                "GITHUB_REF": "refs/pull/5/merge", "RUNNER_TEMP": str(tmp_path),
-            }
-            env.update({k: substitute(str(v)) for k, v in step.get("env", {}).items()})
-            done = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=workspace, env=env, capture_output=True, text=True, timeout=120)
-            codes[sid] = done.returncode
-            assert "::warning::" not in done.stdout and "::error::could not" not in done.stdout, (sid, done.stdout, done.stderr)
-            outputs[sid] = parse_github_output(output_file.read_text()) if output_file.exists() else {}
     finally:
         fake.stop()
+    for sid, text in stdout.items():
+        assert "::warning::" not in text and "::error::could not" not in text, (sid, text)
 
     verify_args = (tmp_path / "log.verify").read_text().split("\n")
     assert verify_args[:2] == ["verify", "models/coop.safetensors"]
     assert "--display-path" in verify_args and "detection.k=2.5" in verify_args
     assert verify_args[verify_args.index("--fail-on") + 1] == "suspicious"
     assert verify_args[verify_args.index("--backbone-weights") + 1] == "/weights/vit-b-16.safetensors"
-    assert outputs["verify"]["exit-code"] == "1"
+    assert outputs["verify"]["exit-code"] == "1" and outputs["verify"]["outcome"] == "fail"
     assert outputs["publish"]["verdict"] == "backdoor" and outputs["publish"]["target-class"] == "cat"
     assert (workspace / outputs["publish"]["report-html"]).is_file()
     assert "`ci-gate-report-models_coop.safetensors`" in (workspace / outputs["publish"]["report-md"]).read_text()
@@ -148,3 +161,49 @@ def test_pull_request_with_backdoor_repair_and_auto_commit(tmp_path):
     assert codes["Gate"] == 1  # the job ends with verify's exit code
     for path in tmp_path.rglob("output_*"):
         assert TOKEN not in path.read_text()
+
+
+# verify stand-ins that fail without a verdict: a crash (exit 3, after leaving a stale
+# result.json that says "clean") and bad input (exit 2)
+CRASH_SHIM = """#!/bin/bash
+if [ "$1" = verify ]; then
+  out=""; prev=""; for a in "$@"; do [ "$prev" = --out ] && out="$a"; prev="$a"; done
+  "$PYTHON" -c "import sys; sys.path.insert(0, '$TESTS'); from pathlib import Path; from result_factory import saved_result; saved_result(Path(sys.argv[1]), model_path='models/coop.safetensors', verdict='clean')" "$out"
+  if [ "$CI_GATE_TEST_CODE" = 3 ]; then
+    log="$RUNNER_TEMP/ci-gate-crash-abc123.log"
+    printf 'Traceback (most recent call last):\\nOverflowError: cannot convert float infinity to integer\\n' > "$log"
+    echo "ci-gate: internal error: OverflowError: cannot convert float infinity to integer (traceback in $log)" >&2
+  else
+    echo "ci-gate: error: --set detection.k=.inf: bad value for 'detection.k': Input should be a finite number" >&2
+  fi
+  exit "$CI_GATE_TEST_CODE"
+fi
+exec "$PYTHON" -m ci_gate "$@"
+"""
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+@pytest.mark.parametrize(("code", "outcome", "title"), [(3, "tool-failure", "tool failure"), (2, "bad-input", "bad input or configuration")])
+def test_a_run_without_a_verdict_is_reported_as_such(tmp_path, code, outcome, title):
+    fake = FakeGitHub(TOKEN).start()
+    try:
+        shim = CRASH_SHIM.replace("$CI_GATE_TEST_CODE", str(code))
+        workspace, outputs, codes, stdout, summary = _run_steps(
+            tmp_path, fake, shim, {"checkpoint": "models/coop.safetensors", "token": TOKEN}, only={"verify", "publish", "Gate"},
+        )
+    finally:
+        fake.stop()
+    assert outputs["verify"] == {"exit-code": str(code), "outcome": outcome}
+    # the stale result.json that says "clean" is not published: no verdict, no reports
+    assert outputs["publish"] == {} and "no reports are published" in stdout["publish"]
+    assert not (workspace / "ci-gate-report" / "report.sarif").exists()
+    text = summary.read_text()
+    assert text.startswith(f"## :warning: ci-gate: {title} (exit code {code})")
+    assert "\n    ci-gate: " in text  # the CLI's one line, quoted as a code block
+    crash_copy = workspace / "ci-gate-report" / "ci-gate-crash.log"
+    if code == 3:
+        assert "not a verdict on the model" in text and "OverflowError" in crash_copy.read_text()
+    else:
+        assert "was not scanned" in text and not crash_copy.exists()
+    assert codes["Gate"] == code  # the job fails with verify's own code
+    assert f"::error::ci-gate: {title} (exit code {code})" in stdout["Gate"]

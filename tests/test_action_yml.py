@@ -26,7 +26,8 @@ def test_inputs_and_outputs(action):
     assert expected_inputs <= set(action["inputs"])
     assert action["inputs"]["checkpoint"]["required"] is True
     assert action["inputs"]["policy"]["default"] == "default"
-    assert {"verdict", "target-class", "report-html", "report-sarif", "report-md", "result-json"} <= set(action["outputs"])
+    assert {"verdict", "target-class", "report-html", "report-sarif", "report-md", "result-json", "exit-code", "outcome"} <= set(action["outputs"])
+    assert action["outputs"]["outcome"]["value"] == "${{ steps.verify.outputs.outcome }}"
 
 
 def test_outputs_and_conditions_reference_existing_steps(action):
@@ -77,3 +78,25 @@ def test_flow_installs_itself_verifies_publishes_and_exits_with_verifys_code(act
     last = steps[-1]
     assert last["if"] == "always()" and "steps.verify.outputs.exit-code" in last["env"]["CODE"]
     assert 'exit "$code"' in last["run"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+@pytest.mark.parametrize(
+    ("code", "exit_code", "message"),
+    [
+        ("0", 0, "ci-gate: gate passes"),
+        ("1", 1, "::error::ci-gate: gate fails (backdoor detected or policy violated)"),
+        ("2", 2, "::error::ci-gate: bad input or configuration (exit code 2)"),
+        ("3", 3, "::error::ci-gate: tool failure (exit code 3): an internal error, not a verdict on the model"),
+        ("141", 141, "::error::ci-gate: tool failure: verify did not finish (exit code 141)"),
+        ("", 3, "::error::ci-gate: tool failure: verify did not run"),
+    ],
+)
+def test_the_gate_step_tells_a_crash_from_a_backdoor(action, code, exit_code, message):
+    gate = action["runs"]["steps"][-1]
+    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", gate["run"]], env={"CODE": code, "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == exit_code
+    assert done.stdout.strip() == message or done.stdout.startswith(message), done.stdout
+    if exit_code != 1:
+        assert "backdoor detected" not in done.stdout
