@@ -13,12 +13,25 @@ import json
 import math
 import os
 import re
+import reprlib
 import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
@@ -80,28 +93,42 @@ class LearnerSpec(_Meta):
     kind: Literal["coop", "cocoop", "zeroshot"]
     class_names: list[ShortText] = Field(min_length=2, max_length=MAX_CLASSES)
     n_ctx: StrictInt = Field(4, ge=0, le=64)
-    ctx_init: ShortText | None = "a photo of a"
+    ctx_init: ShortText | None = Field("a photo of a", validate_default=True)
 
-    @model_validator(mode="after")
-    def _names(self) -> "LearnerSpec":
+    # field validators, so an error's location names the field (in the loader's and in
+    # 'ci-gate convert''s messages); each sees the fields declared before it in info.data
+    @field_validator("class_names")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
         # The text encoder lower-cases and reads '_' as a space (PromptTokens), so names that
         # differ only in that way get the same prompt: two indistinguishable classes.
         seen: dict[str, int] = {}
-        for i, name in enumerate(self.class_names):
+        for i, name in enumerate(names):
             key = " ".join(name.replace("_", " ").split()).lower()
             if not key:
                 raise ValueError(f"class_names[{i}] is empty")
             if key in seen:
                 raise ValueError(f"class_names must be unique: [{seen[key]}] and [{i}] give the same prompt")
             seen[key] = i
-        if self.kind != "zeroshot":
-            if self.n_ctx < 1:
-                raise ValueError(f"a {self.kind} learner needs n_ctx >= 1")
-            # every whitespace-separated word is at least one token, so more words than n_ctx
-            # can never tokenize to the n_ctx context vectors the learner has
-            if self.ctx_init is not None and len(self.ctx_init.split()) > self.n_ctx:
-                raise ValueError(f"ctx_init has {len(self.ctx_init.split())} words, more than n_ctx={self.n_ctx}")
-        return self
+        return names
+
+    @field_validator("n_ctx")
+    @classmethod
+    def _n_ctx(cls, n_ctx: int, info: ValidationInfo) -> int:
+        kind = info.data.get("kind")
+        if kind in ("coop", "cocoop") and n_ctx < 1:
+            raise ValueError(f"a {kind} learner needs n_ctx >= 1")
+        return n_ctx
+
+    @field_validator("ctx_init")
+    @classmethod
+    def _ctx_init(cls, ctx_init: str | None, info: ValidationInfo) -> str | None:
+        n_ctx = info.data.get("n_ctx")
+        # every whitespace-separated word is at least one token, so more words than n_ctx can
+        # never tokenize to the n_ctx context vectors the learner has (zero-shot has none)
+        if ctx_init is not None and n_ctx is not None and info.data.get("kind") != "zeroshot" and len(ctx_init.split()) > n_ctx:
+            raise ValueError(f"ctx_init has {len(ctx_init.split())} words, more than n_ctx={n_ctx}")
+        return ctx_init
 
 
 class BackboneSpec(_Meta):
@@ -302,15 +329,27 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _too_deep(obj: Any) -> bool:
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _document_problem(obj: Any) -> str | None:
+    """Depth, and lone surrogates: JSON's \\ud800 escapes decode to strings that cannot be
+    written back as UTF-8, so a free-form field (provenance, an inline config) holding one would
+    crash whatever serialises the metadata later (a repair's provenance, a report)."""
     stack = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
         if isinstance(node, (dict, list)):
             if depth > MAX_META_DEPTH:
-                return True
-            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
-    return False
+                return f"nested deeper than {MAX_META_DEPTH} levels"
+            if isinstance(node, dict):
+                stack.extend((key, depth) for key in node)
+                stack.extend((child, depth + 1) for child in node.values())
+            else:
+                stack.extend((child, depth + 1) for child in node)
+        elif isinstance(node, str) and _SURROGATE.search(node):
+            return f"a string holds a lone surrogate (U+{ord(_SURROGATE.search(node).group()):04X}), which is not valid Unicode"
+    return None
 
 
 def _parse_meta(path: Path, text: str) -> CheckpointMeta:
@@ -324,8 +363,9 @@ def _parse_meta(path: Path, text: str) -> CheckpointMeta:
         raise InputError(path, f"metadata: {exc}") from None
     except ValueError as exc:  # JSONDecodeError, or an integer beyond Python's digit limit
         raise InputError(path, f"metadata: not valid JSON ({_show(exc)})") from None
-    if _too_deep(raw):
-        raise InputError(path, f"metadata: nested deeper than {MAX_META_DEPTH} levels")
+    problem = _document_problem(raw)
+    if problem:
+        raise InputError(path, f"metadata: {problem}")
     if not isinstance(raw, dict):
         raise InputError(path, f"metadata: expected a JSON object, got {_json_kind(raw)}")
     # checked before the schema: a future version may have a different one
@@ -349,8 +389,6 @@ def _json_kind(value: Any) -> str:
 
 
 def _show_value(value: Any) -> str:
-    import reprlib
-
     return _show(reprlib.repr(value), 60)
 
 
