@@ -58,10 +58,24 @@ def _register() -> None:
         register(app)
 
 
+def _redact(text: str) -> str:
+    """Registered secrets (the GitHub token, once a github command has read it) never reach an
+    error line, a traceback or a crash log, all of which may end up in a CI artifact."""
+    try:
+        from ci_gate.github.redact import redact
+    except Exception:  # the error path must not fail on its own imports
+        return text
+    return redact(text)
+
+
+def _traceback(exc: BaseException) -> str:
+    return _redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+
 def one_line(text: str) -> str:
     """Messages are one line: a line break in a file name or value could otherwise forge
     further lines in a CI log (a line starting with ``::`` is a GitHub workflow command)."""
-    flat = " ".join(text.split())
+    flat = " ".join(_redact(text).split())
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", flat)
 
 
@@ -82,8 +96,8 @@ def _save_crash_log(exc: BaseException, argv: list[str]) -> str | None:
     try:
         fd, name = tempfile.mkstemp(prefix="ci-gate-crash-", suffix=".log")
         with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
-            fh.write(f"ci-gate {__version__} on Python {sys.version.split()[0]}\nargv: {argv!r}\n\n")
-            fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            fh.write(_redact(f"ci-gate {__version__} on Python {sys.version.split()[0]}\nargv: {argv!r}\n\n"))
+            fh.write(_traceback(exc))
         return name
     except Exception:  # a full or read-only temp folder must not mask the crash itself
         return None
@@ -92,7 +106,7 @@ def _save_crash_log(exc: BaseException, argv: list[str]) -> str | None:
 def _internal_error(exc: BaseException, argv: list[str]) -> NoReturn:
     log = _save_crash_log(exc, argv)
     if _state["debug"]:
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        sys.stderr.write(_traceback(exc))
     where = f"traceback in {log}" if log else "no crash log could be written; rerun with --debug for the traceback"
     head = f"ci-gate: internal error: {_describe(exc)}" if isinstance(exc, InternalError) else f"ci-gate: internal error: {type(exc).__name__}: {_describe(exc)}"
     typer.echo(f"{head} ({where})", err=True)
@@ -129,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         if exc.exit_code == EXIT_INTERNAL:
             _internal_error(exc, args)
         if _state["debug"]:
-            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+            sys.stderr.write(_traceback(exc))
         typer.echo(one_line(f"ci-gate: error: {exc}"), err=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:

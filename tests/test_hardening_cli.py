@@ -281,3 +281,16 @@ def test_a_closed_stdout_is_not_a_verdict(tmp_path):
         os.close(write_end)
     assert done.returncode == 141, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_crash_never_shows_a_registered_secret(monkeypatch, capsys, crash_dir, result_json):
+    from ci_gate.github import redact
+
+    secret = "ghs_crashLogSecret123"
+    monkeypatch.setattr(redact, "_secrets", set())
+    redact.register_secret(secret)
+    monkeypatch.setattr("ci_gate.result.load_result", _explode(RuntimeError(f"request with {secret} failed")))
+    code, out, err = run(["--debug", "report", str(result_json)], capsys)
+    assert code == 3 and "Traceback" in err and "request with *** failed" in err
+    log = Path(CRASH_LINE.match(err.splitlines()[-1])["log"])
+    assert secret not in err + out + log.read_text() and "***" in log.read_text()
