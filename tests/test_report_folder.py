@@ -86,7 +86,7 @@ def test_sigkill_at_random_moments_never_leaves_a_mixed_report(tiny, tmp_path):
     # interpreter costs seconds on this machine, the scan itself about one.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["ci_gate.cli", "ci_gate.scan", "ci_gate.report", "ci_gate.commands.verify"])
+    ctx.set_forkserver_preload(["ci_gate.cli", "ci_gate.scan", "ci_gate.report", "ci_gate.commands.verify", "ci_gate.model", "open_clip"])
     from ci_gate.cli import main
 
     def start():
@@ -94,7 +94,7 @@ def test_sigkill_at_random_moments_never_leaves_a_mixed_report(tiny, tmp_path):
         p.start()
         return p
 
-    for _ in range(2):  # the first warms the server; the second's duration is the kill window
+    for _ in range(2):  # the first starts the server; the second's duration is the kill window
         warm = start()
         t0 = time.monotonic()
         warm.join(120)

@@ -1,4 +1,4 @@
-"""A random-weight tiny-32 checkpoint and a 16-image pool: a real `ci-gate verify` in about a second
+"""A random-weight tiny-32 checkpoint and an 8-image pool: a real `ci-gate verify` in about a second
 once torch is imported. For tests of what verify writes, not of what it detects."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 SETTINGS = [
-    "--set", "pool.min_images=16", "--set", "pool.max_images=16", "--set", "inversion.batch_size=8",
+    "--set", "pool.min_images=8", "--set", "pool.max_images=8", "--set", "inversion.batch_size=8",
     "--set", "inversion.epochs=1", "--set", "device=cpu",
 ]  # fmt: skip
 
 
-def build(root: Path, names: list[str] | None = None, n_images: int = 16, kind: str = "coop") -> tuple[Path, Path]:
+def build(root: Path, names: list[str] | None = None, n_images: int = 8, kind: str = "coop") -> tuple[Path, Path]:
     """(checkpoint, pool folder) under root; the same arguments give the same bytes."""
     from ci_gate.artifacts import write_png
     from ci_gate.bench.speed_run import candidate_names, random_pool

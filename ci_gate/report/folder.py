@@ -45,6 +45,8 @@ OUTPUT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
                            errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EMLINK, errno.EFBIG, errno.ENOENT,
                            errno.ENOTEMPTY, errno.EBUSY, errno.EXDEV, errno.ELOOP, errno.EIO})
 
+_UNNAMED_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO})
+
 
 def _stage_pattern(name: str) -> re.Pattern:
     return re.compile(rf"^{re.escape(name)}\.[A-Za-z0-9_-]{{8,}}\.(tmp|old)$")
@@ -88,6 +90,11 @@ def check_out_path(raw: str | os.PathLike | None, flag: str = "--out") -> Path:
     if "\0" in str(raw):
         raise InputError(flag, "path contains a NUL character")
     out = Path(os.path.realpath(os.path.expanduser(str(raw))))
+    with output_errors(out):
+        return _check_out_path(out, flag)
+
+
+def _check_out_path(out: Path, flag: str) -> Path:
     anchor = _nearest_existing(out.parent)
     if not anchor.is_dir():
         raise _problem(flag, out, f"{anchor} is a file, not a folder")
@@ -121,10 +128,11 @@ def check_out_folder(
 ) -> Path:
     """The absolute report folder for ``raw``, or InputError naming ``flag`` and the problem."""
     out = check_out_path(raw, flag)
-    inputs = list(inputs)
-    check_not_input(out, inputs, flag, folder=True)
-    if os.path.lexists(out) and not out.is_dir():
-        raise _problem(flag, out, "exists and is not a folder")
+    with output_errors(out):
+        return _check_out_folder(out, flag, list(inputs), pool)
+
+
+def _check_out_folder(out: Path, flag: str, inputs: list, pool: str | None) -> Path:
     if out == Path(out.anchor):
         raise _problem(flag, out, "is a filesystem root; give a folder for the report")
     root = pool_root(pool) if pool else None
@@ -133,6 +141,9 @@ def check_out_folder(
             raise _problem(flag, out, f"is inside the OOD pool {root}: the next scan would read the report's own images")
         if _within(root, out):
             raise _problem(flag, out, f"holds the OOD pool {root}; replacing the report folder would delete it")
+    check_not_input(out, inputs, flag, folder=True)
+    if os.path.lexists(out) and not out.is_dir():
+        raise _problem(flag, out, "exists and is not a folder")
     if out.is_dir():
         foreign = sorted(e for e in os.listdir(out) if e not in OWN_ENTRIES)
         if foreign:
@@ -157,7 +168,8 @@ def output_errors(out: Path, stage: Path | None = None) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno in OUTPUT_ERRNOS and exc.filename is not None:
+        # a failed write() carries no file name; a full or read-only disk is still about the output
+        if exc.errno in OUTPUT_ERRNOS and (exc.filename is not None or exc.errno in _UNNAMED_OUTPUT_ERRNOS):
             raise output_error(exc, out, stage) from None
         raise
 
@@ -277,7 +289,8 @@ def check_out_file(raw: str | os.PathLike | None, flag: str = "--out", *, inputs
     """An output file path (repaired or converted checkpoint): writable, not a folder, not an input
     (also through a symbolic or hard link: compared by resolved path and by inode)."""
     out = check_out_path(raw, flag)
-    check_not_input(out, inputs, flag, folder=False)
-    if out.is_dir():
-        raise _problem(flag, out, "is a folder; give a file path")
+    with output_errors(out):
+        check_not_input(out, inputs, flag, folder=False)
+        if out.is_dir():
+            raise _problem(flag, out, "is a folder; give a file path")
     return out

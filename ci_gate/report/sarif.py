@@ -182,7 +182,7 @@ def build_sarif(result: Result, source_root: Path | None = None) -> dict:
             ],
             "partialFingerprints": {FINGERPRINT_KEY: fingerprint(rule_id, result.model.sha256, cls.name)},
             "properties": {
-                "class": cls.name,
+                "class": plain(cls.name),
                 "classIndex": cls.index,
                 "asr": _json_number(cls.asr),
                 "baseRate": _json_number(cls.base_rate),
@@ -207,7 +207,7 @@ def build_sarif(result: Result, source_root: Path | None = None) -> dict:
         "results": results,
         "properties": {
             "verdict": result.verdict,
-            "targetClass": result.target_class,
+            "targetClass": None if result.target_class is None else plain(result.target_class),
             "policy": result.policy.name,
             "policySha256": result.policy.sha256,
             "poolSha256": result.pool.sha256,
