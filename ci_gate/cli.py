@@ -154,7 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as exc:
         if _is_click_broken_pipe(exc):
             _broken_pipe()
-        raise
+        if exc.code in (None, 0):
+            raise
+        # click does not exit in this mode, so this is code under a command calling sys.exit(n)
+        # (a library, say): its n means nothing in ci-gate's contract and 1 would read as "backdoor"
+        _internal_error(exc, args)
     except BrokenPipeError:
         _broken_pipe()
     except Exception as exc:

@@ -202,7 +202,8 @@ def _explode(exc: BaseException):
 @pytest.mark.parametrize(
     "exc",
     [RuntimeError("boom"), ValueError("bad\nthing"), OverflowError("cannot convert float infinity to integer"), KeyError("k"),
-     ZeroDivisionError("division by zero"), RecursionError("maximum recursion depth exceeded"), OSError(5, "I/O error")],
+     ZeroDivisionError("division by zero"), RecursionError("maximum recursion depth exceeded"), OSError(5, "I/O error"),
+     SystemExit(1)],  # a library's sys.exit(1) under a command is not "backdoor"
     ids=lambda e: type(e).__name__,
 )
 def test_an_unexpected_exception_exits_3_with_a_crash_log(monkeypatch, capsys, crash_dir, result_json, exc):
