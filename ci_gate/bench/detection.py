@@ -286,7 +286,8 @@ def draw_roc(curves: dict[str, list[tuple[float, float]]], aucs: dict[str, float
 
 
 def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None, threads: int, limit: int | None = None,
-        max_minutes: float | None = None, built_only: bool = False, cost_sample: int = 6, seeds: tuple[int, ...] | None = None) -> dict:
+        max_minutes: float | None = None, built_only: bool = False, cost_sample: int = 6, seeds: tuple[int, ...] | None = None,
+        with_baselines: bool = True, prompt_published_only: bool = False) -> dict:
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,6 +313,7 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
     pool_images = load_pool(pool_path, size, policy.pool.min_images, policy.pool.max_images, seed=policy.seed).images
     results: dict[tuple[str, str, int], Result] = {}
     base: dict[str, dict] = {}
+    scanned_ids: set[str] = set()
     cost: list[tuple[float, float]] = []
     # clean and implanted models first: they are what the metrics count
     order = sorted(models, key=lambda m: (m.backdoored and not m.implanted, m.id))
@@ -319,20 +321,27 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
         if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
             _log(f"time budget of {max_minutes} min spent: {len(order) - i} models left (rerun to continue)")
             break
-        jobs = [(mode, s) for s in seeds for mode in MODES] + ([("today", seeds[0])] if i < cost_sample else [])
+        # without a published reference only embedded towers change the scoring; prompt-level
+        # backdoors are scanned that way too unless --published-only-for-prompt saves the time
+        modes = MODES if (not m.backdoored or m.learner == "zeroshot" or not prompt_published_only) else ("published",)
+        jobs = [(mode, s) for s in seeds for mode in modes] + ([("today", seeds[0])] if i < cost_sample else [])
         for mode, s in jobs:
             results[(m.id, mode, s)] = load_result(ci_scan(m, today if mode == "today" else policy, pool_path, out, mode, s, published))
-        base[m.id] = baselines(m, pool_images, settings, out)
+        if with_baselines:
+            base[m.id] = baselines(m, pool_images, settings, out)
         if i < cost_sample:
             cost.append((results[(m.id, "published", seeds[0])].timings.total_s, results[(m.id, "today", seeds[0])].timings.total_s))
+        scanned_ids.add(m.id)
         pub = results[(m.id, "published", seeds[0])]
-        _log(f"[{i + 1}/{len(order)}] {m.id}: published {pub.verdict} ({pub.target_class}, encoder {pub.encoder.status}); none {results[(m.id, 'none', seeds[0])].verdict}; "
-             f"NC {base[m.id]['nc']['verdict']} Pixel {base[m.id]['pixel']['verdict']}")
-    scanned = [m for m in models if m.id in base]
+        none = results.get((m.id, "none", seeds[0]))
+        _log(f"[{i + 1}/{len(order)}] {m.id}: published {pub.verdict} ({pub.target_class}, max {max(c.anomaly for c in pub.classes):.2f}, encoder {pub.encoder.status}, {pub.timings.total_s:.0f} s)"
+             + ("" if none is None else f"; none {none.verdict} ({none.target_class}, max {max(c.anomaly for c in none.classes):.2f})")
+             + ("" if m.id not in base else f"; NC {base[m.id]['nc']['verdict']} Pixel {base[m.id]['pixel']['verdict']}"))
+    scanned = [m for m in models if m.id in scanned_ids]
     ev = evaluate(scanned, results, policy, seeds)
     counted = [m for m in scanned if not m.backdoored or m.implanted]
     baseline_summary = {
-        name: summary([_row(m, base[m.id][name]["verdict"] == "backdoor", base[m.id][name]["target"], base[m.id][name]["score"]) for m in counted])
+        name: summary([_row(m, base[m.id][name]["verdict"] == "backdoor", base[m.id][name]["target"], base[m.id][name]["score"]) for m in counted if m.id in base])
         for name in ("nc", "pixel")
     }
     report = {
@@ -379,12 +388,14 @@ def register(bench_app) -> None:
         built_only: bool = typer.Option(False, "--built-only", help="Scan only the zoo models already in the cache (build nothing)."),
         cost_sample: int = typer.Option(6, "--cost-sample", help="Also scan the first N models with the previous default, side by side, for the cost ratio."),
         seeds: str = typer.Option(None, "--seeds", help="Scan seeds, e.g. 0,1,2 (default: the profile's)."),
+        with_baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Run Neural Cleanse and Pixel Backdoor side by side."),
+        prompt_published_only: bool = typer.Option(False, "--prompt-published-only", help="Scan prompt-level backdoored models with the published reference only (the no-reference mode changes nothing for their untouched towers)."),
     ) -> None:
         """Build or reuse the zoo, scan it with the bundled default policy (two reference modes, several seeds), Neural Cleanse and Pixel Backdoor; report."""
         if profile not in PROFILES:
             raise typer.BadParameter(f"profile must be one of {sorted(PROFILES)}")
         seed_list = None if seeds is None else tuple(int(s) for s in seeds.split(","))
-        report = run(profile, cache, out, data, pool, threads, limit, max_minutes, built_only, cost_sample, seed_list)
+        report = run(profile, cache, out, data, pool, threads, limit, max_minutes, built_only, cost_sample, seed_list, with_baselines, prompt_published_only)
         for mode, m in report["evaluation"]["modes"].items():
             o = m["overall"]
             typer.echo(f"{mode}: accuracy {_fmt(o.get('accuracy'))} AUROC {_fmt(o.get('auroc'))} target F1 {_fmt(o.get('target_f1'))} flips {len(m['flips'])}")

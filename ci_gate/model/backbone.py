@@ -212,7 +212,8 @@ def build_backbone(
     try:
         clip.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise InputError(spec.pretrained or "backbone", f"weights do not fit the architecture: {str(exc).splitlines()[0]} ...") from None
+        # embedded weights: the checkpoint is the file at fault (load_classifier names it)
+        raise InputError(None if spec.embedded else (spec.pretrained or "backbone"), f"backbone weights do not fit the architecture: {str(exc).splitlines()[0]} ...") from None
     clip.eval()
     for p in clip.parameters():
         p.requires_grad_(False)
