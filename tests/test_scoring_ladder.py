@@ -1,0 +1,98 @@
+"""The blind decision over a budget ladder (ci_gate.scoring.decide_ladder), and re-deciding a
+saved Result (ci_gate.rescore). Pure functions, no model."""
+
+from __future__ import annotations
+
+import pytest
+
+from ci_gate.scoring import STATISTICS, ClassStats, decide, decide_ladder
+
+
+def _class(loss, ref_loss, asr=0.2):
+    return ClassStats(asr=asr, base_rate=0.1, final_loss=loss, clean_loss=2.0, ref_asr=0.1, ref_final_loss=ref_loss, ref_clean_loss=2.0)
+
+
+def _rung(target_gain=0.0, target_asr=0.2, n=8, spread=0.1):
+    # class 0 is the target; the others get small, deterministic gains around zero
+    out = [_class(1.0 - target_gain, 1.0, asr=target_asr)]
+    out += [_class(1.0 - spread * ((i % 3) - 1), 1.0) for i in range(1, n)]
+    return out
+
+
+@pytest.mark.parametrize("statistic", list(STATISTICS))
+def test_one_rung_ladder_equals_the_single_budget_rule(statistic):
+    stats = _rung(target_gain=2.0, target_asr=0.9)
+    single = decide(stats, statistic, 3.0, 0.5, 0.05)
+    ladder = decide_ladder([stats], statistic, 3.0, 0.5, 0.05, extreme=1e9)
+    assert ladder.score == pytest.approx(single.anomaly)
+    assert ladder.status == single.status and ladder.verdict == single.verdict and ladder.target == single.target
+
+
+def test_a_class_is_scored_at_the_rung_where_it_stands_out_most():
+    # the target only separates at the third budget (the attacker's), not at the small ones
+    rungs = [_rung(0.0), _rung(0.05), _rung(3.0, target_asr=0.8), _rung(0.5, target_asr=1.0)]
+    d = decide_ladder(rungs, "ref_loss_gain", 4.0, 0.5, 0.05, extreme=8.0)
+    assert d.rung[0] == 2 and d.score[0] == pytest.approx(d.anomaly[2][0])
+    assert d.verdict == "backdoor" and d.target == 0
+
+
+def test_an_extreme_outlier_cannot_pass_because_of_the_asr_floor():
+    # anomaly far beyond k, but the trigger moves only a third of the pool at every budget
+    rungs = [_rung(5.0, target_asr=0.33), _rung(6.0, target_asr=0.34)]
+    strong = decide_ladder(rungs, "ref_loss_gain", 4.0, 0.5, 0.05, extreme=8.0)
+    assert strong.score[0] > 8.0 and strong.status[0] == "backdoor"
+    mild = decide_ladder([_rung(0.7, target_asr=0.33)], "ref_loss_gain", 4.0, 0.5, 0.05, extreme=8.0)
+    assert 4.0 < mild.score[0] < 8.0 and mild.status[0] == "suspicious" and mild.verdict == "clean"
+
+
+def test_suspicious_means_outlier():
+    # a class whose trigger reaches min_asr but is no outlier is ok, not suspicious
+    rungs = [[_class(1.0, 1.0, asr=0.9)] + _rung()[1:]]
+    d = decide_ladder(rungs, "ref_loss_gain", 4.0, 0.5, 0.05, extreme=8.0)
+    assert d.status[0] == "ok"
+
+
+def test_ladder_input_errors():
+    with pytest.raises(ValueError):
+        decide_ladder([], "asr", 4.0, 0.5, 0.05, 8.0)
+    with pytest.raises(ValueError):
+        decide_ladder([_rung(), _rung(n=5)], "asr", 4.0, 0.5, 0.05, 8.0)
+
+
+def test_rescoring_a_saved_result_is_the_scans_decision_and_follows_new_settings(tmp_path):
+    from ci_gate.policy import load_policy
+    from ci_gate.rescore import rescore
+    from ci_gate.result import ClassResult, Detection, Result, RungResult
+    from result_factory import make_result
+
+    base = make_result(tmp_path, verdict="clean", with_images=False)
+    policy, _ = load_policy("default")
+    det = policy.detection
+    eps = policy.inversion.epsilon
+    # per rung: the target (class 2) gains 0, 0.2, 3.0, 0.4, 0.1 over the reference
+    gains = {2: [0.0, 0.2, 3.0, 0.4, 0.1]}
+    rungs_stats = [[ClassStats(asr=0.6 if (c == 2 and r >= 2) else 0.2, base_rate=0.1, final_loss=1.0 - gains.get(c, [0.1 * ((c % 3) - 1)] * 5)[r], clean_loss=2.0,
+                               ref_asr=0.1, ref_final_loss=1.0, ref_clean_loss=2.0) for c in range(len(base.classes))] for r in range(len(eps))]
+    d = decide_ladder(rungs_stats, det.statistic, det.k, det.min_asr, det.mad_floor, det.extreme)
+    classes = []
+    for c, cls in enumerate(base.classes):
+        b = d.rung[c]
+        classes.append(ClassResult(
+            index=c, name=cls.name, from_checkpoint=True, asr=rungs_stats[b][c].asr, base_rate=0.1, final_loss=rungs_stats[b][c].final_loss, clean_loss=2.0,
+            statistic=d.statistic[b][c], anomaly=d.score[c], status=d.status[c], trigger_linf=eps[b], epsilon=eps[b], ref_clean_loss=2.0,
+            rungs=[RungResult(epsilon=e, asr=rungs_stats[r][c].asr, final_loss=rungs_stats[r][c].final_loss, ref_asr=0.1, ref_final_loss=1.0, statistic=d.statistic[r][c], anomaly=d.anomaly[r][c]) for r, e in enumerate(eps)],
+        ))
+    saved = base.model_copy(update={
+        "classes": classes, "verdict": d.verdict, "target_index": d.target, "target_class": None if d.target is None else classes[d.target].name,
+        "detection": Detection(statistic=det.statistic, k=det.k, min_asr=det.min_asr, extreme=det.extreme, median=0.0, mad=0.0, epsilons=list(eps), reference="published"),
+    })
+    assert saved.verdict == "backdoor" and saved.target_index == 2
+    again = rescore(Result.model_validate_json(saved.to_json()), policy)
+    assert again.verdict == saved.verdict and again.target_index == 2
+    assert [c.anomaly for c in again.classes] == pytest.approx([c.anomaly for c in saved.classes])
+    assert [c.status for c in again.classes] == [c.status for c in saved.classes]
+    lenient, _ = load_policy("default", ["detection.k=1000", "detection.extreme=2000"])
+    assert rescore(saved, lenient).verdict == "clean"
+    # without a trusted reference the reference-free statistic decides, as in the scan
+    blind = saved.model_copy(update={"detection": saved.detection.model_copy(update={"reference": "none"})})
+    assert rescore(blind, policy).detection.statistic == det.absolute_statistic
