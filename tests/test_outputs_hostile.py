@@ -382,3 +382,65 @@ def test_a_hostile_class_name_is_inert_everywhere(case, tmp_path):
 def test_a_non_finite_k_renders(k, tmp_path):
     texts = _render_all(tmp_path, "cat", k=k)
     assert "no threshold line" in texts["html"]
+
+
+# -- property: any text at all comes out inert ------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# every code point class that matters: controls, bidi/format characters, Markdown and HTML specials
+_ALPHABET = st.one_of(
+    st.characters(codec="utf-8"),
+    st.sampled_from(list("\x1b\x07\x00\r\n\t\x7f\u202e\u2066\u2069\u200b\u200f\u2028`*_[]()<>|#@!~:/\\&;")),
+)
+_TEXT = st.text(_ALPHABET, max_size=300)
+
+
+def _check_inert(text: str) -> None:
+    from ci_gate.report import sanitize
+
+    for out in (sanitize.visible(text), sanitize.plain(text), sanitize.terminal(text), sanitize.markdown(text)):
+        assert not [c for c in out if c in _CONTROL or c in "\n\r\u2028\u2029"], repr(out)
+    md = sanitize.markdown(text)
+    import re
+
+    assert "<" not in md and ">" not in md
+    assert not re.search(r"@\w", md) and not re.search(r"(?<!&)#\w", md) and "://" not in md
+    # every Markdown special is backslash-escaped (entities aside)
+    bare = re.sub(r"&#?\w+;", "", md)
+    assert not re.search(r"(?<!\\)[`*_\[\]|~]", bare.replace("\\\\", "")), md
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT)
+def test_any_text_is_inert_after_sanitising(text):
+    _check_inert(text)
+
+
+def _check_table(tmp_path_factory, name: str) -> None:
+    import re
+
+    from ci_gate.report.markdown import summary_markdown
+
+    names = ["airplane", "automobile", "bird", name or "x", "deer", "dog", "frog", "horse", "ship", "truck"]
+    if len(set(names)) < len(names):
+        return
+    md = summary_markdown(make_result(tmp_path_factory.mktemp("md"), names=names, with_images=False))
+    rows = [line for line in md.splitlines() if re.match(r"^\| \d+ \|", line)]
+    assert len(rows) == len(names) + 2  # all classes, and the flagged and the suspicious one again
+    for row in rows:
+        assert len(re.findall(r"(?<!\\)\|", row.replace("\\\\", ""))) == 8, row
+
+
+@settings(max_examples=100, deadline=None)
+@given(_TEXT)
+def test_any_class_name_keeps_the_markdown_table_whole(tmp_path_factory, text):
+    _check_table(tmp_path_factory, text)
+
+
+@pytest.mark.bench
+@settings(max_examples=10_000, deadline=None)
+@given(_TEXT)
+def test_any_text_is_inert_after_sanitising_bench(text):
+    _check_inert(text)
