@@ -75,8 +75,9 @@ ALPHA_BACKGROUND = (255, 255, 255)
 # the model input: the antialiased bicubic resize then sees enough pixels that the result matches a
 # full decode to within a grey level, and pools of ordinary photos decode exactly as open_clip does.
 _DRAFT_HEADROOM = 4
-# Pixel standard deviation (grey levels, over the model-size image) below which an image is blank:
-# a re-encoded single-colour JPEG has about 0.5; the least varied photo of ImageNet-1k has 18.
+# Pixel standard deviation (grey levels, per channel over the model-size image; the largest of the
+# three) below which an image is blank:
+# a re-encoded single-colour JPEG has about 0.5; the least varied photo of ImageNet-1k has 21.
 CONSTANT_STD = 2.0
 # Mean absolute difference (grey levels) between 16x16 thumbnails of the model inputs below which
 # two images are the same picture. Measured at 224 and 32 px: JPEG re-encodes (quality 50..95) and
@@ -343,11 +344,18 @@ def _decode(data: bytes, size: int, interpolation: str, max_pixels: int) -> np.n
 
 
 def _std(arr: np.ndarray) -> float:
-    """Pixel standard deviation of a uint8 image, from its histogram (no float copy of the image)."""
-    counts = np.bincount(arr.reshape(-1), minlength=256).astype(np.float64)
+    """The largest per-channel spatial standard deviation of a uint8 (H, W, 3) image.
+
+    Per channel, so a flat purple image is as blank as a flat grey one; from histograms, so no
+    float copy of the image is made.
+    """
     levels = np.arange(256.0)
-    mean = counts @ levels / counts.sum()
-    return float(np.sqrt(max(counts @ (levels - mean) ** 2 / counts.sum(), 0.0)))
+    worst = 0.0
+    for c in range(arr.shape[-1]):
+        counts = np.bincount(arr[..., c].reshape(-1), minlength=256).astype(np.float64)
+        mean = counts @ levels / counts.sum()
+        worst = max(worst, float(np.sqrt(max(counts @ (levels - mean) ** 2 / counts.sum(), 0.0))))
+    return worst
 
 
 def _thumbnail(arr: np.ndarray) -> np.ndarray:
