@@ -239,3 +239,66 @@ def test_two_runs_give_identical_triggers_and_reports(tiny, tmp_path):
     written = render(rb_full, b, ["html", "sarif", "md"], out_dir=again)
     for fmt, path in written.items():
         assert path.read_bytes() == (a / path.name).read_bytes(), fmt
+
+
+# -- canary's folder ---------------------------------------------------------------------------------
+
+
+def _canary_stub(monkeypatch, fail: bool = False):
+    """run_canary as far as the folder is concerned: canary.json, scan/ and the kept model in req.out."""
+    import ci_gate.canary as canary_mod
+    from ci_gate.errors import InputError as _InputError
+
+    def run_canary(req, log=None):
+        (req.out / "scan").mkdir()
+        (req.out / "scan" / "result.json").write_text("{}")
+        if fail:
+            raise _InputError(req.data, "no images")
+        kept = req.out / "canary.safetensors"
+        kept.write_bytes(b"backdoored copy")
+        s = canary_mod.CanarySummary(
+            status="missed", passed=False, message="the gate passed it", checkpoint=str(req.checkpoint), checkpoint_sha256="ab" * 32,
+            checkpoint_unchanged=True, attack="badclip", planted_target="ship", clean_accuracy_original=0.9,
+            clean_accuracy_canary=0.88, planted_asr=0.9, natural_rate=0.05, canary_model=str(kept),
+        )
+        (req.out / "canary.json").write_text(s.model_dump_json(indent=2) + "\n")
+        return s
+
+    monkeypatch.setattr(canary_mod, "run_canary", run_canary)
+
+
+def test_canary_keep_model_lands_in_out_and_canary_json_names_it_there(tmp_path, monkeypatch, capsys):
+    _canary_stub(monkeypatch)
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"the user's model")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "pool").mkdir()
+    out = tmp_path / "canary"
+    from ci_gate.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["canary", str(ckpt), "--data", str(tmp_path / "data"), "--pool", str(tmp_path / "pool"), "--keep-model", "--out", str(out), "--quiet"])
+    assert done.value.code == 1 and "MISSED" in capsys.readouterr().err
+    report = json.loads((out / "canary.json").read_text())
+    assert report["canary_model"] == str(out / "canary.safetensors")
+    assert (out / "canary.safetensors").read_bytes() == b"backdoored copy"
+    assert ckpt.read_bytes() == b"the user's model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["canary", "data", "m.safetensors", "pool"]
+
+
+def test_a_failing_canary_keeps_the_earlier_canary_report(tmp_path, monkeypatch, capsys):
+    _canary_stub(monkeypatch, fail=True)
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"the user's model")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "pool").mkdir()
+    out = tmp_path / "canary"
+    out.mkdir()
+    (out / "canary.json").write_text('{"earlier": true}')
+    from ci_gate.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["canary", str(ckpt), "--data", str(tmp_path / "data"), "--pool", str(tmp_path / "pool"), "--out", str(out), "--quiet"])
+    assert done.value.code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["canary.json"] and (out / "canary.json").read_text() == '{"earlier": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["canary", "data", "m.safetensors", "pool"]

@@ -43,7 +43,9 @@ def convert_command(
         raise InputError("--out", "empty path; give the .safetensors file to write")
     # the converter names a wrong suffix first (the simplest fix for the user); every other output
     # check (under a file, read-only folder, an input through a hard or symbolic link) is here
-    out_path = check_out_file(out, "--out", inputs=inputs) if Path(out).suffix == ".safetensors" else Path(out)
+    if Path(out).suffix == ".safetensors":
+        check_out_file(out, "--out", inputs=inputs)
+    out_path = Path(out)
     request = ConvertRequest(
         source=source,
         class_names=parse_class_names(classes),

@@ -40,10 +40,13 @@ def repair(
     # never over an input, also not through a hard or symbolic link (flow.check_output compares
     # resolved paths only); refused before any compute
     inputs = [("checkpoint", checkpoint), ("policy", policy_path), ("backbone weights", backbone_weights)]
-    out_path = check_out_file(out, "--out", inputs=inputs)
-    summary_path = None if summary is None else check_out_file(summary, "--summary", inputs=inputs)
-    if summary_path is None:
-        check_out_file(out_path.parent / "repair.json", "--out", inputs=inputs)
+    check_out_file(out, "--out", inputs=inputs)
+    if summary is not None:
+        check_out_file(summary, "--summary", inputs=inputs)
+    else:
+        check_out_file(Path(out).parent / "repair.json", "--out", inputs=inputs)
+    # the paths as given: the summary and the log name them the way the user wrote them
+    out_path, summary_path = Path(out), None if summary is None else Path(summary)
     req = RepairRequest(
         checkpoint=checkpoint,
         clean_data=clean_data,
