@@ -104,17 +104,22 @@ class _Refused(ValueError):
 
 
 def display_name(name: str | bytes) -> str:
-    """A printable form of a file name: bytes that are not UTF-8 become ``\\xNN`` escapes.
+    """A printable one-line form of a file name: bytes that are not UTF-8 become ``\\xNN`` escapes,
+    control characters (a newline in a name) their backslash escapes.
 
-    Linux hands such names to Python as lone surrogates (PEP 383), which cannot be written to a
-    UTF-8 report or hashed; the escaped form can, and still tells the user which file it was.
+    Linux hands non-UTF-8 names to Python as lone surrogates (PEP 383), which cannot be written to
+    a UTF-8 report or hashed; the escaped form can, keeps messages on one line, and still tells the
+    user which file it was.
     """
     if isinstance(name, str):
         try:
             name = name.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:  # a surrogate no file system produced: keep it visible
             name = name.encode("utf-8", "backslashreplace")
-    return name.decode("utf-8", "backslashreplace")
+    text = name.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def _bit_depth(img: Image.Image, arr: np.ndarray) -> tuple[int, bool]:
@@ -394,6 +399,8 @@ def load_pool(
         except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # is_tarfile lets a corrupt compressed stream's errors through
             raise InputError(shown_spec, f"unreadable ({type(exc).__name__})") from None
         if not is_tar:
+            if any(s in (".tar", ".tgz", ".tbz2", ".txz") for s in path.suffixes):
+                raise InputError(shown_spec, "unreadable tar (not a tar archive: damaged or truncated?)")
             raise InputError(shown_spec, "pool must be a folder, a glob or a .tar of images")
         try:
             tar = tarfile.open(path)
