@@ -202,6 +202,10 @@ def test_a_run_without_a_verdict_is_reported_as_such(tmp_path, code, outcome, ti
     assert "\n    ci-gate: " in text  # the CLI's one line, quoted as a code block
     crash_copy = workspace / "ci-gate-report" / "ci-gate-crash.log"
     if code == 3:
+        # the report folder must stay one that the next verify may replace: the step removes its
+        # own copy before it runs verify again
+        verify = next(s for s in yaml.safe_load((REPO / "action.yml").read_text())["runs"]["steps"] if s.get("id") == "verify")
+        assert verify["run"].index('rm -f "$OUT_DIR/ci-gate-crash.log"') < verify["run"].index("ci-gate \"${args[@]}\"")
         assert "not a verdict on the model" in text and "OverflowError" in crash_copy.read_text()
     else:
         assert "was not scanned" in text and not crash_copy.exists()
