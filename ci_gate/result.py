@@ -114,7 +114,8 @@ class RungResult(_Model):
     statistic: float
     anomaly: float
 
-    _scores = field_validator("asr", "final_loss", "ref_asr", "ref_final_loss", "statistic", "anomaly", mode="before")(_null_is_nan)
+    # the ref_* fields are None when no reference ran, so they are not read back as NaN
+    _scores = field_validator("asr", "final_loss", "statistic", "anomaly", mode="before")(_null_is_nan)
 
 
 class ClassResult(_Model):
@@ -136,7 +137,7 @@ class ClassResult(_Model):
     rungs: list[RungResult] = Field(default_factory=list, description="every rung of the budget ladder, ascending")
 
     _scores = field_validator(
-        "asr", "base_rate", "final_loss", "clean_loss", "statistic", "anomaly", "trigger_linf", "ref_clean_loss", mode="before"
+        "asr", "base_rate", "final_loss", "clean_loss", "statistic", "anomaly", "trigger_linf", mode="before"
     )(_null_is_nan)
 
 
