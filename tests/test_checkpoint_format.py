@@ -218,3 +218,28 @@ def test_prefixes_in_file(tmp_path: Path) -> None:
     save_checkpoint(path, _embedded_meta(backbone_digest({"w": torch.ones(1)})), _ctx(), {"w": torch.ones(1)})
     with safe_open(str(path), framework="pt") as fh:
         assert sorted(fh.keys()) == [BACKBONE_PREFIX + "w", LEARNER_PREFIX + "ctx"]
+
+
+def test_every_registered_open_clip_clip_config_passes_the_inline_config_check() -> None:
+    """The inline-config check must not refuse what open_clip itself builds: its registered CLIP
+    configs (CoCa's multimodal_cfg is not a CLIP argument), minus the flags that download tower
+    weights, which an inline config may not set."""
+    import copy
+
+    import open_clip
+
+    from ci_gate.checkpoint.format import check_inline_config
+
+    checked = 0
+    for name in open_clip.list_models():
+        cfg = copy.deepcopy(open_clip.get_model_config(name))
+        if "multimodal_cfg" in cfg:
+            continue
+        for tower in ("vision_cfg", "text_cfg"):
+            for flag in ("timm_model_pretrained", "hf_model_pretrained"):
+                cfg.get(tower, {}).pop(flag, None)
+        check_inline_config(json.loads(json.dumps(cfg)))
+        checked += 1
+    assert checked > 100
+    with pytest.raises(ValueError, match="multimodal_cfg"):
+        check_inline_config(copy.deepcopy(open_clip.get_model_config("coca_ViT-B-32")))

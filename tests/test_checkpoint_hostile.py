@@ -86,9 +86,17 @@ def st_bytes(meta: dict | str | None, learner: dict[str, torch.Tensor], backbone
 def embedded(learner_kind: str = "coop", backbone: dict[str, torch.Tensor] | None = None, digest_of: dict | None = None) -> tuple[dict, dict]:
     backbone = backbone if backbone is not None else {"visual.proj": torch.randn(4, 4, generator=torch.Generator().manual_seed(2))}
     meta = meta_dict(learner_kind)
-    meta["backbone"] = {"architecture": None, "config": {"embed_dim": 16}, "pretrained": None,
+    meta["backbone"] = {"architecture": None, "config": {"embed_dim": 16, "vision_cfg": {}, "text_cfg": {}}, "pretrained": None,
                         "sha256": backbone_digest(digest_of if digest_of is not None else backbone), "quick_gelu": False, "embedded": True}
     return meta, backbone
+
+
+def inline_config(mutate: Callable[[dict], None]) -> bytes:
+    """An embedded-backbone checkpoint whose inline open_clip config is then edited."""
+    meta, backbone = embedded()
+    meta["backbone"]["config"] = copy.deepcopy(MICRO_CLIP)
+    mutate(meta["backbone"]["config"])
+    return st_bytes(meta, learner_tensors(), backbone)
 
 
 def split(data: bytes) -> tuple[dict, bytes]:
@@ -332,6 +340,19 @@ CASES = [
     pytest.param(_mk("m.safetensors", lambda: meta_text(in_field("backbone", sha256="XYZ"))), r"metadata.backbone.sha256: String should match pattern", id="sha256-not-hex"),
     pytest.param(_mk("m.safetensors", lambda: meta_text(in_field("backbone", architecture="ViT\x1b[2J-B-16"))), r"metadata.backbone.architecture: contains control character U\+001B", id="architecture-esc"),
     pytest.param(_mk("m.safetensors", lambda: meta_text(lambda m: m.update({"\x1b[31mextra": 1}))), r"metadata.\\x1b\[31mextra: Extra inputs are not permitted", id="extra-key-esc"),
+    # an inline open_clip config (it goes to CLIP(**config))
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c.update(bogus=1))), r"metadata.backbone.config: unknown key 'bogus'", id="config-unknown-key"),
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c["text_cfg"].update(hf_tokenizer="x"))), r"metadata.backbone.config: text_cfg: unknown key 'hf_tokenizer'", id="config-tower-unknown-key"),
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c["text_cfg"].update(width="16"))), r"metadata.backbone.config: text_cfg.width: Input should be a valid integer", id="config-width-string"),
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c["vision_cfg"].update(width=10**9))), r"metadata.backbone.config: vision_cfg.width 1000000000 is outside \[1, 16384\]", id="config-width-huge"),
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c["text_cfg"].update(heads=0))), r"metadata.backbone.config: text_cfg.heads 0 is outside", id="config-heads-zero"),
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c["vision_cfg"].update(layers=[3, 4, 6, 100_000]))), r"vision_cfg.layers 100000 is outside", id="config-resnet-layers-huge"),
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c.update(embed_dim=True))), r"metadata.backbone.config: embed_dim must be an integer", id="config-embed-dim-bool"),
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c.pop("text_cfg"))), r"metadata.backbone.config: text_cfg is required", id="config-no-text-tower"),
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c.update(vision_cfg=[1]))), r"metadata.backbone.config: vision_cfg must be an object", id="config-tower-not-object"),
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c["vision_cfg"].update(timm_model_name="vit_base_patch16_224", timm_model_pretrained=True))),
+                 r"vision_cfg.timm_model_pretrained: an inline config may not download tower weights", id="config-downloads-weights"),
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c["vision_cfg"].update(mlp_ratio=1e300))), r"vision_cfg.mlp_ratio 1e\+300 is outside", id="config-mlp-ratio-huge"),
     # the tensors
     pytest.param(tensors_case({"ctx": torch.zeros(4, WIDTH, dtype=torch.int32)}), r"tensor 'ctx' has dtype I32; learner tensors must be F32, F16 or BF16", id="ctx-int32"),
     pytest.param(tensors_case({"ctx": torch.zeros(4, WIDTH, dtype=torch.bool)}), r"tensor 'ctx' has dtype BOOL", id="ctx-bool"),

@@ -139,6 +139,13 @@ class BackboneSpec(_Meta):
     quick_gelu: StrictBool | None = None
     embedded: StrictBool = False
 
+    @field_validator("config")
+    @classmethod
+    def _config(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:
+        if config is not None:
+            check_inline_config(config)
+        return config
+
     @model_validator(mode="after")
     def _identity(self) -> "BackboneSpec":
         if (self.architecture is None) == (self.config is None):
@@ -146,6 +153,71 @@ class BackboneSpec(_Meta):
         if not self.embedded and self.pretrained is None:
             raise ValueError("backbone weights: set 'pretrained' or embed them ('embedded': true)")
         return self
+
+
+# An inline config is attacker-written and goes to open_clip's CLIP(**config): only the keys
+# CLIP and its tower configs take (plus the two backbone.py consumes), with open_clip's own
+# types, and sizes that bound what building the model may allocate.
+_CONFIG_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "preprocess_cfg", "custom_text",
+                "init_logit_scale", "init_logit_bias", "nonscalar_logit_scale"}
+_CONFIG_BOUNDS = {"embed_dim": (1, 16_384), "width": (1, 16_384), "head_width": (1, 16_384), "heads": (1, 1024), "layers": (1, 256),
+                  "patch_size": (1, 1024), "image_size": (8, 1024), "context_length": (1, 4096), "vocab_size": (1, 1_000_000),
+                  "attn_pooler_queries": (1, 4096), "attn_pooler_heads": (1, 1024)}
+# a tower that fetches its own weights would be a backbone the checkpoint does not pin
+_DOWNLOAD_FLAGS = ("timm_model_pretrained", "hf_model_pretrained")
+# open_clip's annotations say str/int, but its own timm-tower configs set these to null
+_NULLABLE = {"timm_proj", "patch_size"}
+
+
+def check_inline_config(config: dict[str, Any]) -> None:
+    """Raise ValueError naming the first key of an inline open_clip config that CLIP(**config)
+    would not take, would take with the wrong type, or would take at an unbounded size."""
+    import dataclasses
+
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+    from pydantic import TypeAdapter
+
+    unknown = sorted(set(config) - _CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key {_show(repr(unknown[0]), 60)} (an open_clip config takes {', '.join(sorted(_CONFIG_KEYS))})")
+    for key in ("embed_dim", "vision_cfg", "text_cfg"):
+        if key not in config:
+            raise ValueError(f"{key} is required")
+    if type(config["embed_dim"]) is not int:
+        raise ValueError("embed_dim must be an integer")
+    _bounded("embed_dim", config["embed_dim"])
+    for key in ("quick_gelu", "custom_text", "nonscalar_logit_scale"):
+        if key in config and type(config[key]) is not bool:
+            raise ValueError(f"{key} must be true or false")
+    for key, tower in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg)):
+        sub = config[key]
+        if not isinstance(sub, dict):
+            raise ValueError(f"{key} must be an object")
+        fields = {f.name for f in dataclasses.fields(tower)}
+        unknown = sorted(set(sub) - fields)
+        if unknown:
+            raise ValueError(f"{key}: unknown key {_show(repr(unknown[0]), 60)}")
+        try:
+            # JSON mode: strict types, and JSON arrays for open_clip's tuple fields
+            TypeAdapter(tower).validate_json(json.dumps({k: v for k, v in sub.items() if not (v is None and k in _NULLABLE)}), strict=True)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"][:1])
+            raise ValueError(f"{key}.{_show(where, 40)}: {_show(err['msg'])}") from None
+        for name, value in sub.items():
+            if name in _CONFIG_BOUNDS and value is not None:
+                for v in value if isinstance(value, list) else [value]:
+                    _bounded(f"{key}.{name}", v)
+            if name in _DOWNLOAD_FLAGS and value:
+                raise ValueError(f"{key}.{name}: an inline config may not download tower weights; embed or pin them")
+            if name == "mlp_ratio" and not 0 < value <= 64:
+                raise ValueError(f"{key}.mlp_ratio {value} is outside (0, 64]")
+
+
+def _bounded(name: str, value: int) -> None:
+    low, high = _CONFIG_BOUNDS[name.rsplit(".", 1)[-1]]
+    if not low <= value <= high:
+        raise ValueError(f"{name} {_show(value, 24)} is outside [{low}, {high}]")
 
 
 class Preprocessing(_Meta):
