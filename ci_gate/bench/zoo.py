@@ -246,15 +246,19 @@ def profile_entries(profile: str) -> list[ZooEntry]:
     if profile == "full":
         out = []
         for ds in ("cifar10", "tin20"):
-            out += [entry(ds, "cocoop", None, s) for s in range(4)]
-            out += [entry(ds, "coop", None, s) for s in range(2)]
-        for ds in ("cifar10", "tin20"):
-            out += [entry(ds, "cocoop", "badclip", s) for s in range(9)]
-            out += [entry(ds, "coop", "badclip", s) for s in range(2)]
+            out += [entry(ds, "cocoop", None, s) for s in range(5)]
+            out += [entry(ds, "coop", None, s) for s in range(3)]
+        for ds, budgets in (("cifar10", (8, 16)), ("tin20", (16, 24))):
+            # BadCLIP at several budgets: the gate is never told which
+            out += [entry(ds, "cocoop", "badclip", s, eps255=budgets[0]) for s in range(4)]
+            out += [entry(ds, "cocoop", "badclip", s, eps255=budgets[1]) for s in range(9)]
+            out += [entry(ds, "coop", "badclip", s, eps255=budgets[1]) for s in range(2)]
             out += [entry(ds, "cocoop", "adaptive_badclip", s) for s in range(2)]
             out += [entry(ds, "zeroshot", "encoder", s) for s in range(3)]
             out += [entry(ds, "zeroshot", "encoder_badnets", s) for s in range(2)]
-        # triggers that do not implant on this backbone (docs/benchmark.md): one seed each, reported
+        # seed 0 of every kind first, so a run cut short by --max-minutes still covers every family
+        out = sorted(out, key=lambda e: (e.seed, out.index(e)))
+        # triggers that do not implant on this backbone (docs/benchmark.md): one seed each, reported, last
         for ds in ("cifar10", "tin20"):
             out += [entry(ds, "cocoop", a, 0) for a in ("blended", "wanet", "siba", "badnets")]
             out += [entry(ds, "zeroshot", a, 0) for a in ("encoder_wanet", "encoder_siba")]
