@@ -124,3 +124,19 @@ def test_the_quick_gelu_flag_of_an_inline_config_is_the_model_itself(original, t
     path, images, before = original
     mutated = _rewrite(path, tmp_path / "qg.safetensors", _set(["backbone", "quick_gelu"], True))
     assert load_classifier(mutated).backbone.quick_gelu is True
+
+
+def test_a_class_name_too_long_for_the_text_tower_is_bad_input(original, tmp_path):
+    path, _, _ = original
+    mutated = _rewrite(path, tmp_path / "long.safetensors", _set(["learner", "class_names"], ["cat", "dog", "ship", "a " * 99 + "b"]))
+    with pytest.raises(InputError, match=r"class_names\[3\] is too long"):
+        load_classifier(mutated)
+
+
+def test_an_inline_config_open_clip_cannot_build_is_bad_input(original, tmp_path):
+    path, _, _ = original
+    # heads that do not divide the width: accepted by the metadata schema, refused by torch
+    mutated = _rewrite(path, tmp_path / "heads.safetensors", _set(["backbone", "config"], lambda c: c | {"text_cfg": c["text_cfg"] | {"heads": 3}}))
+    with pytest.raises(InputError) as exc:
+        load_classifier(mutated)
+    assert str(mutated) in str(exc.value)

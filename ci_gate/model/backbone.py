@@ -208,7 +208,10 @@ def build_backbone(
 
     if "custom_text" in cfg or "hf_model_name" in cfg.get("text_cfg", {}):
         raise InputError(None, f"backbone {spec.architecture or 'inline'}: only CLIP models with the built-in text tower are supported")
-    clip = CLIP(**cfg, quick_gelu=quick_gelu)
+    try:
+        clip = CLIP(**cfg, quick_gelu=quick_gelu)
+    except Exception as exc:  # an inline config the loader's checks could not rule out (e.g. width not divisible by heads)
+        raise InputError(None if spec.embedded else (spec.pretrained or "backbone"), f"backbone config cannot be built by open_clip: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     try:
         clip.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -106,7 +106,10 @@ def load_classifier(
             names.append(extra)
     check_preprocessing(ckpt.path, meta.preprocessing, backbone.preprocessing)
     pre = backbone.preprocessing
-    clf = build_classifier(backbone, meta.learner.kind, learner, names, meta.learner.n_ctx, pre.image_size, pre.mean, pre.std)
+    try:
+        clf = build_classifier(backbone, meta.learner.kind, learner, names, meta.learner.n_ctx, pre.image_size, pre.mean, pre.std)
+    except ValueError as exc:  # prompts that do not fit the text tower: the checkpoint's class names
+        raise InputError(ckpt.path, str(exc)) from None
     return LoadedModel(classifier=clf, checkpoint=ckpt, backbone=backbone, notes=list(backbone.notes))
 
 

@@ -31,7 +31,8 @@ class PromptTokens(nn.Module):
         eot = getattr(tokenizer, "eot_token_id", None)
         eos = (tokens == eot).int().argmax(dim=-1) if eot is not None else tokens.argmax(dim=-1)
         if (tokens[:, -1] != 0).any():
-            raise ValueError("a class name is too long for the text encoder's context")
+            i = int((tokens[:, -1] != 0).nonzero()[0])
+            raise ValueError(f"learner.class_names[{i}] is too long for the text encoder's context of {tokens.shape[1]} tokens")
         with torch.no_grad():
             emb = clip.token_embedding(tokens).detach()
         self.n_ctx = n_ctx
