@@ -45,6 +45,7 @@ def test_out_folder_is_a_complete_bundle(tmp_path, capsys):
     assert (out_dir / "triggers" / "class_03.png").read_bytes() == (tmp_path / "scan" / "triggers" / "class_03.png").read_bytes()
     assert (out_dir / "examples" / "1_triggered.png").is_file()
     assert "`reports`" in (out_dir / "summary.md").read_text()
+    assert (out_dir / "result.json").read_bytes() == result_json.read_bytes()  # copied, not re-serialised
     # the copied result.json re-renders from its new home with every image found
     code, _, err = run(["report", str(out_dir / "result.json"), "-f", "html"], capsys)
     assert code == 0 and "warning" not in err
