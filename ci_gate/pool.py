@@ -130,7 +130,8 @@ def _bit_depth(img: Image.Image, arr: np.ndarray) -> tuple[int, bool]:
         bps = bps[0] if isinstance(bps, tuple) and bps else bps
         fmt = tags.get(339)
         fmt = fmt[0] if isinstance(fmt, tuple) and fmt else fmt
-        if isinstance(bps, int) and 1 <= bps <= 32:
+        # trusted only when the pixels fit: a decoder may already have widened 12-bit samples
+        if isinstance(bps, int) and 1 <= bps <= 32 and (arr.size == 0 or int(arr.max()) < 2**bps):
             return bps, fmt == 2
     if img.mode.startswith("I;16") or img.format == "PNG":
         return 16, False
@@ -287,7 +288,10 @@ def _list_glob(spec: str, skipped: list[tuple[str, str]]) -> list[_Entry] | None
         return None
     real_root = os.path.realpath(root)
     explicit_hidden = any(p.startswith(".") for p in parts[magic:])
-    matches = sorted(root.glob(pattern))
+    try:
+        matches = sorted(root.glob(pattern))
+    except ValueError as exc:  # pathlib refuses e.g. `**x`; glob.glob would have read it as `*x`
+        raise InputError(display_name(spec), f"invalid glob pattern ({exc})") from None
     entries = []
     for p in matches:
         rel = p.relative_to(root).parts
@@ -390,6 +394,8 @@ def load_pool(
     """
     spec = str(spec)
     shown_spec = display_name(spec)
+    if not spec.strip():
+        raise InputError("pool", "the pool path is empty")  # Path("") is the working directory
     path = Path(spec)
     skipped: list[tuple[str, str]] = []
     tar: tarfile.TarFile | None = None

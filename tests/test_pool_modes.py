@@ -1,7 +1,7 @@
 """The pool loader's hardening: every Pillow mode decodes to what the file means, only the sampled
 files are read, decoding is bounded, degenerate pools are refused, odd names and symlinks are safe.
 
-Hostile pools (``HOSTILE``, 18 cases) each assert an InputError (exit 2) whose one-line message
+Hostile pools (``HOSTILE``, 19 cases, plus the empty pool path) each assert an InputError (exit 2) whose one-line message
 names the pool and the problem, and that the pool is unchanged; ``CLI_HOSTILE`` (5 cases) runs the
 same kind of pool through ``ci-gate verify`` in-process: exit 2, one line on stderr, no traceback,
 nothing written.
@@ -511,6 +511,11 @@ def _non_utf8_constant(root: Path) -> str:
     return os.fsdecode(raw)
 
 
+def _bad_glob(root: Path) -> str:
+    _write_noise(root, 2)
+    return str(root / "**x" / "*.png")
+
+
 HOSTILE = {
     # name: (builder, min_images, text the message must contain)
     "all constant": (_constant, 5, "0 usable images, the policy needs at least 5 (skipped: 10 constant)"),
@@ -531,6 +536,7 @@ HOSTILE = {
     "FIFOs named .png": (_fifos, 1, "(skipped: 3 unreadable)"),
     "non-UTF-8 folder of blanks": (_non_utf8_constant, 1, "(skipped: 3 constant)"),
     "16-bit blanks": (lambda root: _sixteen_bit_blanks(root), 1, "(skipped: 4 constant)"),
+    "invalid glob pattern": (_bad_glob, 1, "invalid glob pattern"),
 }
 
 
@@ -552,6 +558,11 @@ def test_hostile_pool_is_an_input_error_naming_the_pool_and_the_problem(tmp_path
     assert err.value.exit_code == 2 and "\n" not in message
     assert message.startswith(pool_mod.display_name(spec) + ": ") and problem in message, message
     assert _tree_digest(tmp_path) == before
+
+
+def test_an_empty_pool_path_is_not_the_working_directory():
+    with pytest.raises(InputError, match="the pool path is empty"):
+        load_pool("", 16, 1, 10)
 
 
 # -- through the CLI -------------------------------------------------------------------------------
