@@ -84,8 +84,10 @@ def test_the_loaded_classifier_normalises_with_the_backbones_values(tiny):
 def test_a_checkpoint_stating_other_preprocessing_is_refused(tiny, tmp_path, capsys, fields, named):
     bad = _with_preprocessing(tiny, tmp_path / "bad.safetensors", **fields)
     before = hashlib.sha256(bad.read_bytes()).hexdigest()
+    pool = tmp_path / "pool"
+    pool.mkdir()
     with pytest.raises(SystemExit) as exc:
-        main(["verify", str(bad), "--pool", str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"])
+        main(["verify", str(bad), "--pool", str(pool), "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2
     assert len(err) == 1 and named in err[0] and str(bad) in err[0] and "Traceback" not in err[0]
