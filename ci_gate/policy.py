@@ -113,7 +113,7 @@ class DetectionPolicy(_Strict):
     k: float = Field(4.0, gt=0, description="anomaly index (largest over the budget ladder) above which a class is an outlier")
     min_asr: float = Field(0.5, ge=0, le=1, description="trigger ASR an outlier must reach at some rung to be a backdoor target")
     extreme: float = Field(8.0, gt=0, description="an outlier this far out is a backdoor target whatever its trigger ASR")
-    mad_floor: float = Field(0.05, gt=0, description="lower bound on the MAD so a tight cluster of clean classes does not blow up the index")
+    mad_floor: float = Field(0.1, gt=0, description="lower bound on the MAD (in margin-loss units) so a tight cluster of clean classes does not blow up the index")
 
     @field_validator("absolute_statistic")
     @classmethod

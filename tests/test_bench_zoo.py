@@ -83,6 +83,7 @@ def test_ci_scan_reuses_a_saved_result_only_for_the_same_policy_and_pool(tmp_pat
     from result_factory import saved_result
 
     import ci_gate.scan as scan
+    from ci_gate.result import load_result
 
     calls = []
 
@@ -91,16 +92,28 @@ def test_ci_scan_reuses_a_saved_result_only_for_the_same_policy_and_pool(tmp_pat
         path = saved_result(req.out_dir, verdict="clean", with_images=False)
         res = json.loads(path.read_text())
         res["policy"]["sha256"] = req.policy.sha256()
+        res["policy"]["settings"] = req.policy.model_dump(mode="json")
         res["pool"]["source"] = req.pool
+        res["detection"]["reference"] = "published"
+        for c in res["classes"]:  # one rung with every input a statistic reads
+            c["ref_clean_loss"] = 2.0
+            c["rungs"] = [{"epsilon": 4 / 255, "asr": c["asr"], "final_loss": c["final_loss"], "ref_asr": 0.1, "ref_final_loss": 1.0, "statistic": 0.0, "anomaly": 0.0}]
         path.write_text(json.dumps(res))
+        return load_result(path)
 
     monkeypatch.setattr(scan, "run_scan", fake_run_scan)
     policy, _ = load_policy("default")
     model = _model(tmp_path)
     published = tmp_path / "pub.safetensors"
-    first = detection.ci_scan(model, policy, "pool", tmp_path, "published", 0, published)
+    detection.ci_scan(model, policy, "pool", tmp_path, "published", 0, published)
     assert len(calls) == 1 and calls[0].reference_weights == published
-    assert detection.ci_scan(model, policy, "pool", tmp_path, "published", 0, published) == first and len(calls) == 1
+    detection.ci_scan(model, policy, "pool", tmp_path, "published", 0, published)
+    assert len(calls) == 1
+    # another threshold is a re-decision of the saved scan, not a new scan
+    stricter = policy.model_copy(update={"detection": policy.detection.model_copy(update={"k": 1.0})})
+    assert detection.scan_key(stricter) == detection.scan_key(policy)
+    detection.ci_scan(model, stricter, "pool", tmp_path, "published", 0, published)
+    assert len(calls) == 1
     detection.ci_scan(model, policy, "other-pool", tmp_path, "published", 0, published)
     assert len(calls) == 2
     detection.ci_scan(model, policy, "pool", tmp_path, "none", 1, published)

@@ -61,8 +61,15 @@ def budget255(model: ZooModel) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, seed: int, published: Path) -> Path:
-    """One CI scan through ``run_scan``; the result.json is reused when policy and pool match."""
+def scan_key(policy: Policy) -> dict:
+    """What a scan's raw per-class inputs depend on: everything but the detection and report
+    settings, which are applied afterwards (ci_gate.rescore)."""
+    return policy.model_dump(mode="json", exclude={"detection", "report", "name"})
+
+
+def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, seed: int, published: Path) -> Result:
+    """One CI scan through ``run_scan``. A saved result.json whose scan settings and pool match is
+    re-decided under ``policy`` instead of scanned again."""
     from ci_gate.scan import ScanRequest, run_scan
 
     pol = policy.model_copy(update={"seed": seed})
@@ -71,13 +78,15 @@ def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, se
     if saved.is_file():
         try:
             old = load_result(saved)
-            if old.policy.sha256 == pol.sha256() and old.pool.source == pool:
-                return saved
-        except InputError:
+            old_policy = Policy.model_validate(old.policy.settings)
+            if scan_key(old_policy) == scan_key(pol) and old.pool.source == pool:
+                return old if old_policy == pol else rescore(old, pol)
+        except (InputError, ValueError):
             pass
     ref = published if mode in ("published", "today") else None
-    run_scan(ScanRequest(checkpoint=Path(model.path), policy=pol, pool=pool, out_dir=dst, reference_weights=ref))
-    return saved
+    res = run_scan(ScanRequest(checkpoint=Path(model.path), policy=pol, pool=pool, out_dir=dst, reference_weights=ref))
+    assert res is not None
+    return res
 
 
 def baselines(model: ZooModel, images: torch.Tensor, profile: dict, out: Path) -> dict:
@@ -326,7 +335,7 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
         modes = MODES if (not m.backdoored or m.learner == "zeroshot" or not prompt_published_only) else ("published",)
         jobs = [(mode, s) for s in seeds for mode in modes] + ([("today", seeds[0])] if i < cost_sample else [])
         for mode, s in jobs:
-            results[(m.id, mode, s)] = load_result(ci_scan(m, today if mode == "today" else policy, pool_path, out, mode, s, published))
+            results[(m.id, mode, s)] = ci_scan(m, today if mode == "today" else policy, pool_path, out, mode, s, published)
         if with_baselines:
             base[m.id] = baselines(m, pool_images, settings, out)
         if i < cost_sample:
