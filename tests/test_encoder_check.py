@@ -66,3 +66,26 @@ def test_a_modified_encoder_fails_the_gate_even_with_a_clean_verdict(tmp_path):
     # it survives the round trip through result.json, infinities included
     again = Result.model_validate_json(modified.to_json())
     assert again.encoder.status == "modified" and again.gate_fails("backdoor")
+
+
+def test_every_report_shows_a_modified_encoder(tmp_path):
+    from result_factory import make_result
+
+    from ci_gate.report.markdown import summary_markdown
+    from ci_gate.report.sarif import ENCODER_RULE, build_sarif
+
+    a, b = _state(), _state()
+    a["visual.proj"][0, 0] += 0.25
+    res = make_result(tmp_path, verdict="clean", with_images=False).model_copy(update={"encoder": encoder_info(True, a, b, "published.safetensors")})
+    md = summary_markdown(res)
+    assert md.startswith("## :x: ci-gate: the checkpoint's encoders were modified")
+    assert "`visual.proj`" in md and "0.2500" in md and "| Gate | **fails**" in md
+    sarif = build_sarif(res)
+    hits = [r for r in sarif["runs"][0]["results"] if r["ruleId"] == ENCODER_RULE]
+    assert len(hits) == 1 and hits[0]["level"] == "error"
+    assert hits[0]["properties"]["changed"][0]["name"] == "visual.proj"
+    assert hits[0]["properties"]["changed"][0]["maxAbs"] == pytest.approx(0.25)
+    from ci_gate.report.html import render_html
+
+    html = render_html(res, tmp_path)
+    assert "The checkpoint's encoders were modified" in html and "<code>visual.proj</code>" in html

@@ -63,6 +63,29 @@ def _class_rows(classes: list[ClassResult]) -> list[str]:
     return rows
 
 
+def _budget(epsilon: float | None) -> str:
+    return "-" if epsilon is None else f"{epsilon * 255:.0f}/255"
+
+
+def _encoder_lines(result: Result) -> list[str]:
+    enc = result.encoder
+    if not enc.modified:
+        return []
+    lines = [
+        "### :x: Modified encoder",
+        "",
+        f"The checkpoint's towers differ from the published weights ({code(enc.reference or '?', in_table=False)}) in {enc.n_changed} of "
+        f"{enc.n_tensors} tensors. Prompt tuning never changes the encoders, so this fails the gate on its own.",
+        "",
+        "| Tensor | Max abs. change | Relative change |",
+        "|---|--:|--:|",
+    ]
+    lines += [f"| {code(t.name)} | {_num(t.max_abs, 4)} | {_num(t.rel_l2, 4)}{' (' + escape(t.note) + ')' if t.note else ''} |" for t in enc.changed[:10]]
+    if enc.n_changed > 10:
+        lines.append(f"| ... {enc.n_changed - 10} more in report.html and result.json | | |")
+    return lines + [""]
+
+
 def _where_images_are(result: Result, links: SummaryLinks) -> list[str]:
     paths = referenced_paths(result)
     if not paths:
@@ -88,12 +111,22 @@ def _where_images_are(result: Result, links: SummaryLinks) -> list[str]:
     return lines + [""]
 
 
+_ENCODER_TEXT = {
+    "not_embedded": "the published weights (pinned SHA-256 checked)",
+    "unmodified": "embedded, identical to the published weights",
+    "modified": "**embedded and modified**",
+    "unverified": "embedded, **unverified** (no published weights given)",
+}
+
+
 def summary_markdown(result: Result, links: SummaryLinks = SummaryLinks()) -> str:
     settings = report_settings(result)
     gate_fails = result.gate_fails(settings["fail_on"])
     if result.verdict == "backdoor":
         target = f": target class **{escape(result.target_class)}**" if result.target_class is not None else ""
         title = f"## :x: ci-gate: backdoor detected{target}"
+    elif result.encoder.modified:
+        title = "## :x: ci-gate: the checkpoint's encoders were modified"
     else:
         title = "## :white_check_mark: ci-gate: clean, no backdoor detected"
     model, backbone = result.model, result.model.backbone
@@ -107,13 +140,19 @@ def summary_markdown(result: Result, links: SummaryLinks = SummaryLinks()) -> st
         f"| Backbone | {escape(backbone.architecture)}{' · ' + escape(backbone.pretrained) if backbone.pretrained else ''} |",
         f"| Pool | {escape(result.pool.source)}: {result.pool.n_images} images (sha256 `{result.pool.sha256[:12]}`) |",
         f"| Policy | {escape(result.policy.name)} (sha256 `{result.policy.sha256[:12]}`), k = {result.detection.k:g}, min ASR {_pct(result.detection.min_asr)} |",
+        f"| Scan | {escape(result.detection.statistic)} over budgets {', '.join(_budget(e) for e in result.detection.epsilons) or '-'}; reference: {result.detection.reference or '-'} |",
+        f"| Encoders | {_ENCODER_TEXT[result.encoder.status]} |",
         f"| Gate | {'**fails**' if gate_fails else 'passes'} (fail-on: {settings['fail_on']}) |",
         f"| Time | {result.timings.total_s:.1f} s on {escape(result.device)} |",
         "",
     ]
+    lines += _encoder_lines(result)
     noteworthy = result.flagged + result.suspicious
     if noteworthy:
         lines += ["### Flagged classes", "", *_class_rows(noteworthy), ""]
+        budgets = [f"{escape(c.name)} at {_budget(c.epsilon)}" for c in noteworthy if c.epsilon is not None]
+        if budgets:
+            lines += [f"Scores, ASR and trigger images are at each class's most anomalous budget: {', '.join(budgets)}.", ""]
     ranked = by_anomaly(result.classes)
     lines += [
         f"<details><summary>All {len(result.classes)} classes by anomaly index</summary>",

@@ -38,6 +38,7 @@ MAX_LOCATIONS_PER_RESULT = 1000
 
 BACKDOOR_RULE = "CIG001"
 SUSPICIOUS_RULE = "CIG002"
+ENCODER_RULE = "CIG003"
 
 # GitHub ranks security alerts by security-severity, not by level; deriving it from the policy's
 # level keeps the two consistent (critical / medium / low).
@@ -103,6 +104,24 @@ def _rules(backdoor_level: str, suspicious_level: str) -> list[dict]:
                 "security-severity": _SECURITY_SEVERITY.get(suspicious_level, "3.0"),
             },
         },
+        {
+            "id": ENCODER_RULE,
+            "name": "modified-encoder",
+            "shortDescription": {"text": "The checkpoint's CLIP encoders differ from the published backbone"},
+            "fullDescription": {
+                "text": "The checkpoint embeds image/text towers whose tensors differ from the published weights it "
+                "names. Prompt tuning never changes the encoders; a modified tower is how an encoder-level "
+                "backdoor is delivered."
+            },
+            "help": {
+                "text": "Do not deploy this checkpoint. The ci-gate report lists the tensors that differ and by how much. "
+                "Ask the provider for a prompt learner on the unmodified published backbone.",
+                "markdown": "**Do not deploy this checkpoint.** The ci-gate report lists the tensors that differ and by how "
+                "much. Ask the provider for a prompt learner on the unmodified published backbone.",
+            },
+            "defaultConfiguration": {"level": "error"},
+            "properties": {"tags": tags, "precision": "high", "problem.severity": "error", "security-severity": _SECURITY_SEVERITY["error"]},
+        },
     ]
 
 
@@ -156,6 +175,24 @@ def _message(result: Result, cls: ClassResult) -> str:
     )
 
 
+def _encoder_result(result: Result, uri: str, index: int) -> dict:
+    enc = result.encoder
+    worst = ", ".join(f"{plain(t.name)} (relative change {t.rel_l2:.3g})" for t in enc.changed[:3])
+    return {
+        "ruleId": ENCODER_RULE,
+        "ruleIndex": index,
+        "level": "error",
+        "message": {"text": f"{enc.n_changed} of {enc.n_tensors} backbone tensors differ from the published weights: {worst}."},
+        "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}, "region": {"startLine": 1, "startColumn": 1, "endLine": 1, "endColumn": 2}}}],
+        "partialFingerprints": {FINGERPRINT_KEY: fingerprint(ENCODER_RULE, result.model.sha256, "")},
+        "properties": {
+            "changedTensors": enc.n_changed,
+            "tensors": enc.n_tensors,
+            "changed": [{"name": plain(t.name), "maxAbs": _json_number(t.max_abs), "relL2": _json_number(t.rel_l2)} for t in enc.changed],
+        },
+    }
+
+
 def build_sarif(result: Result, source_root: Path | None = None) -> dict:
     settings = report_settings(result)
     uri = checkpoint_uri(result.model.path, source_root)
@@ -193,6 +230,8 @@ def build_sarif(result: Result, source_root: Path | None = None) -> dict:
         }
         for rule_id, level, cls in findings
     ]
+    if result.encoder.modified:
+        results.append(_encoder_result(result, uri, rule_index[ENCODER_RULE]))
     driver = {"name": result.tool.name, "version": result.tool.version}
     if ci_gate.PROJECT_URL:  # optional in SARIF; never a made-up address
         driver["informationUri"] = ci_gate.PROJECT_URL
