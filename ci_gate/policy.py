@@ -7,6 +7,7 @@ rejected with the offending key's dotted name. The CLI may override single field
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -408,8 +409,13 @@ def load_policy(spec: str | Path | None = None, overrides: list[str] | None = No
             raise InputError(path, _format_validation_error(exc)) from None
         except RecursionError:
             raise InputError(path, "nested too deeply") from None
+    return apply_overrides(data, overrides), (path.parent.resolve() if path else None)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> Policy:
+    """A policy from settings (a file's, or a saved result's) plus ``--set KEY=VALUE`` items."""
     applied: list[tuple[tuple[str, ...], str]] = []
-    data = dict(data)
+    data = copy.deepcopy(data)  # overrides never touch the caller's settings
     for item in overrides or []:
         applied.append(_apply_override(data, item))
     try:
@@ -423,4 +429,4 @@ def load_policy(spec: str | Path | None = None, overrides: list[str] | None = No
         raise InputError(source, _joined(mine)) from None
     except RecursionError:
         raise InputError("--set", "nested too deeply") from None
-    return policy, (path.parent.resolve() if path else None)
+    return policy

@@ -59,10 +59,10 @@ def test_ladder_input_errors():
         decide_ladder([_rung(), _rung(n=5)], "asr", 4.0, 0.5, 0.05, 8.0)
 
 
-def test_rescoring_a_saved_result_is_the_scans_decision_and_follows_new_settings(tmp_path):
+def _saved_ladder_result(tmp_path):
+    """A result as a ladder scan writes it: class 2 stands out at the third budget."""
     from ci_gate.policy import load_policy
-    from ci_gate.rescore import rescore
-    from ci_gate.result import ClassResult, Detection, Result, RungResult
+    from ci_gate.result import ClassResult, Detection, RungResult
     from result_factory import make_result
 
     base = make_result(tmp_path, verdict="clean", with_images=False)
@@ -86,6 +86,16 @@ def test_rescoring_a_saved_result_is_the_scans_decision_and_follows_new_settings
         "classes": classes, "verdict": d.verdict, "target_index": d.target, "target_class": None if d.target is None else classes[d.target].name,
         "detection": Detection(statistic=det.statistic, k=det.k, min_asr=det.min_asr, extreme=det.extreme, median=0.0, mad=0.0, epsilons=list(eps), reference="published"),
     })
+    return saved, policy
+
+
+def test_rescoring_a_saved_result_is_the_scans_decision_and_follows_new_settings(tmp_path):
+    from ci_gate.policy import load_policy
+    from ci_gate.rescore import rescore
+    from ci_gate.result import Result
+
+    saved, policy = _saved_ladder_result(tmp_path)
+    det = policy.detection
     assert saved.verdict == "backdoor" and saved.target_index == 2
     again = rescore(Result.model_validate_json(saved.to_json()), policy)
     assert again.verdict == saved.verdict and again.target_index == 2
@@ -96,3 +106,32 @@ def test_rescoring_a_saved_result_is_the_scans_decision_and_follows_new_settings
     # without a trusted reference the reference-free statistic decides, as in the scan
     blind = saved.model_copy(update={"detection": saved.detection.model_copy(update={"reference": "none"})})
     assert rescore(blind, policy).detection.statistic == det.absolute_statistic
+
+
+def test_report_rescore_cli_writes_a_new_folder_and_leaves_the_saved_one(tmp_path, capsys):
+    import hashlib
+
+    from ci_gate.cli import main
+
+    saved, _ = _saved_ladder_result(tmp_path / "scan")
+    path = saved.save(tmp_path / "scan" / "result.json")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(path), "--rescore", "--out", str(tmp_path / "same")])
+    assert exc.value.code == 1 and "backdoor" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(path), "--rescore", "--set", "detection.k=1000", "--set", "detection.extreme=2000", "--out", str(tmp_path / "lenient")])
+    assert exc.value.code == 0
+    import json
+
+    redecided = json.loads((tmp_path / "lenient" / "result.json").read_text())
+    assert redecided["verdict"] == "clean" and redecided["detection"]["k"] == 1000
+    assert (tmp_path / "lenient" / "summary.md").is_file()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    for bad in (["--rescore"], ["--set", "detection.k=3"], ["--rescore", "--set", "detection.k=-1", "--out", str(tmp_path / "x")]):
+        with pytest.raises(SystemExit) as exc:
+            main(["report", str(path), *bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("--out" in err[0] or "--set" in err[0])
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before

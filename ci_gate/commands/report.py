@@ -36,6 +36,8 @@ def report(
     source_root: Path | None = typer.Option(
         None, "--source-root", help="Repository root, to make an absolute checkpoint path relative in SARIF."
     ),
+    rescore: bool = typer.Option(False, "--rescore", help="Re-decide the saved scan under its policy plus --set overrides (no scan); needs --out; exits 1 when the re-decided gate fails."),
+    overrides: list[str] = typer.Option([], "--set", help="With --rescore: override a detection or report setting, e.g. --set detection.k=3"),
 ) -> None:
     """Re-render HTML, SARIF, Markdown and JSON reports from a saved result.
 
@@ -50,6 +52,10 @@ def report(
 
     result = load_result(result_json)
     result_dir = Path(os.path.realpath(result_json)).parent
+    if overrides and not rescore:
+        raise InputError("--set", "only applies with --rescore (a saved result is otherwise rendered as it is)")
+    if rescore:
+        return _rescored(result, result_json, result_dir, formats, out, overrides, SummaryLinks(run_url=run_url, artifact_name=artifact_name), source_root)
     chosen = parse_formats(formats) if formats else list(result.policy.settings.get("report", {}).get("formats") or FORMATS)
     for rel in missing_artifacts(result, result_dir):
         typer.echo(f"ci-gate: warning: {plain(result_dir / rel)}: image missing or not a PNG; the report shows a placeholder", err=True)
@@ -75,6 +81,39 @@ def report(
         written = {f: written[f] for f in chosen if f in written}
     for path in written.values():
         typer.echo(plain(path, None))
+
+
+def _rescored(result, result_json: Path, result_dir: Path, formats: str | None, out: str | None, overrides: list[str], links, source_root: Path | None) -> None:
+    """The saved scan re-decided (ci_gate.rescore) into a new folder: result.json there is the
+    re-decided one; the source folder, its result.json included, is left as it is."""
+    from ci_gate.policy import apply_overrides
+    from ci_gate.report import FORMATS, render
+    from ci_gate.report.folder import check_out_folder, staged_folder
+    from ci_gate.report.sanitize import plain
+    from ci_gate.rescore import rescore
+
+    if out is None or Path(os.path.realpath(out)) == result_dir:
+        raise InputError("--out", "--rescore writes a new result: give a folder other than the saved result's")
+    target = check_out_folder(out, "--out", inputs=[("result", result_json)])
+    try:
+        policy = apply_overrides(result.policy.settings, overrides)
+    except InputError:
+        raise
+    except Exception as exc:  # settings a hand-edited result.json carries
+        raise InputError(result_json, f"its policy settings are not a valid policy: {exc}") from None
+    try:
+        decided = rescore(result, policy)
+    except InputError as exc:
+        raise InputError(result_json, exc.problem) from None
+    chosen = parse_formats(formats) if formats else list(policy.report.formats or FORMATS)
+    with staged_folder(target) as stage:
+        link_tree(result_dir, stage)  # trigger and example images, unchanged
+        (stage / "result.json").unlink(missing_ok=True)
+        decided.save(stage / "result.json")
+        render(decided, stage, [f for f in chosen if f != "json"], links=links, source_root=source_root.resolve() if source_root else None)
+    typer.echo(f"{decided.verdict}: re-decided under {policy.name} ({', '.join(overrides) or 'the saved settings'}) -> {plain(target / 'result.json', None)}")
+    if decided.gate_fails(policy.report.fail_on):
+        raise typer.Exit(1)
 
 
 def link_tree(src: Path, dst: Path) -> None:
