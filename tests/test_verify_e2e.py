@@ -29,10 +29,20 @@ def _sha(path):
 
 
 @pytest.fixture(scope="module")
-def backdoored_run(cifar_models, tmp_path_factory):
+def published(cifar_models, tmp_path_factory):
+    """The backbone the fixture's models were tuned on, as the file a user downloads."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("published") / "published.safetensors"
+    save_file({k: v.contiguous() for k, v in cifar_models.backbone_state.items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def backdoored_run(cifar_models, published, tmp_path_factory):
     out = tmp_path_factory.mktemp("verify-bad")
     before = _sha(cifar_models.backdoored.path)
-    proc = _verify(cifar_models.backdoored.path, out)
+    proc = _verify(cifar_models.backdoored.path, out, "--reference-weights", str(published))
     assert _sha(cifar_models.backdoored.path) == before, "verify modified its input"
     return proc, out
 
@@ -53,14 +63,14 @@ def test_backdoored_run_writes_reports_and_the_trigger(backdoored_run, cifar_mod
     result = json.loads((out / "result.json").read_text())
     target = next(c for c in result["classes"] if c["name"] == cifar_models.target)
     assert (out / target["trigger_png"]).is_file() and (out / target["trigger_tensor"]).is_file()
-    assert target["trigger_linf"] <= 4 / 255 + 1e-6
+    assert target["trigger_linf"] <= target["epsilon"] + 1e-6 and target["epsilon"] <= 32 / 255 + 1e-6
     for name in ("report.html", "report.sarif", "summary.md"):
         assert (out / name).is_file(), name
     assert result["model"]["sha256"] == cifar_models.backdoored.sha256
 
 
-def test_clean_twin_passes(cifar_models, tmp_path):
-    proc = _verify(cifar_models.clean.path, tmp_path)
+def test_clean_twin_passes(cifar_models, published, tmp_path):
+    proc = _verify(cifar_models.clean.path, tmp_path, "--reference-weights", str(published))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["verdict"] == "clean" and result["target_class"] is None
@@ -95,8 +105,12 @@ def test_reference_weights_replace_an_embedded_backbone_in_the_reference(cifar_m
     assert ref.returncode == 0, ref.stdout + ref.stderr
     ref_result = json.loads((tmp_path / "ref" / "result.json").read_text())
     assert not any("--reference-weights" in w for w in ref_result["warnings"])
-    # the fixture's embedded backbone is the published one: the same reference, the same scores
-    assert [round(c["anomaly"], 4) for c in ref_result["classes"]] == [round(c["anomaly"], 4) for c in own_result["classes"]]
+    # the same scan inputs either way; without published weights the embedded tower is unverified
+    # and a reference-free statistic decides, with them the clean reference is the published tower
+    assert [[round(r["final_loss"], 4) for r in c["rungs"]] for c in ref_result["classes"]] == [[round(r["final_loss"], 4) for r in c["rungs"]] for c in own_result["classes"]]
+    assert own_result["detection"]["reference"] == "none" and own_result["encoder"]["status"] == "unverified"
+    assert ref_result["detection"]["reference"] == "published" and ref_result["detection"]["statistic"] == "ref_loss_gain"
+    assert ref_result["encoder"]["status"] == "unmodified"
     assert not any("differs from the published weights" in w for w in ref_result["warnings"])
 
 
