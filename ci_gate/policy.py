@@ -84,7 +84,7 @@ class InversionPolicy(_Strict):
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(1, ge=1)
     loss: Literal["margin", "cross_entropy", "logit"] = "margin"
-    class_batch: int | Literal["auto"] = "auto"
+    class_batch: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     eval_images: int | None = Field(256, ge=16, description="pool images (seeded subset) each rung's trigger is evaluated on; null: the whole pool")
 
@@ -114,7 +114,7 @@ class DetectionPolicy(_Strict):
     k: float = Field(4.0, gt=0, description="anomaly index (largest over the budget ladder) above which a class is an outlier")
     min_asr: float = Field(0.5, ge=0, le=1, description="trigger ASR an outlier must reach at some rung to be a backdoor target")
     extreme: float = Field(8.0, gt=0, description="an outlier this far out is a backdoor target whatever its trigger ASR")
-    mad_floor: float = Field(0.1, gt=0, description="lower bound on the MAD (in margin-loss units) so a tight cluster of clean classes does not blow up the index")
+    mad_floor: float = Field(1.0, gt=0, description="lower bound on the MAD (in the statistic's units: margins at logit scale 100, or rates) so a tight cluster of clean classes does not blow up the index")
 
     @field_validator("absolute_statistic")
     @classmethod

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text
 
-RESULT_SCHEMA_VERSION = "1.1"
+RESULT_SCHEMA_VERSION = "1.2"  # 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize)
 
 Verdict = Literal["clean", "backdoor"]
 ClassStatus = Literal["ok", "suspicious", "backdoor"]

@@ -32,8 +32,16 @@ def test_a_class_is_scored_at_the_rung_where_it_stands_out_most():
     # the target only separates at the third budget (the attacker's), not at the small ones
     rungs = [_rung(0.0), _rung(0.05), _rung(3.0, target_asr=0.8), _rung(0.5, target_asr=1.0)]
     d = decide_ladder(rungs, "ref_loss_gain", 4.0, 0.5, 0.05, extreme=8.0)
-    assert d.rung[0] == 2 and d.score[0] == pytest.approx(d.anomaly[2][0])
+    assert d.rung[0] == 2
+    assert d.score[0] == pytest.approx((d.anomaly[2][0] + d.anomaly[3][0]) / 2), "the mean of its two largest indices"
     assert d.verdict == "backdoor" and d.target == 0
+
+
+def test_a_spike_at_a_single_rung_is_not_an_outlier():
+    # what a clean zoo model did at 0.05 MAD floor: 5.4 at 8/255, unremarkable elsewhere
+    rungs = [_rung(0.0), _rung(0.05), _rung(0.75, target_asr=0.6), _rung(0.0), _rung(0.0)]
+    d = decide_ladder(rungs, "ref_loss_gain", 4.0, 0.5, 0.05, extreme=8.0)
+    assert d.anomaly[2][0] > 4.0 and d.score[0] < 4.0 and d.verdict == "clean"
 
 
 def test_an_extreme_outlier_cannot_pass_because_of_the_asr_floor():
@@ -69,8 +77,8 @@ def _saved_ladder_result(tmp_path):
     policy, _ = load_policy("default")
     det = policy.detection
     eps = policy.inversion.epsilon
-    # per rung: the target (class 2) gains 0, 0.2, 3.0, 0.4, 0.1 over the reference
-    gains = {2: [0.0, 0.2, 3.0, 0.4, 0.1]}
+    # per rung: the target (class 2) gains over the reference at the middle budgets
+    gains = {2: [0.0, 2.0, 30.0, 20.0, 1.0]}  # margins at logit scale 100
     rungs_stats = [[ClassStats(asr=0.6 if (c == 2 and r >= 2) else 0.2, base_rate=0.1, final_loss=1.0 - gains.get(c, [0.1 * ((c % 3) - 1)] * 5)[r], clean_loss=2.0,
                                ref_asr=0.1, ref_final_loss=1.0, ref_clean_loss=2.0) for c in range(len(base.classes))] for r in range(len(eps))]
     d = decide_ladder(rungs_stats, det.statistic, det.k, det.min_asr, det.mad_floor, det.extreme)

@@ -36,7 +36,7 @@ from ci_gate.model import load_classifier
 from ci_gate.policy import Policy, load_policy
 from ci_gate.pool import load_pool
 from ci_gate.rescore import rescore
-from ci_gate.result import Result, load_result
+from ci_gate.result import RESULT_SCHEMA_VERSION, Result, load_result
 from ci_gate.scoring import STATISTICS
 
 DEFAULT_CACHE = Path.home() / ".cache" / "ci-gate-bench"
@@ -79,7 +79,7 @@ def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, se
         try:
             old = load_result(saved)
             old_policy = Policy.model_validate(old.policy.settings)
-            if scan_key(old_policy) == scan_key(pol) and old.pool.source == pool:
+            if old.schema_version == RESULT_SCHEMA_VERSION and scan_key(old_policy) == scan_key(pol) and old.pool.source == pool:
                 return old if old_policy == pol else rescore(old, pol)
         except (InputError, ValueError):
             pass

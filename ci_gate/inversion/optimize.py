@@ -91,6 +91,17 @@ def _batch_order(n: int, settings: InversionSettings) -> list[torch.Tensor]:
     return batches
 
 
+# Recorded losses are margins at CLIP's own logit scale (100), whatever the checkpoint's: the
+# scale multiplies every margin and leaves every prediction alone, so a tower that shrinks it
+# would otherwise shrink every statistic under the MAD floor and hide its backdoor. The
+# optimisation itself is unaffected: Adam's steps do not depend on the gradient's scale.
+CANONICAL_LOGIT_SCALE = 100.0
+
+
+def _canonical(classifier: PromptedClassifier) -> float:
+    return CANONICAL_LOGIT_SCALE / float(classifier.logit_scale)
+
+
 def _perturbed_logits(classifier: PromptedClassifier, x: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
     """x: (B, 3, S, S); deltas: (K, 3, S, S) -> logits (K, B, C)."""
     k, b = deltas.shape[0], x.shape[0]
@@ -109,12 +120,14 @@ def _evaluate(classifier: PromptedClassifier, images: torch.Tensor, deltas: torc
             tgt = targets.to(device).repeat_interleave(b)
             flat = logits.reshape(k * b, c)
             hits += (flat.argmax(1) == tgt).view(k, b).sum(1).double().cpu()
-            losses += margin(flat, tgt).view(k, b).sum(1).double().cpu()
+            losses += (margin(flat, tgt) * _canonical(classifier)).view(k, b).sum(1).double().cpu()
     n = images.shape[0]
     return hits / n, losses / n
 
 
 def _segments(order: list[torch.Tensor], n_rungs: int) -> list[list[torch.Tensor]]:
+    if len(order) < n_rungs:  # a small pool: cycle its batches so that no rung goes unoptimised
+        order = [order[i % len(order)] for i in range(n_rungs)]
     per, extra = divmod(len(order), n_rungs)
     out, start = [], 0
     for r in range(n_rungs):
@@ -222,5 +235,5 @@ def base_rates(classifier: PromptedClassifier, images: torch.Tensor, batch_size:
             logits = classifier(chunk.to(device)).float()
             counts += torch.bincount(logits.argmax(1).cpu(), minlength=n_cls).double()
             for t in range(n_cls):
-                losses[t] += margin(logits, torch.full((logits.shape[0],), t, device=device)).sum().double().cpu()
+                losses[t] += (margin(logits, torch.full((logits.shape[0],), t, device=device)) * _canonical(classifier)).sum().double().cpu()
     return counts / images.shape[0], losses / images.shape[0]

@@ -59,6 +59,11 @@ def decide(stats: Sequence[ClassStats], statistic: str, k: float, min_asr: float
     )
 
 
+def _two_rung_score(indices: list[float]) -> float:
+    top = sorted(indices, reverse=True)
+    return top[0] if len(top) == 1 else (top[0] + top[1]) / 2
+
+
 @dataclass(frozen=True)
 class LadderDecision:
     """The verdict over a budget ladder. Per class: the rung whose anomaly index is largest
@@ -69,7 +74,7 @@ class LadderDecision:
     median: list[float]  # per rung
     mad: list[float]  # per rung
     rung: list[int]  # per class: the deciding rung
-    score: list[float]  # per class: its anomaly index at the deciding rung
+    score: list[float]  # per class: the mean of its two largest indices over the rungs
     status: list[str]
     verdict: str
     target: int | None
@@ -79,7 +84,12 @@ def decide_ladder(rungs: Sequence[Sequence[ClassStats]], statistic: str, k: floa
     """Blind decision over budgets the defender cannot know in advance.
 
     The anomaly index is computed across classes within each rung (every class saw the same
-    budget, batches and evaluation images); a class's score is its largest index over the rungs.
+    budget, batches and evaluation images); a class's score is the mean of its two largest
+    indices over the rungs (its only one in a one-rung scan). A backdoor's target stands out over
+    a range of budgets, around the attacker's and above it; a clean class that spikes at one rung
+    (seen on the zoo: 5.4 at 8/255 only) is noise, and taking the largest single index would
+    multiply such chances by the number of rungs. The deciding rung (reports show its trigger)
+    is the one with the largest index.
     A class is an outlier when that score exceeds ``k``; an outlier is a backdoor target when its
     trigger reaches ``min_asr`` at some rung, or unconditionally once the score exceeds
     ``extreme``: a class that stands out that far cannot pass because the ladder's budgets stop
@@ -100,7 +110,7 @@ def decide_ladder(rungs: Sequence[Sequence[ClassStats]], statistic: str, k: floa
         meds.append(med)
         mads.append(mad)
     best = [max(range(len(rungs)), key=lambda r: (scores[r][c], -r)) for c in range(n)]
-    score = [scores[best[c]][c] for c in range(n)]
+    score = [_two_rung_score([scores[r][c] for r in range(len(rungs))]) for c in range(n)]
     status = []
     for c in range(n):
         reached = max(r[c].asr for r in rungs) >= min_asr
