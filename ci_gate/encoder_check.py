@@ -76,12 +76,14 @@ def compare_state_dicts(delivered: dict[str, torch.Tensor], published: dict[str,
     )
 
 
-def encoder_info(embedded: bool, delivered: dict[str, torch.Tensor], published: dict[str, torch.Tensor] | None, reference: str | None) -> EncoderInfo:
-    """What the Result records about the towers (see the module docstring for the cases)."""
-    if not embedded:
-        return EncoderInfo(status="not_embedded", reference=reference)
+def encoder_info(verified: bool, delivered: dict[str, torch.Tensor], published: dict[str, torch.Tensor] | None, reference: str | None) -> EncoderInfo:
+    """What the Result records about the towers (see the module docstring for the cases).
+
+    ``verified``: the towers were loaded from open_clip's tag or the user's own weights file; an
+    embedded tower, or a weights file the checkpoint names, is not. Published weights, when
+    given, are compared with the towers in every case."""
     if published is None:
-        return EncoderInfo(status="unverified")
+        return EncoderInfo(status="not_embedded") if verified else EncoderInfo(status="unverified")
     cmp = compare_state_dicts(delivered, published)
     return EncoderInfo(
         status="modified" if cmp.modified else "unmodified",

@@ -25,6 +25,7 @@ import torch
 
 from ci_gate.errors import InputError
 from ci_gate.inversion import InversionSettings, base_rates, invert
+from ci_gate.inversion.memory import choose_class_batch
 from ci_gate.model.backbone import Backbone, build_backbone
 from ci_gate.model.classifier import PromptedClassifier
 from ci_gate.model.factory import LoadedModel, build_classifier
@@ -48,7 +49,9 @@ def reference_backbone(loaded: LoadedModel, weights: Path | None) -> Backbone | 
     checkpoint's own). Same architecture; the file is the user's copy of the published weights."""
     if weights is None:
         return None
-    spec = loaded.checkpoint.meta.backbone.model_copy(update={"embedded": False, "sha256": None, "pretrained": str(weights)})
+    # the delivered tower's resolved activation: a file path in place of the tag would otherwise
+    # lose the tag's QuickGELU and build a silently different reference
+    spec = loaded.checkpoint.meta.backbone.model_copy(update={"embedded": False, "sha256": None, "pretrained": str(weights), "quick_gelu": loaded.backbone.quick_gelu})
     try:
         return build_backbone(spec, weights=weights)
     except InputError as exc:
@@ -70,7 +73,9 @@ def reference_stats(
     if device is not None:
         clf.to(device)
     clf.freeze()
-    triggers = invert(clf, images, settings, class_batch=max(1, len(class_names)))
+    # the reference's text features are image-independent, but its activations still grow with the
+    # class batch: the same memory-bound choice as the delivered model's scan
+    triggers = invert(clf, images, settings, class_batch=choose_class_batch(clf, settings.batch_size, max(1, len(class_names)), device or torch.device("cpu")))
     rates, clean = base_rates(clf, images)
     by_index = {t.index: t for t in triggers}
     return [[ReferenceClass(asr=r.asr, final_loss=r.final_loss, clean_loss=float(clean[i])) for r in by_index[i].rungs] for i in range(len(class_names))]

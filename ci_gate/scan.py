@@ -122,7 +122,7 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     rates, clean_losses = base_rates(clf, pool.images)
     published = reference_backbone(loaded, req.reference_weights)
     encoder = encoder_info(
-        meta.backbone.embedded,
+        loaded.backbone.verified,
         loaded.backbone.clip.state_dict(),
         None if published is None else published.clip.state_dict(),
         None if req.reference_weights is None else str(req.reference_weights),

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 # neg_loss: see test_repair.GATE. poison_rate 0.5: on this tiny backbone the attack's own 0.2
 # plants a backdoor of only ~20-40% held-out ASR, which the canary (rightly) calls inconclusive.
-GATE = ["--set", "pool.max_images=256", "--set", "detection.statistic=neg_loss", "--set", "detection.k=2", "--set", "canary.poison_rate=0.5"]
+# the gate these tests were measured with: one 4/255 rung evaluated on the whole pool (the
+# default before the blind ladder), neg_loss at k = 2, the canary planted at 4/255
+GATE = ["--set", "pool.max_images=256", "--set", "inversion.epsilon=4/255", "--set", "inversion.eval_images=null", "--set", "detection.statistic=neg_loss", "--set", "detection.k=2", "--set", "canary.poison_rate=0.5", "--set", "canary.epsilon=4/255"]
 
 
 def _sha(path: Path) -> str:

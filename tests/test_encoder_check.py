@@ -48,10 +48,12 @@ def test_structural_changes_are_modifications(edit, note):
 
 def test_encoder_info_cases():
     a = _state()
-    assert encoder_info(False, a, None, None).status == "not_embedded"
-    assert encoder_info(True, a, None, None).status == "unverified"
-    assert encoder_info(True, a, _state(), "pub.safetensors").status == "unmodified"
-    info = encoder_info(True, a, _state(1), "pub.safetensors")
+    assert encoder_info(True, a, None, None).status == "not_embedded"
+    assert encoder_info(False, a, None, None).status == "unverified"
+    assert encoder_info(False, a, _state(), "pub.safetensors").status == "unmodified"
+    # published weights are compared even with towers from a tag or the user's own file
+    assert encoder_info(True, a, _state(1), "pub.safetensors").status == "modified"
+    info = encoder_info(False, a, _state(1), "pub.safetensors")
     assert info.status == "modified" and info.n_changed == 2 and info.reference == "pub.safetensors"  # logit_scale is the same
 
 
@@ -60,7 +62,7 @@ def test_a_modified_encoder_fails_the_gate_even_with_a_clean_verdict(tmp_path):
 
     clean = make_result(tmp_path, verdict="clean", with_images=False)
     assert clean.verdict == "clean" and not clean.gate_fails("backdoor")
-    modified = clean.model_copy(update={"encoder": encoder_info(True, _state(), _state(1), "pub")})
+    modified = clean.model_copy(update={"encoder": encoder_info(False, _state(), _state(1), "pub")})
     assert modified.gate_fails("backdoor") and modified.gate_fails("suspicious")
     assert not modified.gate_fails("never")
     # it survives the round trip through result.json, infinities included
@@ -76,7 +78,7 @@ def test_every_report_shows_a_modified_encoder(tmp_path):
 
     a, b = _state(), _state()
     a["visual.proj"][0, 0] += 0.25
-    res = make_result(tmp_path, verdict="clean", with_images=False).model_copy(update={"encoder": encoder_info(True, a, b, "published.safetensors")})
+    res = make_result(tmp_path, verdict="clean", with_images=False).model_copy(update={"encoder": encoder_info(False, a, b, "published.safetensors")})
     md = summary_markdown(res)
     assert md.startswith("## :x: ci-gate: the checkpoint's encoders were modified")
     assert "`visual.proj`" in md and "0.2500" in md and "| Gate | **fails**" in md

@@ -24,7 +24,9 @@ CLEAN_PER_CLASS = 30  # the user's labeled clean set; the rest of the fixture's 
 # neg_loss at k=2 pinned: the settings these tests were measured with (loss_drop leaves the
 # fixture's 'cat' backdoor just under k=2 with 256 pool images); the repair tests need a gate that
 # sees the backdoor whatever the default becomes.
-GATE = ["--set", "pool.max_images=256", "--set", "detection.statistic=neg_loss", "--set", "detection.k=2", "--set", "repair.allowed=true"]
+# the gate these tests were measured with: one 4/255 rung evaluated on the whole pool (the
+# default before the blind ladder), neg_loss at k = 2
+GATE = ["--set", "pool.max_images=256", "--set", "inversion.epsilon=4/255", "--set", "inversion.eval_images=null", "--set", "detection.statistic=neg_loss", "--set", "detection.k=2", "--set", "repair.allowed=true"]
 
 
 def _sha(path: Path) -> str:

@@ -44,6 +44,9 @@ class Backbone:
     # tag); the checkpoint's own 'preprocessing' field is only ever compared against it
     preprocessing: Preprocessing
     notes: list[str] = field(default_factory=list)
+    # weights from open_clip's pretrained tag or the user's --backbone-weights; False for embedded
+    # towers and for a weights file the checkpoint itself names (the attacker may ship both)
+    verified: bool = False
 
 
 def model_config(spec: BackboneSpec) -> dict[str, Any]:
@@ -187,12 +190,14 @@ def build_backbone(
     preprocessing = deployment_preprocessing(spec, cfg)
     cfg.pop("preprocess_cfg", None)
     notes: list[str] = []
+    verified = False
     if spec.embedded:
         state = dict(embedded or {})
         digest = backbone_digest(state)
         reference = "embedded"
     else:
         path = resolve_weights(spec, weights, cache_dir)
+        verified = weights is not None or not Path(str(spec.pretrained)).is_file()
         digest = sha256_file(path)
         if spec.sha256 and digest != spec.sha256:
             raise InputError(path, f"backbone weights SHA-256 {digest[:12]}... does not match the pinned {spec.sha256[:12]}...")
@@ -222,4 +227,4 @@ def build_backbone(
         p.requires_grad_(False)
     context_length = cfg.get("text_cfg", {}).get("context_length", 77)
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
-    return Backbone(clip=clip, tokenizer=tokenizer, quick_gelu=quick_gelu, sha256=digest, reference=reference, preprocessing=preprocessing, notes=notes)
+    return Backbone(clip=clip, tokenizer=tokenizer, quick_gelu=quick_gelu, sha256=digest, reference=reference, preprocessing=preprocessing, notes=notes, verified=verified)
