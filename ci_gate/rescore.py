@@ -9,6 +9,8 @@ like every reader of a Result.
 
 from __future__ import annotations
 
+import math
+
 from ci_gate.errors import InputError
 from ci_gate.policy import Policy
 from ci_gate.result import ClassResult, Result
@@ -16,12 +18,28 @@ from ci_gate.scoring import STATISTICS, ClassStats, decide_ladder
 
 
 def rung_stats(result: Result) -> list[list[ClassStats]]:
-    """The ClassStats of every rung (outer) and class (inner), as the scan scored them."""
-    if not result.classes or any(not c.rungs for c in result.classes):
-        raise InputError(None, "this result has no per-rung inputs (written before schema 1.1); scan again to rescore")
-    n = len(result.classes[0].rungs)
-    if any(len(c.rungs) != n for c in result.classes):
-        raise InputError(None, "classes disagree on the number of rungs")
+    """The ClassStats of every rung (outer) and class (inner), as the scan scored them. A saved
+    result is a file anybody could have edited: it must be self-consistent, or it is refused."""
+    if len(result.classes) < 2 or any(not c.rungs for c in result.classes):
+        raise InputError(None, "this result has no per-rung inputs for two or more classes (written before schema 1.1?); scan again to rescore")
+    if [c.index for c in result.classes] != list(range(len(result.classes))):
+        raise InputError(None, "class indices are not 0..n-1 in order")
+    if [c.name for c in result.classes[: len(result.model.class_names)]] != list(result.model.class_names):
+        raise InputError(None, "classes do not match model.class_names")
+    eps = list(result.detection.epsilons)
+    if any([r.epsilon for r in c.rungs] != eps for c in result.classes):
+        raise InputError(None, "the classes' rung budgets do not match detection.epsilons")
+    published = result.detection.reference == "published"
+    for c in result.classes:
+        values = [c.base_rate, c.clean_loss] + [v for r in c.rungs for v in (r.asr, r.final_loss)]
+        if published:
+            refs = [c.ref_clean_loss] + [v for r in c.rungs for v in (r.ref_asr, r.ref_final_loss)]
+            if any(v is None for v in refs):
+                raise InputError(None, f"class {c.index} lacks the clean reference's values though detection.reference is 'published'")
+            values += refs
+        if not all(math.isfinite(v) for v in values):
+            raise InputError(None, f"class {c.index} has a non-finite input (NaN or infinity): refusing to re-decide")
+    n = len(eps)
     return [
         [
             ClassStats(

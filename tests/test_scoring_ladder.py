@@ -143,3 +143,49 @@ def test_report_rescore_cli_writes_a_new_folder_and_leaves_the_saved_one(tmp_pat
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and ("--out" in err[0] or "--set" in err[0])
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda d: d["classes"][2]["rungs"][2].update(final_loss="NaN"), "non-finite"),
+        (lambda d: d["classes"][2]["rungs"][3].update(final_loss="Infinity"), "non-finite"),
+        (lambda d: d["classes"][2].update(ref_clean_loss=None), "clean reference"),
+        (lambda d: d["classes"][1].update(index=0), "indices"),
+        (lambda d: d["classes"][0]["rungs"][0].update(epsilon=0.9), "budgets"),
+        (lambda d: d.update(classes=d["classes"][:1]), "two or more classes"),
+        (lambda d: d["classes"][0].update(name="not-the-same"), "class_names"),
+    ],
+)
+def test_rescore_refuses_an_inconsistent_or_non_finite_result(tmp_path, capsys, edit, problem):
+    import json
+
+    from ci_gate.cli import main
+
+    saved, _ = _saved_ladder_result(tmp_path / "scan")
+    path = saved.save(tmp_path / "scan" / "result.json")
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(path), "--rescore", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and problem in err[0] and str(path) in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_rescore_changes_only_what_needs_no_scan_and_copies_only_named_files(tmp_path, capsys):
+    from ci_gate.cli import main
+
+    saved, _ = _saved_ladder_result(tmp_path / "scan")
+    path = saved.save(tmp_path / "scan" / "result.json")
+    (tmp_path / "scan" / "private.env").write_text("SECRET=1")
+    for bad in (["--set", "inversion.epsilon=[1/255]"], ["--set", "seed=7"], ["--out", str(tmp_path / "scan" / "sub")]):
+        args = ["report", str(path), "--rescore", "--out", str(tmp_path / "o"), *bad]
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert exc.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["report", str(path), "--rescore", "--out", str(tmp_path / "ok")])
+    assert (tmp_path / "ok" / "result.json").is_file() and not (tmp_path / "ok" / "private.env").exists()

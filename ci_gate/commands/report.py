@@ -92,23 +92,41 @@ def _rescored(result, result_json: Path, result_dir: Path, formats: str | None, 
     from ci_gate.report.sanitize import plain
     from ci_gate.rescore import rescore
 
-    if out is None or Path(os.path.realpath(out)) == result_dir:
+    if out is None or not str(out).strip():
         raise InputError("--out", "--rescore writes a new result: give a folder other than the saved result's")
+    real_out = Path(os.path.realpath(out))
+    if real_out == result_dir or result_dir in real_out.parents:
+        raise InputError("--out", "--rescore writes a new result: give a folder outside the saved result's")
+    outside = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] not in ("detection", "report")]
+    if outside:
+        raise InputError("--set", f"{outside[0]!r}: only detection.* and report.* can change without scanning again")
     target = check_out_folder(out, "--out", inputs=[("result", result_json)])
+    from ci_gate.policy import Policy
+
     try:
-        policy = apply_overrides(result.policy.settings, overrides)
-    except InputError:
-        raise
-    except Exception as exc:  # settings a hand-edited result.json carries
-        raise InputError(result_json, f"its policy settings are not a valid policy: {exc}") from None
+        saved = Policy.model_validate(result.policy.settings)
+    except Exception:  # settings a hand-edited result.json carries
+        raise InputError(result_json, "its policy settings are not a valid policy") from None
+    policy = apply_overrides(saved.model_dump(mode="json"), overrides)
     try:
         decided = rescore(result, policy)
     except InputError as exc:
         raise InputError(result_json, exc.problem) from None
+    except ValueError as exc:  # the decision rule's own input checks
+        raise InputError(result_json, str(exc)) from None
     chosen = parse_formats(formats) if formats else list(policy.report.formats or FORMATS)
+    from ci_gate.report.artifacts import referenced_paths
+
     with staged_folder(target) as stage:
-        link_tree(result_dir, stage)  # trigger and example images, unchanged
-        (stage / "result.json").unlink(missing_ok=True)
+        tensors = [c.trigger_tensor for c in decided.classes if c.trigger_tensor]
+        for rel in [*referenced_paths(decided), *tensors]:  # only the files the result names, nothing else of the folder
+            src, dst = result_dir / rel, stage / rel
+            if src.is_file() and src.resolve().is_relative_to(result_dir):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copyfile(src, dst)
         decided.save(stage / "result.json")
         render(decided, stage, [f for f in chosen if f != "json"], links=links, source_root=source_root.resolve() if source_root else None)
     typer.echo(f"{decided.verdict}: re-decided under {policy.name} ({', '.join(overrides) or 'the saved settings'}) -> {plain(target / 'result.json', None)}")
