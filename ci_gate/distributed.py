@@ -38,6 +38,8 @@ class Shard:
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size or self.local_rank < 0:
             raise InputError("torchrun", f"inconsistent rank {self.rank} / world size {self.world_size} / local rank {self.local_rank}")
+        if not 1 <= self.master_port <= 65535:
+            raise InputError("torchrun", f"MASTER_PORT {self.master_port} is not a TCP port (1-65535)")
 
     @property
     def is_main(self) -> bool:

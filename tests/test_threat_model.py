@@ -140,3 +140,19 @@ def test_an_inline_config_open_clip_cannot_build_is_bad_input(original, tmp_path
     with pytest.raises(InputError) as exc:
         load_classifier(mutated)
     assert str(mutated) in str(exc.value)
+
+
+def test_an_extra_class_that_reads_like_a_checkpoint_class_is_refused(original):
+    # "Cat" and "cat" give the same prompt: the duplicate would pin the class's margin at 0
+    path, _, _ = original
+    with pytest.raises(InputError, match="same prompt"):
+        load_classifier(path, extra_classes=["Cat"])
+    assert load_classifier(path, extra_classes=["cat", "zebra"]).classifier.class_names[-1] == "zebra"
+
+
+@pytest.mark.parametrize("port", ["-1", "0", "70000"])
+def test_a_bad_master_port_is_bad_input(port):
+    from ci_gate.distributed import Shard
+
+    with pytest.raises(InputError, match="MASTER_PORT"):
+        Shard.from_launcher({"WORLD_SIZE": "2", "RANK": "0", "MASTER_PORT": port})

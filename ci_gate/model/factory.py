@@ -101,9 +101,17 @@ def load_classifier(
         raise
     learner = learner_from_tensors(ckpt.path, backbone, meta, ckpt.learner_tensors)
     names = list(meta.learner.class_names)
+    # the text encoder lower-cases and reads '_' as a space: an extra that reads like a checkpoint
+    # class would duplicate its prompt, pin its margin at 0 and hide it from the scan
+    seen = {_prompt_key(n): n for n in names}
     for extra in extra_classes or []:
-        if extra not in names:
-            names.append(extra)
+        key = _prompt_key(extra)
+        if key in seen:
+            if seen[key] != extra:
+                raise InputError("policy", f"candidates.extra_classes {extra!r} gives the same prompt as the class {seen[key]!r}")
+            continue
+        seen[key] = extra
+        names.append(extra)
     check_preprocessing(ckpt.path, meta.preprocessing, backbone.preprocessing)
     pre = backbone.preprocessing
     try:
@@ -111,6 +119,10 @@ def load_classifier(
     except ValueError as exc:  # prompts that do not fit the text tower: the checkpoint's class names
         raise InputError(ckpt.path, str(exc)) from None
     return LoadedModel(classifier=clf, checkpoint=ckpt, backbone=backbone, notes=list(backbone.notes))
+
+
+def _prompt_key(name: str) -> str:
+    return " ".join(name.replace("_", " ").split()).lower()
 
 
 def check_preprocessing(path: Path | None, stated: Preprocessing, deployed: Preprocessing, tol: float = 1e-6) -> None:
