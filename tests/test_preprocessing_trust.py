@@ -7,46 +7,27 @@ same input) while deployment, which feeds the backbone's own preprocessing, keep
 from __future__ import annotations
 
 import hashlib
-import json
-import struct
 
 import pytest
+from checkpoint_edit import rewrite_metadata, tiny_checkpoint
 
-from ci_gate.checkpoint.format import BackboneSpec, CheckpointMeta, LearnerSpec, Preprocessing, save_checkpoint
+from ci_gate.checkpoint.format import BackboneSpec, Preprocessing
 from ci_gate.cli import main
 from ci_gate.errors import InputError
 from ci_gate.model.backbone import deployment_preprocessing, model_config
-from ci_gate.model.factory import check_preprocessing, load_classifier, new_learner
-from ci_gate.model.small import embedded_backbone, random_clip_state, small_config
+from ci_gate.model.factory import check_preprocessing, load_classifier
+from ci_gate.model.small import small_config
 
 OPENAI = Preprocessing(image_size=224)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pre")
-    cfg = small_config("tiny-32")
-    state = random_clip_state(cfg, seed=0)
-    spec, backbone = embedded_backbone(cfg, state)
-    learner_spec = LearnerSpec(kind="coop", class_names=["cat", "dog", "ship"])
-    learner = new_learner(backbone, learner_spec, seed=0)
-    path = root / "model.safetensors"
-    save_checkpoint(path, CheckpointMeta(learner=learner_spec, backbone=spec, preprocessing=Preprocessing(image_size=32)), learner.named_tensors(), state)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("pre") / "model.safetensors", "coop", ["cat", "dog", "ship"])
 
 
 def _with_preprocessing(src, dst, **fields):
-    """Rewrite only the header's preprocessing fields (tensors byte-identical), as an attacker would."""
-    raw = src.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8 : 8 + n])
-    meta = json.loads(header["__metadata__"]["ci_gate"])
-    meta["preprocessing"].update(fields)
-    header["__metadata__"]["ci_gate"] = json.dumps(meta)
-    blob = json.dumps(header).encode()
-    blob += b" " * (-len(blob) % 8)
-    dst.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
-    return dst
+    return rewrite_metadata(src, dst, lambda meta: meta["preprocessing"].update(fields))
 
 
 def test_named_architecture_gets_open_clips_preprocessing():

@@ -8,29 +8,17 @@ changes the model the scan sees while passing the load would be a way to blind t
 
 from __future__ import annotations
 
-import json
-import struct
-
 import pytest
 import torch
+from checkpoint_edit import rewrite_metadata, tiny_checkpoint
 
-from ci_gate.checkpoint.format import CheckpointMeta, LearnerSpec, Preprocessing, save_checkpoint
 from ci_gate.errors import InputError
-from ci_gate.model.factory import load_classifier, new_learner
-from ci_gate.model.small import embedded_backbone, random_clip_state, small_config
+from ci_gate.model.factory import load_classifier
 
 
 @pytest.fixture(scope="module")
 def original(tmp_path_factory):
-    root = tmp_path_factory.mktemp("threat")
-    cfg = small_config("tiny-32")
-    state = random_clip_state(cfg, seed=0)
-    spec, backbone = embedded_backbone(cfg, state)
-    learner_spec = LearnerSpec(kind="cocoop", class_names=["cat", "dog", "ship", "truck"])
-    learner = new_learner(backbone, learner_spec, seed=0)
-    path = root / "model.safetensors"
-    meta = CheckpointMeta(learner=learner_spec, backbone=spec, preprocessing=Preprocessing(image_size=32), provenance={"producer": "test"})
-    save_checkpoint(path, meta, learner.named_tensors(), state)
+    path = tiny_checkpoint(tmp_path_factory.mktemp("threat") / "model.safetensors", "cocoop", ["cat", "dog", "ship", "truck"], {"producer": "test"})
     images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     return path, images, _logits(path, images)
 
@@ -41,17 +29,7 @@ def _logits(path, images):
         return clf(images)
 
 
-def _rewrite(src, dst, edit):
-    raw = src.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8 : 8 + n])
-    meta = json.loads(header["__metadata__"]["ci_gate"])
-    edit(meta)
-    header["__metadata__"]["ci_gate"] = json.dumps(meta)
-    blob = json.dumps(header).encode()
-    blob += b" " * (-len(blob) % 8)
-    dst.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
-    return dst
+_rewrite = rewrite_metadata
 
 
 def _set(path, value):
