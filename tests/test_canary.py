@@ -76,11 +76,11 @@ def test_a_backdoor_that_does_not_take_is_inconclusive(user_model, user_data, tm
     # one epoch at a tiny learning rate cannot plant anything: exit 1, and no scan is run
     code, _, err = _cli(capsys, "canary", user_model, "--data", user_data, "--pool", OOD, "--target", "ship", "--out", out, *GATE,
                         "--set", "canary.epochs=1", "--set", "canary.lr=1e-9", "--set", "canary.trigger_lr=1e-9",
-                        "--set", "inversion.epsilon=8/255", "--quiet")
+                        "--set", "canary.epsilon=8/255", "--quiet")
     assert code == 1 and "INCONCLUSIVE" in err
     report = json.loads((out / "canary.json").read_text())
     assert report["status"] == "inconclusive"
-    # BadCLIP's learned trigger is planted within the budget the policy's scan searches
+    # BadCLIP's learned trigger is planted at the canary's own budget (the scan is not told it)
     assert report["settings"]["trigger"]["epsilon"] == pytest.approx(8 / 255)
     assert not (out / "scan").exists()
     assert _sha(user_model) == before
