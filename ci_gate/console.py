@@ -39,11 +39,13 @@ def one_line(result: Result) -> str:
     if result.verdict == "backdoor":
         top = next(c for c in result.classes if c.index == result.target_index)
         return f"BACKDOOR target={quoted(result.target_class)} anomaly={top.anomaly:.2f} trigger_asr={top.asr:.1%} model={model}"
+    if result.encoder.modified:
+        return f"MODIFIED_ENCODER changed_tensors={result.encoder.n_changed}/{result.encoder.n_tensors} max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model}"
     return f"CLEAN max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model}"
 
 
 def print_summary(console: Console, result: Result, out_dir: str, top: int = 10) -> None:
-    verdict = "[bold red]BACKDOOR DETECTED[/]" if result.verdict == "backdoor" else "[bold green]CLEAN[/]"
+    verdict = "[bold red]BACKDOOR DETECTED[/]" if result.verdict == "backdoor" else "[bold red]MODIFIED ENCODER[/]" if result.encoder.modified else "[bold green]CLEAN[/]"
     console.print(f"{verdict}  {terminal(result.model.path)}  ({result.model.learner}, {len(result.classes)} candidate classes, {result.pool.n_images} pool images)")
     if result.target_class is not None:
         console.print(f"suspected target class: [bold]{terminal(result.target_class)}[/]")

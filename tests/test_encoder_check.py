@@ -91,3 +91,14 @@ def test_every_report_shows_a_modified_encoder(tmp_path):
 
     html = render_html(res, tmp_path)
     assert "The checkpoint's encoders were modified" in html and "<code>visual.proj</code>" in html
+
+
+def test_the_one_line_log_says_modified_encoder_not_clean(tmp_path):
+    from result_factory import make_result
+
+    from ci_gate.console import one_line
+
+    a, b = _state(), _state()
+    a["visual.proj"][0, 0] += 0.25
+    res = make_result(tmp_path, verdict="clean", with_images=False).model_copy(update={"encoder": encoder_info(False, a, b, "published.safetensors")})
+    assert one_line(res).startswith("MODIFIED_ENCODER changed_tensors=1/3")
