@@ -67,9 +67,9 @@ def scan_key(policy: Policy) -> dict:
     return policy.model_dump(mode="json", exclude={"detection", "report", "name"})
 
 
-def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, seed: int, published: Path) -> Result:
+def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, seed: int, published: Path, cached_only: bool = False) -> Result | None:
     """One CI scan through ``run_scan``. A saved result.json whose scan settings and pool match is
-    re-decided under ``policy`` instead of scanned again."""
+    re-decided under ``policy`` instead of scanned again; ``cached_only``: None instead of a scan."""
     from ci_gate.scan import ScanRequest, run_scan
 
     pol = policy.model_copy(update={"seed": seed})
@@ -83,6 +83,8 @@ def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, se
                 return old if old_policy == pol else rescore(old, pol)
         except (InputError, ValueError):
             pass
+    if cached_only:
+        return None
     ref = published if mode in ("published", "today") else None
     res = run_scan(ScanRequest(checkpoint=Path(model.path), policy=pol, pool=pool, out_dir=dst, reference_weights=ref))
     assert res is not None
@@ -326,16 +328,20 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
     cost: list[tuple[float, float]] = []
     # clean and implanted models first: they are what the metrics count
     order = sorted(models, key=lambda m: (m.backdoored and not m.implanted, m.id))
+    left = 0
     for i, m in enumerate(order):
-        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
-            _log(f"time budget of {max_minutes} min spent: {len(order) - i} models left (rerun to continue)")
-            break
+        # once the time budget is spent, models whose scans are all saved are still re-decided
+        spent = max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes
         # without a published reference only embedded towers change the scoring; prompt-level
-        # backdoors are scanned that way too unless --published-only-for-prompt saves the time
+        # backdoors are scanned that way too unless --prompt-published-only saves the time
         modes = MODES if (not m.backdoored or m.learner == "zeroshot" or not prompt_published_only) else ("published",)
         jobs = [(mode, s) for s in seeds for mode in modes] + ([("today", seeds[0])] if i < cost_sample else [])
-        for mode, s in jobs:
-            results[(m.id, mode, s)] = ci_scan(m, today if mode == "today" else policy, pool_path, out, mode, s, published)
+        got = {(mode, s): ci_scan(m, today if mode == "today" else policy, pool_path, out, mode, s, published, cached_only=spent) for mode, s in jobs}
+        if any(r is None for r in got.values()):
+            left += 1
+            continue
+        for (mode, s), r in got.items():
+            results[(m.id, mode, s)] = r
         if with_baselines:
             base[m.id] = baselines(m, pool_images, settings, out)
         if i < cost_sample:
@@ -346,6 +352,8 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
         _log(f"[{i + 1}/{len(order)}] {m.id}: published {pub.verdict} ({pub.target_class}, max {max(c.anomaly for c in pub.classes):.2f}, encoder {pub.encoder.status}, {pub.timings.total_s:.0f} s)"
              + ("" if none is None else f"; none {none.verdict} ({none.target_class}, max {max(c.anomaly for c in none.classes):.2f})")
              + ("" if m.id not in base else f"; NC {base[m.id]['nc']['verdict']} Pixel {base[m.id]['pixel']['verdict']}"))
+    if left:
+        _log(f"time budget of {max_minutes} min spent: {left} models left unscanned (rerun to continue)")
     scanned = [m for m in models if m.id in scanned_ids]
     ev = evaluate(scanned, results, policy, seeds)
     counted = [m for m in scanned if not m.backdoored or m.implanted]
