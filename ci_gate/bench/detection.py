@@ -283,8 +283,8 @@ def draw_roc(curves: dict[str, list[tuple[float, float]]], aucs: dict[str, float
         d.text((m - 30, m + w - w * i / 5 - 5), f"{i / 5:.1f}", fill="black")
     d.text((m + w / 2 - 40, size - 20), "false positive rate", fill="black")
     d.text((5, m - 20), "true positive rate", fill="black")
-    colours = {"ci": (200, 30, 30), "nc": (30, 90, 200), "pixel": (40, 150, 60)}
-    labels = {"ci": "CLIP-Inspector", "nc": "Neural Cleanse", "pixel": "Pixel Backdoor"}
+    colours = {"published": (200, 30, 30), "none": (230, 140, 20), "nc": (30, 90, 200), "pixel": (40, 150, 60)}
+    labels = {"published": "CI, published reference", "none": "CI, no reference", "nc": "Neural Cleanse", "pixel": "Pixel Backdoor"}
     for n, (name, pts) in enumerate(curves.items()):
         xy = []
         for a, b in zip(pts, pts[1:]):  # step plot
