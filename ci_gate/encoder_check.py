@@ -21,7 +21,6 @@ from ci_gate.result import EncoderInfo, TensorChange
 # An embedded tower is a copy of the published file, so any difference at all is a change somebody
 # made; even a half-precision re-save is listed (its relative change, ~1e-3, says what it is),
 # because a gate cannot tell rounding from a small targeted edit.
-REL_TOLERANCE = 0.0
 MAX_LISTED = 20
 
 
@@ -45,7 +44,7 @@ class TowerComparison:
         return self.n_changed > 0
 
 
-def compare_state_dicts(delivered: dict[str, torch.Tensor], published: dict[str, torch.Tensor], rel_tolerance: float = REL_TOLERANCE) -> TowerComparison:
+def compare_state_dicts(delivered: dict[str, torch.Tensor], published: dict[str, torch.Tensor]) -> TowerComparison:
     diffs: list[TensorDiff] = []
     for name in sorted(set(delivered) | set(published)):
         if name not in published:
@@ -65,7 +64,7 @@ def compare_state_dicts(delivered: dict[str, torch.Tensor], published: dict[str,
             continue
         norm = float(b.norm())
         rel = float(delta.norm()) / norm if norm > 0 else (0.0 if max_abs == 0 else float("inf"))
-        if max_abs > 0 and rel >= rel_tolerance:
+        if max_abs > 0:
             diffs.append(TensorDiff(name, max_abs, rel))
     diffs.sort(key=lambda d: (-d.rel_l2, d.name))
     return TowerComparison(

@@ -89,6 +89,11 @@ class _Meta(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def prompt_key(name: str) -> str:
+    """What the text encoder reads of a class name: lower-cased, '_' as a space (PromptTokens)."""
+    return " ".join(name.replace("_", " ").split()).lower()
+
+
 class LearnerSpec(_Meta):
     kind: Literal["coop", "cocoop", "zeroshot"]
     class_names: list[ShortText] = Field(min_length=2, max_length=MAX_CLASSES)
@@ -104,7 +109,7 @@ class LearnerSpec(_Meta):
         # differ only in that way get the same prompt: two indistinguishable classes.
         seen: dict[str, int] = {}
         for i, name in enumerate(names):
-            key = " ".join(name.replace("_", " ").split()).lower()
+            key = prompt_key(name)
             if not key:
                 raise ValueError(f"class_names[{i}] is empty")
             if key in seen:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ci_gate.checkpoint.format import Checkpoint, CheckpointMeta, LearnerSpec, Preprocessing, load_checkpoint
+from ci_gate.checkpoint.format import Checkpoint, CheckpointMeta, LearnerSpec, Preprocessing, load_checkpoint, prompt_key
 from ci_gate.errors import InputError
 from ci_gate.model.backbone import Backbone, build_backbone
 from ci_gate.model.classifier import PromptedClassifier
@@ -103,9 +103,9 @@ def load_classifier(
     names = list(meta.learner.class_names)
     # the text encoder lower-cases and reads '_' as a space: an extra that reads like a checkpoint
     # class would duplicate its prompt, pin its margin at 0 and hide it from the scan
-    seen = {_prompt_key(n): n for n in names}
+    seen = {prompt_key(n): n for n in names}
     for extra in extra_classes or []:
-        key = _prompt_key(extra)
+        key = prompt_key(extra)
         if key in seen:
             if seen[key] != extra:
                 raise InputError("policy", f"candidates.extra_classes {extra!r} gives the same prompt as the class {seen[key]!r}")
@@ -119,10 +119,6 @@ def load_classifier(
     except ValueError as exc:  # prompts that do not fit the text tower: the checkpoint's class names
         raise InputError(ckpt.path, str(exc)) from None
     return LoadedModel(classifier=clf, checkpoint=ckpt, backbone=backbone, notes=list(backbone.notes))
-
-
-def _prompt_key(name: str) -> str:
-    return " ".join(name.replace("_", " ").split()).lower()
 
 
 def check_preprocessing(path: Path | None, stated: Preprocessing, deployed: Preprocessing, tol: float = 1e-6) -> None:
