@@ -234,7 +234,7 @@ def register(bench_app) -> None:
         clean_per_class: int = typer.Option(30, "--clean-per-class", help="Images per class in the user's clean set; the rest is held out."),
         policy: str = typer.Option("default", "--policy", help="Policy for the scan and the repair settings."),
         overrides: list[str] = typer.Option([], "--set", help="Policy overrides, e.g. --set detection.statistic=neg_loss"),
-        eps255: int = typer.Option(None, "--eps255", help="BadCLIP's trigger budget in 1/255 (default: the zoo's task recipe, 16 on CIFAR-10). Scan at the same budget with --set inversion.epsilon=..."),
+        eps255: int = typer.Option(None, "--eps255", help="BadCLIP's trigger budget in 1/255 (default: the zoo's task recipe, 16 on CIFAR-10). The scan keeps the policy's ladder: it is not told the budget."),
         seeds: str = typer.Option("0", "--seeds", help="Zoo model seeds, comma-separated (e.g. 0,1,2)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the clean-set draw."),
         cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="Benchmark cache (backbone, datasets, zoo), shared with bench detection."),
