@@ -44,12 +44,13 @@ def reported(result: Result) -> Result:
         return result
     ids = {c.index for c in stale}
     classes = [c.model_copy(update={"status": "ok"}) if c.index in ids else c for c in result.classes]
-    names = ", ".join(f"'{plain(c.name)}' ({c.anomaly:.2f})" for c in stale[:NAMES_SHOWN])
+    names = ", ".join(f"{plain(c.name)} {c.anomaly:.2f}" for c in stale[:NAMES_SHOWN])
     more = f" and {len(stale) - NAMES_SHOWN} more" if len(stale) > NAMES_SHOWN else ""
+    # the explanation first: displays cut long texts, and the names are what may be cut
     note = (
-        f"result.json marks {_classes(len(stale))} suspicious whose anomaly index is not above k = {result.detection.k:g}: "
-        f"{names}{more}. An older ci-gate flagged a class on its trigger success rate alone; a suspicious class is an "
-        "outlier, so these are reported as ok."
+        f"{_classes(len(stale))} marked suspicious in result.json (an older ci-gate's rule: trigger success rate alone) "
+        f"{'is no outlier' if len(stale) == 1 else 'are no outliers'} (anomaly index not above k = {result.detection.k:g}) "
+        f"and shown as ok: {names}{more}"
     )
     # the scan wrote example pairs for every non-ok class: those of a relabelled class go with it
     examples = [e for e in result.examples if e.class_name not in {c.name for c in stale}]
