@@ -9,7 +9,6 @@ pip-install ci-gate with CUDA torch into a new environment (GBs), so only its ma
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -62,6 +61,9 @@ def test_report_folders_mirror_the_repository_and_never_collide(tmp_path, monkey
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
 def test_pre_commit_passes_a_clean_checkpoint_and_blocks_a_broken_one(tmp_path):
+    # One commit with both files: each pre-commit run costs a torch import (~10 CPU-seconds), so
+    # the clean file's pass is read off its own verify (exit 0, its report) and the broken file's
+    # failure off the refused commit; hook_exit_code's rule is tested above.
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO),
            "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-cache"), "GIT_CONFIG_NOSYSTEM": "1", "OMP_NUM_THREADS": "1"}
     assert (BIN / "ci-gate").exists(), f"no ci-gate next to {sys.executable}: pip install -e .[dev]"
@@ -86,7 +88,7 @@ def test_pre_commit_passes_a_clean_checkpoint_and_blocks_a_broken_one(tmp_path):
     done = subprocess.run([_pre_commit(), "install"], cwd=models, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
-    # both checkpoints staged: the commit is refused, and each file had its own verify
+    # both checkpoints staged: each gets its own verify; the broken one refuses the commit
     _git(models, "add", ".", env=env)
     refused = _git(models, "commit", "-m", "add models", env=env)
     log = refused.stdout + refused.stderr
@@ -98,12 +100,3 @@ def test_pre_commit_passes_a_clean_checkpoint_and_blocks_a_broken_one(tmp_path):
     clean = json.loads((reports / "models" / "clean.safetensors" / "result.json").read_text())
     assert clean["verdict"] == "clean" and clean["model"]["path"] == "models/clean.safetensors"
     assert not (reports / "models" / "broken.safetensors").exists()
-
-    # the broken file taken out, the clean one alone passes and is committed
-    _git(models, "rm", "-q", "--cached", "models/broken.safetensors", env=env)
-    os.remove(models / "models" / "broken.safetensors")
-    accepted = _git(models, "commit", "-m", "add the clean model", env=env)
-    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
-    assert "ci-gate verify (backdoor scan of changed checkpoints, installed ci-gate)" in accepted.stdout + accepted.stderr
-    tracked = _git(models, "ls-files", env=env).stdout.split()
-    assert tracked == [".pre-commit-config.yaml", "models/clean.safetensors"]
