@@ -52,22 +52,29 @@ class ProgressLines:
         self._clock = clock
         self._start = clock()
         self._last = self._start
+        self._first: tuple[float, int] | None = None  # (time, done) of the first report
 
     def __call__(self, done: int, total: int, n_classes: int | None = None) -> None:
         now = self._clock()
+        if self._first is None:
+            self._first = (now, done)
         if now - self._last < self._interval or total <= 0:
             return
         self._last = now
-        self._console.print(progress_line(done, total, n_classes, now - self._start), markup=False, highlight=False, soft_wrap=True)
+        # the rate since the first report: model loading before it says nothing about the rest
+        since, at = self._first
+        rate = (done - at) / (now - since) if now > since and done > at else None
+        eta = (total - done) / rate if rate else None
+        self._console.print(progress_line(done, total, n_classes, now - self._start, eta), markup=False, highlight=False, soft_wrap=True)
 
 
-def progress_line(done: int, total: int, n_classes: int | None, elapsed: float) -> str:
+def progress_line(done: int, total: int, n_classes: int | None, elapsed: float, eta: float | None) -> str:
     frac = min(max(done / total, 0.0), 1.0)
     # classes are optimised in batches that advance together, so "class i" is the one the share
     # of finished work has reached
     where = f"class {min(n_classes, int(frac * n_classes) + 1)} of {n_classes}" if n_classes else f"step {done} of {total}"
-    eta = _duration(elapsed * (1 - frac) / frac) if frac > 0 else "unknown"
-    return f"ci-gate: inverting triggers: {where} ({frac:.0%}), {_duration(elapsed)} elapsed, ETA {eta}"
+    shown = "unknown" if eta is None else _duration(max(eta, 0.0))
+    return f"ci-gate: inverting triggers: {where} ({frac:.0%}), {_duration(elapsed)} elapsed, ETA {shown}"
 
 
 def _duration(seconds: float) -> str:

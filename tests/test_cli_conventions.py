@@ -151,10 +151,24 @@ def test_off_a_terminal_a_line_goes_out_once_per_interval():
     ]
 
 
+def test_the_eta_comes_from_the_rate_since_the_first_report_not_from_model_loading():
+    buffer = io.StringIO()
+    clock = FakeClock()
+    update = ProgressLines(Console(file=buffer, force_terminal=False), 5.0, clock)
+    clock.now += 60  # a minute loading the model and the pool before inversion reports at all
+    update(0, 100, 10)
+    clock.now += 10
+    update(20, 100, 10)  # 2 steps a second: 40 s to go
+    assert buffer.getvalue().splitlines() == [
+        "ci-gate: inverting triggers: class 1 of 10 (0%), 1m00s elapsed, ETA unknown",
+        "ci-gate: inverting triggers: class 3 of 10 (20%), 1m10s elapsed, ETA 40s",
+    ]
+
+
 def test_progress_line_formats():
-    assert progress_line(0, 10, 5, 3.0) == "ci-gate: inverting triggers: class 1 of 5 (0%), 3s elapsed, ETA unknown"
-    assert progress_line(10, 10, 5, 3725.0) == "ci-gate: inverting triggers: class 5 of 5 (100%), 1h02m05s elapsed, ETA 0s"
-    assert progress_line(1, 4, None, 65.0) == "ci-gate: inverting triggers: step 1 of 4 (25%), 1m05s elapsed, ETA 3m15s"
+    assert progress_line(0, 10, 5, 3.0, None) == "ci-gate: inverting triggers: class 1 of 5 (0%), 3s elapsed, ETA unknown"
+    assert progress_line(10, 10, 5, 3725.0, 0.0) == "ci-gate: inverting triggers: class 5 of 5 (100%), 1h02m05s elapsed, ETA 0s"
+    assert progress_line(1, 4, None, 65.0, 195.0) == "ci-gate: inverting triggers: step 1 of 4 (25%), 1m05s elapsed, ETA 3m15s"
 
 
 def test_a_terminal_gets_the_bar_and_disabled_gets_nothing():
