@@ -64,7 +64,7 @@ class ProgressLines:
         # the rate since the first report: model loading before it says nothing about the rest
         since, at = self._first
         rate = (done - at) / (now - since) if now > since and done > at else None
-        eta = (total - done) / rate if rate else None
+        eta = 0.0 if done >= total else (total - done) / rate if rate else None
         self._console.print(progress_line(done, total, n_classes, now - self._start, eta), markup=False, highlight=False, soft_wrap=True)
 
 

@@ -159,9 +159,12 @@ def test_the_eta_comes_from_the_rate_since_the_first_report_not_from_model_loadi
     update(0, 100, 10)
     clock.now += 10
     update(20, 100, 10)  # 2 steps a second: 40 s to go
+    clock.now += 40
+    update(100, 100, 10)
     assert buffer.getvalue().splitlines() == [
         "ci-gate: inverting triggers: class 1 of 10 (0%), 1m00s elapsed, ETA unknown",
         "ci-gate: inverting triggers: class 3 of 10 (20%), 1m10s elapsed, ETA 40s",
+        "ci-gate: inverting triggers: class 10 of 10 (100%), 1m50s elapsed, ETA 0s",
     ]
 
 
