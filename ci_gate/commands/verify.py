@@ -35,6 +35,10 @@ def verify(
     policy: str = typer.Option("default", "--policy", "-p", help="Policy file or bundled name (default, strict, permissive)."),
     pool: str = typer.Option(None, "--pool", help="OOD image pool: folder, glob or .tar (overrides pool.path)."),
     out: str = typer.Option("ci-gate-report", "--out", "-o", help="Folder for result.json, reports and triggers (replaced as a whole, atomically)."),
+    # machine-readable output and progress (issue 15, CLI conventions): see ci_gate/result_output.py
+    output_format: str = typer.Option("text", "--format", help="text: a summary for people; json: the result document (result.json's text) for scripts, human lines then go to stderr."),
+    output: str = typer.Option(None, "--output", help="With --format json: '-' (stdout, the default) or a file written atomically."),
+    progress_interval: float = typer.Option(5.0, "--progress-interval", min=0.0, help="Seconds between progress lines on stderr when it is not a terminal (a CI log)."),
     overrides: list[str] = typer.Option([], "--set", help="Override one policy field, e.g. --set detection.k=2.5"),
     backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local backbone weights file (instead of the pretrained tag)."),
     reference_weights: Path = typer.Option(None, "--reference-weights", help="Published backbone weights for the clean reference of the ref_* statistics (use with checkpoints that embed their backbone)."),
@@ -47,6 +51,7 @@ def verify(
     from ci_gate.distributed import Shard
     from ci_gate.report.folder import check_out_folder, staged_folder
     from ci_gate.report.sanitize import terminal
+    from ci_gate.result_output import check_output_args, write_result
     from ci_gate.scan import ScanRequest, run_scan
 
     if fail_on is not None and fail_on not in ("backdoor", "suspicious", "never"):
@@ -60,7 +65,9 @@ def verify(
     policy_file = None if policy_dir is None else Path(policy)
     inputs = [("checkpoint", checkpoint), ("policy", policy_file), ("backbone weights", backbone_weights), ("reference weights", reference_weights)]
     out_dir = check_out_folder(out, "--out", inputs=inputs, pool=pool_spec)
-    console = Console(stderr=False)
+    json_file = check_output_args(output_format, output, out_dir, inputs)
+    machine = output_format == "json"  # stdout then carries the JSON document and nothing else
+    console = Console(stderr=machine)
     shard = Shard.from_launcher(os.environ)
     # Under `torchrun --nproc-per-node N -m ci_gate verify ...` the candidate classes are sharded
     # across the N processes; the launcher's variables are read here and nowhere else. Only rank 0
@@ -78,14 +85,16 @@ def verify(
             display_path=display_path,
             shard=shard,
         )
-        with scan_progress(console, enabled=not quiet and shard.is_main) as progress:
+        with scan_progress(Console(stderr=True), enabled=not quiet and shard.is_main, interval=progress_interval) as progress:
             result = run_scan(req, progress)
         if result is None:  # another rank of a sharded scan: rank 0 reports and sets the exit code
             return
         staged = render_reports(result, stage, [f for f in pol.report.formats if f != "json"])
     paths = {fmt: out_dir / path.relative_to(stage) for fmt, path in staged.items()}
+    if machine:
+        write_result(result, json_file)
     if quiet:
-        typer.echo(one_line(result))
+        typer.echo(one_line(result), err=machine)
     else:
         print_summary(console, result, str(out_dir))
         for fmt, path in paths.items():
