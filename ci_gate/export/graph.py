@@ -8,7 +8,8 @@ which attestation could not trace back to the checkpoint. Names:
 * ``visual.*``: the image tower, as in the backbone's state dict;
 * ``text.*``: the text tower (CoCoOp only; CoOp's text features are input-independent);
 * ``learner.ctx``, ``learner.meta_net.*``: the checkpoint's prompt tensors (CoCoOp);
-* ``text_features``: CoOp's normalised text features, folded into one constant (C, D);
+* ``text_features``: CoOp's (or a zero-shot model's) normalised text features, folded into one
+  constant (C, D);
 * ``prompt_prefix``, ``prompt_suffix``, ``eos_index``, ``text_positional_embedding``,
   ``text_attn_mask``: CoCoOp's frozen prompt tokens and text-tower buffers, cut to the prompt length;
 * ``mean``, ``std``, ``logit_scale``: the backbone's own normalisation and CLIP's logit scale.
@@ -34,8 +35,6 @@ class GraphClassifier(nn.Module):
 
     def __init__(self, clf: PromptedClassifier):
         super().__init__()
-        if clf.learner is None:
-            raise ValueError("only CoOp and CoCoOp checkpoints are exported (a zero-shot model has no learned prompt)")
         self.conditional = clf.conditional
         self.visual = clf.visual
         self.register_buffer("mean", clf.mean.detach().clone().float())

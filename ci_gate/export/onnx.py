@@ -209,10 +209,7 @@ def build_graph(loaded) -> tuple[Any, bytes]:
     """(GraphClassifier, ONNX bytes without metadata)."""
     from ci_gate.export.graph import GraphClassifier
 
-    try:
-        module = GraphClassifier(loaded.classifier).eval()
-    except ValueError as exc:
-        raise InputError(loaded.checkpoint.path, str(exc)) from None
+    module = GraphClassifier(loaded.classifier).eval()
     return module, trace_to_onnx(module, loaded.backbone.preprocessing.image_size)
 
 
