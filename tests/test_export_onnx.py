@@ -20,7 +20,7 @@ import torch
 from ci_gate.cli import main
 from ci_gate.export.onnx import OPSET, PARITY_ATOL, PREFIX, export_onnx, graph_digest
 from ci_gate.io import sha256_file
-from ci_gate.result import load_result
+from ci_gate.result import EncoderInfo, load_result
 from conftest import OOD, require
 from tiny_scan import SETTINGS, build
 
@@ -37,10 +37,10 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return exit_info.value.code, captured.out, captured.err
 
 
-def with_verdict(result_json: Path, out: Path, verdict: str) -> Path:
+def with_verdict(result_json: Path, out: Path, verdict: str, **update) -> Path:
     result = load_result(result_json)
     target = result.model.class_names[1] if verdict == "backdoor" else None
-    result.model_copy(update={"verdict": verdict, "target_class": target, "target_index": 1 if target else None}).save(out)
+    result.model_copy(update={"verdict": verdict, "target_class": target, "target_index": 1 if target else None, **update}).save(out)
     return out
 
 
@@ -127,8 +127,11 @@ def test_metadata_carries_the_attestation(models):
 def test_export_cli_refuses_what_the_gate_did_not_pass(models, tmp_path, capsys):
     coop, cocoop = models["coop"], models["cocoop"]
     out = tmp_path / "m.onnx"
+    # clean, but the delivered image tower is not the published one: the gate fails all the same
+    tower = with_verdict(coop["real"], tmp_path / "tower.json", "clean", encoder=EncoderInfo(status="modified", n_tensors=9, n_changed=1))
     cases = [
         (["--result", coop["backdoor"]], 1, "verdict is backdoor"),
+        (["--result", tower], 1, "failed its gate"),
         (["--result", cocoop["clean"]], 2, "belongs to another checkpoint"),
         ([], 2, "--result: required"),
     ]
