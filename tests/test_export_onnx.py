@@ -221,6 +221,11 @@ def test_attest_bad_input_is_exit_2(models, tmp_path, capsys, monkeypatch):
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     code, _, err = run_cli(["attest", tmp_path / "plain.onnx", "--result", models["coop"]["clean"]], capsys)
     assert code == 2 and "no ci-gate attestation" in err
+    # weights in a side file would be weights the graph digest does not cover
+    ext = onnx.load(str(models["coop"]["onnx"]))
+    onnx.save_model(ext, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.bin", size_threshold=0)
+    code, _, err = run_cli(["attest", tmp_path / "ext.onnx", "--result", models["coop"]["clean"]], capsys)
+    assert code == 2 and "external data" in err
     # without the onnx package both commands say how to get it
     monkeypatch.setitem(__import__("sys").modules, "onnx", None)
     code, _, err = run_cli(["attest", models["coop"]["onnx"], "--result", models["coop"]["clean"]], capsys)

@@ -49,6 +49,9 @@ def read_onnx(path: Path):
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise InputError(path, f"not a readable ONNX model: {type(exc).__name__}") from None
+    # ci-gate writes every weight into the file; external data would be weights the digest does not cover
+    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
+        raise InputError(path, "initializers stored as external data; ci-gate exports (and attests) self-contained files only")
     meta = {p.key[len(PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}
     if "graph_sha256" not in meta:
         raise InputError(path, "no ci-gate attestation in metadata_props (not written by `ci-gate export`)")
