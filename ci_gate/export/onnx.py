@@ -15,7 +15,6 @@ image-conditioned prompt path as plain ops.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import time
@@ -242,4 +241,4 @@ def export_onnx(
     if parity is not None and not parity <= PARITY_ATOL:
         raise InternalError(f"the exported graph's logits differ from the classifier's by {parity:.2e} (> {PARITY_ATOL:g})")
     atomic_write_bytes(out, data)
-    return ExportReport(out, hashlib.sha256(data).hexdigest(), len(data), export_s, parity, meta)
+    return ExportReport(out, sha256_bytes(data), len(data), export_s, parity, meta)
