@@ -9,7 +9,9 @@ import typer
 from rich.console import Console
 
 from ci_gate.api import resolve_pool  # noqa: F401  (repair and canary import it from here)
+from ci_gate.commands import registry as registry_cli
 from ci_gate.errors import InputError
+from ci_gate.registry import is_models_uri
 
 
 def verify(
@@ -23,8 +25,14 @@ def verify(
     fail_on: str = typer.Option(None, "--fail-on", help="What fails the gate: backdoor, suspicious or never; same as --set report.fail_on=VALUE (default from policy)."),
     display_path: str = typer.Option(None, "--display-path", help="Checkpoint path as reports should name it (repository-relative)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line of output, no progress bar (for CI logs)."),
+    tracking_uri: str = registry_cli.tracking_option(),
 ) -> None:
-    """Scan CHECKPOINT for a backdoor. Exit 0 clean, 1 backdoor (or policy violation), 2 bad input."""
+    """Scan CHECKPOINT for a backdoor. Exit 0 clean, 1 backdoor (or policy violation), 2 bad input.
+
+    CHECKPOINT may be an MLflow registry version, models:/NAME/VERSION or models:/NAME@ALIAS: its
+    checkpoint is downloaded and scanned, and the verdict is written back as version tags."""
+    if is_models_uri(str(checkpoint)):  # every argument of this call, passed on unchanged
+        return registry_cli.verify_registered(verify, dict(locals()))
     from ci_gate.api import plan_verify, run_verify
     from ci_gate.console import one_line, print_summary, scan_progress
     from ci_gate.distributed import Shard
