@@ -15,7 +15,7 @@ from ci_gate.registry import is_models_uri
 
 
 def verify(
-    checkpoint: Path = typer.Argument(..., help="ci-gate checkpoint (.safetensors)."),
+    checkpoint: Path = typer.Argument(..., help="ci-gate checkpoint (.safetensors), or an MLflow model version: models:/NAME/VERSION or models:/NAME@ALIAS."),
     policy: str = typer.Option("default", "--policy", "-p", help="Policy file or bundled name (default, strict, permissive)."),
     pool: str = typer.Option(None, "--pool", help="OOD image pool: folder, glob or .tar (overrides pool.path)."),
     out: str = typer.Option("ci-gate-report", "--out", "-o", help="Folder for result.json, reports and triggers (replaced as a whole, atomically)."),

@@ -127,7 +127,7 @@ class MlflowRegistry:
             # URI handed to download_artifacts would be resolved against mlflow's default
             # registry (a new ./mlflow.db), not this server
             source = self.client.get_model_version_download_uri(mv.name, mv.version)
-            local = Path(download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri))
+            local = Path(download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=self.tracking_uri))
         root = local if local.is_dir() else local.parent
         # ci-gate/ holds reports ci-gate logged (trigger tensors are .safetensors too) when a
         # version's source is the whole run
@@ -209,8 +209,7 @@ class MlflowRegistry:
             raise GateFailure(f"{uri}: no logged report ({PREFIX}report tag missing); verify it again")
         with _mlflow_errors(uri):
             try:
-                local = Path(download_artifacts(artifact_uri=f"{report}/result.json", dst_path=str(dst / "report"),
-                                                tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri))
+                local = Path(download_artifacts(artifact_uri=f"{report}/result.json", dst_path=str(dst / "report"), tracking_uri=self.tracking_uri))
             except MlflowException as exc:
                 raise GateFailure(f"{uri}: the logged report {report} cannot be read ({' '.join(str(exc).split())[:200]}); verify it again") from None
         if sha256_file(local) != tags.get(PREFIX + "result_sha256"):
