@@ -57,6 +57,19 @@ def test_import_ci_gate_loads_nothing_heavy():
     assert json.loads(done.stdout) == []
 
 
+def test_the_cli_loads_mlflow_only_for_registry_uris():
+    # loading the verify and registry commands (what a local verify imports first) leaves mlflow out
+    probe = ("import json, sys\nfrom ci_gate.cli import main\ncodes = []\n"
+             "for argv in (['verify', '--help'], ['registry', 'promote', '--help'], ['registry', '--help']):\n"
+             "    try:\n        main(argv)\n    except SystemExit as exc:\n        codes.append(exc.code)\n"
+             "print(json.dumps([codes, 'mlflow' in sys.modules, 'torch' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == [[0, 0, 0], False, False]
+    assert "models:/NAME/VERSION" in done.stdout and "MLFLOW_TRACKING_URI" in done.stdout
+
+
 def test_set_items_write_python_values_as_the_cli_would():
     from ci_gate.api import set_items
 

@@ -241,19 +241,6 @@ def test_promote_moves_the_alias_only_for_a_version_verified_clean_under_that_po
     assert (code, production()) == (1, flagged) and "does not hash to the ci_gate.result_sha256 tag" in text
 
 
-def test_promote_refuses_a_version_whose_checkpoint_changed_after_the_scan(registry, server, files, tmp_path, capsys):
-    v = _register(registry, NAME, files["ckpt"])
-    assert _verify(capsys, files, server, f"models:/{NAME}/{v}", tmp_path / "a", "policy", "-q")[0] == 0
-    swapped = tmp_path / "swap" / "model.safetensors"
-    swapped.parent.mkdir()
-    swapped.write_bytes(files["ckpt"].read_bytes()[:-4] + b"\0\0\0\0")
-    registry.log_artifact(registry.get_model_version(NAME, v).run_id, str(swapped), artifact_path="model")  # same name, new bytes
-    code, out, err = _cli(capsys, "registry", "promote", f"models:/{NAME}/{v}", "-a", "production", "-p", str(files["policy"]),
-                          "--tracking-uri", server.uri)
-    assert code == 1 and "the checkpoint changed since it was verified" in err
-    assert registry.get_registered_model(NAME).aliases.get("production") != v
-
-
 def test_bad_registry_input_is_exit_2_naming_it(registry, server, files, tmp_path, capsys, monkeypatch):
     other = tmp_path / "other.safetensors"
     other.write_bytes(files["ckpt"].read_bytes())
@@ -280,19 +267,33 @@ def test_scan_new_scans_each_untagged_version_once(registry, server, files, tmp_
     registry.create_registered_model(name)
     # exactly one checkpoint among other files is fine
     first, second = _register(registry, name, files["ckpt"], files["policy"]), _register(registry, name, files["ckpt"], run=False)
-    argv = ["registry", "scan-new", name, "--pool", str(files["pool"]), "--policy", str(files["policy"]), "--out", str(tmp_path / "poll"),
-            "--tracking-uri", server.uri]
-    code, out, err = _cli(capsys, *argv)
+    argv = ["registry", "scan-new", name, "--pool", str(files["pool"]), "--out", str(tmp_path / "poll"), "--tracking-uri", server.uri]
+    code, out, err = _cli(capsys, *argv, "--policy", str(files["policy"]), "--limit", "1")
     assert code == 0, err
-    assert out.count("CLEAN ") == 2 and err.count("recorded on models:/tiny-poll/") == 2
-    for v in (first, second):
+    assert out.count("CLEAN ") == 1 and f"recorded on models:/{name}/{first}: ci_gate.verdict=clean" in err
+    assert "ci_gate.verdict" not in registry.get_model_version(name, second).tags  # --limit 1, oldest first
+    code, out, err = _cli(capsys, *argv, "--policy", str(files["flagging"]))
+    assert code == 1 and out.count("BACKDOOR ") == 1 and f"1 of 1 new versions fail the gate: models:/{name}/{second}" in err
+    for v, verdict in ((first, "clean"), (second, "backdoor")):
         tags = registry.get_model_version(name, v).tags
-        assert tags["ci_gate.verdict"] == "clean" and tags["ci_gate.result_sha256"] == _sha(tmp_path / "poll" / v / "result.json")
+        assert tags["ci_gate.verdict"] == verdict and tags["ci_gate.result_sha256"] == _sha(tmp_path / "poll" / v / "result.json")
     # a version registered without a run gets its report on a new run in the `ci-gate` experiment
     report_run = registry.get_model_version(name, second).tags["ci_gate.report"].split("/")[1]
     assert registry.get_run(report_run).info.experiment_id == registry.get_experiment_by_name("ci-gate").experiment_id
     code, out, _ = _cli(capsys, *argv)
     assert code == 0 and out.startswith("nothing new")
-    third = _register(registry, name, files["ckpt"])
-    code, out, err = _cli(capsys, *argv[:6], str(files["flagging"]), *argv[7:])
-    assert code == 1 and out.count("BACKDOOR ") == 1 and f"1 of 1 new versions fail the gate: models:/{name}/{third}" in err
+
+
+def test_promote_refuses_a_version_whose_checkpoint_changed_after_the_scan(registry, server, verified, files, tmp_path, capsys):
+    # last in this module: it re-logs the clean version's checkpoint
+    v = verified["clean"]["version"]
+    before = registry.get_registered_model(NAME).aliases.get("production")
+    swapped = tmp_path / "swap" / "model.safetensors"
+    swapped.parent.mkdir()
+    swapped.write_bytes(files["ckpt"].read_bytes()[:-4] + b"\0\0\0\0")
+    registry.log_artifact(registry.get_model_version(NAME, v).run_id, str(swapped), artifact_path="model")  # same name, new bytes
+    code, out, err = _cli(capsys, "registry", "promote", f"models:/{NAME}/{v}", "-a", "staging", "-p", str(files["policy"]),
+                          "--tracking-uri", server.uri)
+    assert code == 1 and "the checkpoint changed since it was verified" in err
+    assert "staging" not in registry.get_registered_model(NAME).aliases
+    assert registry.get_registered_model(NAME).aliases.get("production") == before
