@@ -257,6 +257,10 @@ def test_bad_registry_input_is_exit_2_naming_it(registry, server, files, tmp_pat
         code, _, err = _verify(capsys, files, server, uri, tmp_path / "r", "policy", "-q")
         assert code == 2 and err.startswith("ci-gate: error: ") and message in err and len(err.splitlines()) == 1, (uri, err)
     assert "ci_gate.verdict" not in registry.get_model_version(NAME, several).tags  # nothing recorded
+    # a server that does not answer is bad input too, and the URI's password is never shown
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    code, _, err = _cli(capsys, "verify", f"models:/{NAME}/1", "--tracking-uri", f"http://ci:s3cret-passw0rd@127.0.0.1:{_free_port()}")
+    assert code == 2 and "MLflow: API request to http://***@127.0.0.1:" in err and "s3cret" not in err
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     code, _, err = _cli(capsys, "verify", f"models:/{NAME}/{several}", "--pool", str(files["pool"]))
     assert code == 2 and "--tracking-uri: no MLflow tracking server" in err

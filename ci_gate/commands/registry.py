@@ -10,6 +10,7 @@ mlflow is imported only by these commands: a local verify never loads it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -28,6 +29,14 @@ def tracking_option() -> Any:
 
 
 def _registry(tracking_uri: str | None):
+    import urllib.parse
+
+    from ci_gate.github.redact import register_secret
+
+    # a password in the URI (https://user:token@host) is masked in every error line, traceback
+    # and crash log from here on, as the GitHub token is
+    with contextlib.suppress(ValueError):
+        register_secret(urllib.parse.urlsplit(tracking_uri or "").password)
     try:
         from ci_gate.registry.mlflow import MlflowRegistry
     except ImportError as exc:

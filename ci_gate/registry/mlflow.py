@@ -68,13 +68,14 @@ def shown_uri(uri: str) -> str:
 
 
 @contextlib.contextmanager
-def _mlflow_errors(what: str) -> Iterator[None]:
-    """MLflow's refusals (no such model, no permission, a bad URI) are bad input: exit 2 naming
-    what was asked for, in one line."""
+def _mlflow_errors(what: str, tracking_uri: str) -> Iterator[None]:
+    """MLflow's refusals (no such model, no permission, a server that does not answer) are bad
+    input: exit 2 naming what was asked for, in one line, without the URI's credentials (MLflow's
+    message quotes the request URL)."""
     try:
         yield
     except MlflowException as exc:
-        message = " ".join(str(getattr(exc, "message", exc)).split())
+        message = " ".join(str(getattr(exc, "message", exc)).split()).replace(tracking_uri, shown_uri(tracking_uri))
         raise InputError(what, f"MLflow: {message[:300]}") from None
 
 
@@ -97,7 +98,7 @@ class MlflowRegistry:
     def resolve(self, ref: ModelRef) -> ModelVersion:
         """The version a reference names now; an alias is resolved once, so the scan, the tags
         and the report all concern the same version even if the alias moves meanwhile."""
-        with _mlflow_errors(ref.uri):
+        with _mlflow_errors(ref.uri, self.tracking_uri):
             if ref.version is not None:
                 return self.client.get_model_version(ref.name, ref.version)
             return self.client.get_model_version_by_alias(ref.name, ref.alias)
@@ -108,7 +109,7 @@ class MlflowRegistry:
             raise InputError("NAME", f"{name!r}: a model name with a quote or backslash cannot be searched for")
         found: list[ModelVersion] = []
         token = None
-        with _mlflow_errors(f"models:/{name}"):
+        with _mlflow_errors(f"models:/{name}", self.tracking_uri):
             self.client.get_registered_model(name)  # a typo is an error, not "nothing new"
             while True:
                 page = self.client.search_model_versions(f"name='{name}'", page_token=token)
@@ -122,7 +123,7 @@ class MlflowRegistry:
         """(local checkpoint, its path among the version's artifacts): the one .safetensors file
         the version holds. None or several is bad input: the gate scans exactly what ships."""
         uri = version_uri(mv)
-        with _mlflow_errors(uri):
+        with _mlflow_errors(uri, self.tracking_uri):
             # the storage location itself (file:, s3:, mlflow-artifacts:, runs:...): a models:/
             # URI handed to download_artifacts would be resolved against mlflow's default
             # registry (a new ./mlflow.db), not this server
@@ -147,7 +148,7 @@ class MlflowRegistry:
         result = load_result(result_json)
         result_sha = sha256_file(result_json)
         uri = version_uri(mv)
-        with _mlflow_errors(uri):
+        with _mlflow_errors(uri, self.tracking_uri):
             run_id = mv.run_id or self._new_run(mv)
             path = f"{REPORT_ROOT}/version-{mv.version}/{result_sha[:12]}"
             self.client.log_artifacts(run_id, str(report_dir), artifact_path=path)
@@ -172,7 +173,7 @@ class MlflowRegistry:
         with the reason otherwise. Returns the verified result."""
         uri = version_uri(mv)
         result = self.check_verified(mv, policy)
-        with _mlflow_errors(uri):
+        with _mlflow_errors(uri, self.tracking_uri):
             self.client.set_registered_model_alias(mv.name, alias, mv.version)
         return result
 
@@ -207,7 +208,7 @@ class MlflowRegistry:
         report = tags.get(PREFIX + "report", "")
         if not report.startswith("runs:/"):
             raise GateFailure(f"{uri}: no logged report ({PREFIX}report tag missing); verify it again")
-        with _mlflow_errors(uri):
+        with _mlflow_errors(uri, self.tracking_uri):
             try:
                 local = Path(download_artifacts(artifact_uri=f"{report}/result.json", dst_path=str(dst / "report"), tracking_uri=self.tracking_uri))
             except MlflowException as exc:
