@@ -30,7 +30,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # torch-heavy modules load only when a scan runs
     from ci_gate.repair.flow import RepairSummary
 
 PathLike = str | os.PathLike
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int, int], None]  # (steps done, steps in all, classes): ci_gate.inversion.optimize.Progress
 Log = Callable[[str], None]
 
 __all__ = ["canary", "gate_passes", "repair", "set_items", "verify"]
@@ -104,6 +104,12 @@ class VerifyPlan:
     reference_weights: Path | None = None
     display_path: str | None = None
 
+    @property
+    def inputs(self) -> list[tuple[str, Path | None]]:
+        """What no output may overwrite, named as errors name it."""
+        return [("checkpoint", self.checkpoint), ("policy", self.policy_path), ("backbone weights", self.backbone_weights),
+                ("reference weights", self.reference_weights)]
+
 
 def plan_verify(
     checkpoint: PathLike,
@@ -127,11 +133,10 @@ def plan_verify(
     ckpt = Path(checkpoint)
     bw = None if backbone_weights is None else Path(backbone_weights)
     rw = None if reference_weights is None else Path(reference_weights)
-    out_dir = None
-    if out is not None:
-        inputs = [("checkpoint", ckpt), ("policy", policy_file), ("backbone weights", bw), ("reference weights", rw)]
-        out_dir = check_out_folder(out, out_flag, inputs=inputs, pool=pool_spec)
-    return VerifyPlan(ckpt, pol, policy_file, pool_spec, out_dir, bw, rw, display_path)
+    plan = VerifyPlan(ckpt, pol, policy_file, pool_spec, None, bw, rw, display_path)
+    if out is None:
+        return plan
+    return replace(plan, out_dir=check_out_folder(out, out_flag, inputs=plan.inputs, pool=pool_spec))
 
 
 @dataclass(frozen=True)
@@ -193,8 +198,8 @@ def verify(
 
     ``policy``: a policy file, a bundled name (``default``, ``strict``, ``permissive``), a
     :class:`~ci_gate.policy.Policy`, or None for the built-in defaults. ``pool``: the OOD images
-    (folder, glob or .tar), else the policy's ``pool.path``. ``progress(done, total)`` is called as
-    classes finish. Whether the gate passes: :func:`gate_passes`."""
+    (folder, glob or .tar), else the policy's ``pool.path``. ``progress(done, total, n_classes)`` is
+    called as the inversion advances (a step is one class on one batch). Whether the gate passes: :func:`gate_passes`."""
     plan = plan_verify(
         checkpoint, policy, pool, out=out, backbone_weights=backbone_weights, reference_weights=reference_weights,
         display_path=display_path, overrides=overrides,

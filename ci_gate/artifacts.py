@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import save as st_save
 
 from ci_gate.io import atomic_write_bytes
+from ci_gate.report.artifacts import trigger_gain
 
 MIN_PNG_SIDE = 128
 # The index prefix makes a slug unique; the name part is only a hint for people browsing the
@@ -62,8 +63,9 @@ def write_png(path: Path, image01: torch.Tensor) -> None:
 
 
 def amplify(delta: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Map [-eps, eps] to [0, 1] so a 4/255 trigger is visible (grey = no change)."""
-    return delta / (2 * epsilon) + 0.5
+    """Map [-eps, eps] to [0, 1] so a 4/255 trigger is visible (grey = no change). The reports
+    state this gain next to the images, so it is defined once, in the torch-free reporter."""
+    return delta * trigger_gain(epsilon) + 0.5
 
 
 def write_trigger(out_dir: Path, index: int, name: str, delta: torch.Tensor, epsilon: float) -> tuple[str, str]:

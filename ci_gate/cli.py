@@ -26,7 +26,7 @@ app = typer.Typer(
     name="ci-gate",
     help="Backdoor gate for prompt-tuned CLIP checkpoints (CLIP-Inspector trigger inversion).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         _register()
         # With standalone_mode=False click does not exit: it *returns* the code of a
         # `raise typer.Exit(n)` (typer.Exit is not click's Exit, so the handler below never sees it).
-        code = app(args=args, standalone_mode=False)
+        code = app(args=args, prog_name="ci-gate", standalone_mode=False)
     except CiGateError as exc:
         if exc.exit_code == EXIT_INTERNAL:
             _internal_error(exc, args)

@@ -1,9 +1,10 @@
-"""Terminal output: a rich progress bar on a TTY, a compact summary, and a quiet one-liner for CI logs."""
+"""Terminal output: a rich progress bar on a TTY (progress lines off one), a compact summary, and a quiet one-liner for CI logs."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -15,20 +16,72 @@ from ci_gate.result import Result
 _STYLE = {"backdoor": "bold red", "suspicious": "yellow", "ok": "green"}
 
 
+PROGRESS_INTERVAL_S = 5.0
+
+
 @contextlib.contextmanager
-def scan_progress(console: Console, enabled: bool) -> Iterator:
-    """Yields a progress callback; a no-op unless ``enabled`` and the console is a terminal."""
-    if not (enabled and console.is_terminal):
+def scan_progress(console: Console, enabled: bool, interval: float = PROGRESS_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> Iterator:
+    """Yields a progress callback ``(done, total, n_classes)``, or None when not ``enabled``.
+
+    On a terminal it drives a rich progress bar. Off a terminal (a CI log) a bar would be either
+    invisible or thousands of lines, so a plain line goes out at most every ``interval`` seconds
+    of ``clock`` instead: a long scan is not silent, and a short one prints nothing."""
+    if not enabled:
         yield None
+        return
+    if not console.is_terminal:
+        yield ProgressLines(console, interval, clock)
         return
     columns = (TextColumn("inverting triggers"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("scan", total=None)
 
-        def update(done: int, total: int) -> None:
+        def update(done: int, total: int, n_classes: int | None = None) -> None:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+class ProgressLines:
+    """The off-terminal progress callback: one line per ``interval``, e.g.
+    ``ci-gate: inverting triggers: class 12 of 50 (23%), 1m05s elapsed, ETA 3m38s``."""
+
+    def __init__(self, console: Console, interval: float, clock: Callable[[], float]):
+        self._console = console
+        self._interval = interval
+        self._clock = clock
+        self._start = clock()
+        self._last = self._start
+        self._first: tuple[float, int] | None = None  # (time, done) of the first report
+
+    def __call__(self, done: int, total: int, n_classes: int | None = None) -> None:
+        now = self._clock()
+        if self._first is None:
+            self._first = (now, done)
+        if now - self._last < self._interval or total <= 0:
+            return
+        self._last = now
+        # the rate since the first report: model loading before it says nothing about the rest
+        since, at = self._first
+        rate = (done - at) / (now - since) if now > since and done > at else None
+        eta = 0.0 if done >= total else (total - done) / rate if rate else None
+        self._console.print(progress_line(done, total, n_classes, now - self._start, eta), markup=False, highlight=False, soft_wrap=True)
+
+
+def progress_line(done: int, total: int, n_classes: int | None, elapsed: float, eta: float | None) -> str:
+    frac = min(max(done / total, 0.0), 1.0)
+    # classes are optimised in batches that advance together, so "class i" is the one the share
+    # of finished work has reached
+    where = f"class {min(n_classes, int(frac * n_classes) + 1)} of {n_classes}" if n_classes else f"step {done} of {total}"
+    shown = "unknown" if eta is None else _duration(max(eta, 0.0))
+    return f"ci-gate: inverting triggers: {where} ({frac:.0%}), {_duration(elapsed)} elapsed, ETA {shown}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def one_line(result: Result) -> str:

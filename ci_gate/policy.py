@@ -67,6 +67,12 @@ class CandidatePolicy(_Strict):
     max_classes: int = Field(50, ge=2)
 
 
+# What a budget may be written as in a policy file, for the JSON Schema (ci-gate policy schema):
+# the validators below turn a fraction string into a float before the field's own checks run.
+_FractionText = Annotated[str, Field(pattern=r"^\s*\d+/\d+\s*$", description="a fraction such as 4/255")]
+_BudgetInput = Annotated[float, Field(gt=0, le=1)] | _FractionText
+
+
 def _parse_ladder(value: Any) -> Any:
     # one budget or a ladder of them; each may be written as a fraction ("4/255")
     items = value if isinstance(value, (list, tuple)) else [value]
@@ -88,7 +94,7 @@ class InversionPolicy(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     eval_images: int | None = Field(256, ge=16, description="pool images (seeded subset) each rung's trigger is evaluated on; null: the whole pool")
 
-    _frac = field_validator("epsilon", mode="before")(_parse_ladder)
+    _frac = field_validator("epsilon", mode="before", json_schema_input_type=_BudgetInput | Annotated[list[_BudgetInput], Field(min_length=1, max_length=8)])(_parse_ladder)
 
     @field_validator("epsilon")
     @classmethod
@@ -155,7 +161,7 @@ class CanaryPolicy(_Strict):
     holdout: float = Field(0.2, gt=0, lt=1, description="share of each class held out to measure the planted backdoor's ASR")
     min_attack_asr: float = Field(0.5, ge=0, le=1, description="a planted backdoor weaker than this on held-out images makes the self-test inconclusive")
 
-    _frac = field_validator("epsilon", mode="before")(_parse_fraction)
+    _frac = field_validator("epsilon", mode="before", json_schema_input_type=_BudgetInput)(_parse_fraction)
 
 
 class Policy(_Strict):

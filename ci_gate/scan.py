@@ -41,7 +41,7 @@ from ci_gate.encoder_check import encoder_info
 from ci_gate.reference import reference_backbone, reference_stats
 from ci_gate.scoring import STATISTICS, ClassStats, decide_ladder
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int, int], None]  # see ci_gate.inversion.optimize.Progress
 N_EXAMPLES = 4
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -26,7 +26,7 @@ def _calls() -> dict[tuple[str, ...], set[str]]:
     for step in yaml.safe_load(ACTION.read_text())["runs"]["steps"]:
         current: tuple[str, ...] | None = None
         for line in step.get("run", "").replace("\\\n", " ").splitlines():
-            start = re.search(r"(?:\bargs=\(|\bci-gate )(\w[\w-]*)(?: (upload-sarif|comment|commit-repair|outputs)\b)?", line)
+            start = re.search(r"(?:\bargs=\(|\"\$CI_GATE\" )(\w[\w-]*)(?: (upload-sarif|comment|commit-repair|outputs)\b)?", line)
             if start:
                 current = tuple(part for part in start.groups() if part)
                 calls.setdefault(current, set())

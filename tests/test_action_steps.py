@@ -82,19 +82,22 @@ def _run_steps(tmp_path: Path, fake: FakeGitHub, shim: str, overrides: dict[str,
     action = yaml.safe_load((REPO / "action.yml").read_text())
     inputs = {name: str(spec.get("default", "")) for name, spec in action["inputs"].items()}
     inputs.update(overrides)
-    outputs: dict[str, dict[str, str]] = {"setup": {"artifact-name": "ci-gate-report-models_coop.safetensors"}}
+    # the CLI is reached by the absolute path the setup step outputs, never through PATH (which
+    # holds no ci-gate here)
+    outputs: dict[str, dict[str, str]] = {"setup": {"artifact-name": "ci-gate-report-models_coop.safetensors", "ci-gate": str(bin_dir / "ci-gate")}}
     substitute = _expressions(fake, inputs, outputs)
     summary = tmp_path / "step_summary"
     codes, stdout = {}, {}
     for step in action["runs"]["steps"]:
         sid = step.get("id", step["name"])
-        if "run" not in step or sid == "setup":  # setup pip-installs the action; upload-artifact is GitHub's
+        # setup pip-installs the action (test_action_yml.py runs prepare); cache and upload-artifact are GitHub's
+        if "run" not in step or sid in ("prepare", "setup"):
             continue
         if only is not None and sid not in only:
             continue
         output_file = tmp_path / f"output_{sid.replace(' ', '_')}"
         env = {
-            "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHON": sys.executable,
+            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHON": sys.executable,
             "PYTHONPATH": str(REPO), "TESTS": str(TESTS), "CI_GATE_TEST_LOG": str(tmp_path / "log"),
             "GITHUB_OUTPUT": str(output_file), "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_WORKSPACE": str(workspace),
             "GITHUB_REPOSITORY": fake.repo, "GITHUB_API_URL": fake.url, "GITHUB_SHA": "b" * 40,
@@ -205,7 +208,7 @@ def test_a_run_without_a_verdict_is_reported_as_such(tmp_path, code, outcome, ti
         # the report folder must stay one that the next verify may replace: the step removes its
         # own copy before it runs verify again
         verify = next(s for s in yaml.safe_load((REPO / "action.yml").read_text())["runs"]["steps"] if s.get("id") == "verify")
-        assert verify["run"].index('rm -f "$OUT_DIR/ci-gate-crash.log"') < verify["run"].index("ci-gate \"${args[@]}\"")
+        assert verify["run"].index('rm -f "$OUT_DIR/ci-gate-crash.log"') < verify["run"].index('"$CI_GATE" "${args[@]}"')
         assert "not a verdict on the model" in text and "OverflowError" in crash_copy.read_text()
     else:
         assert "was not scanned" in text and not crash_copy.exists()

@@ -91,9 +91,10 @@ def test_verify_returns_the_cli_result_without_output(tiny, tmp_path, capsys):
 
     ckpt, pool = tiny
     seen = []
-    result = ci_gate.verify(ckpt, pool=pool, progress=lambda done, total: seen.append((done, total)), **TINY)
+    result = ci_gate.verify(ckpt, pool=pool, progress=lambda done, total, n: seen.append((done, total, n)), **TINY)
     assert capsys.readouterr() == ("", "")  # nothing printed
-    assert isinstance(result, ci_gate.Result) and seen and [d for d, _ in seen] == sorted({d for d, _ in seen})  # it reports, in order
+    assert isinstance(result, ci_gate.Result) and seen and {n for *_, n in seen} == {len(result.classes)}
+    assert [d for d, *_ in seen] == sorted({d for d, *_ in seen})  # it reports, in order
     assert ci_gate.gate_passes(result) == (result.verdict == "clean" and not result.encoder.modified)
     assert not list(tmp_path.iterdir())  # no out=: nothing left anywhere we look
 

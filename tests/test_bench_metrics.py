@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from ci_gate.bench import metrics
 from ci_gate.bench.metrics import auroc, confusion, detection_accuracy, roc_curve, target_f1
 
 
@@ -46,3 +47,24 @@ def test_target_f1_counts_wrong_class_as_fp_and_fn():
     assert target_f1(pred, truth) == pytest.approx(2 * 1 / (2 * 1 + 2 + 2))
     assert target_f1([1, None], [1, None]) == 1.0
     assert math.isnan(target_f1([None], [None]))
+
+
+def test_fpr_upper_bound_is_clopper_pearson():
+    # 0 of n: the closed form 1 - alpha**(1/n) (about the rule of three's 3/n)
+    assert metrics.fpr_upper_bound(0, 14) == pytest.approx(1 - 0.05 ** (1 / 14), abs=1e-9)
+    # published one-sided 95% Clopper-Pearson bound for 3 of 10
+    assert metrics.fpr_upper_bound(3, 10) == pytest.approx(0.6066, abs=1e-3)
+    assert metrics.fpr_upper_bound(10, 10) == 1.0
+    # more clean models with no false positive support a tighter bound
+    assert metrics.fpr_upper_bound(0, 42) < metrics.fpr_upper_bound(0, 14) < metrics.fpr_upper_bound(1, 14)
+    with pytest.raises(ValueError):
+        metrics.fpr_upper_bound(3, 2)
+
+
+def test_k_calibration_counts_clean_models_above_each_threshold():
+    rows = metrics.k_calibration([1.0, 2.5, 3.2, 4.6], [3.0, 4.0, 5.0])
+    assert [r["false_positives"] for r in rows] == [2, 1, 0]
+    assert [r["fpr"] for r in rows] == [0.5, 0.25, 0.0]
+    assert rows[2]["fpr_upper"] == pytest.approx(1 - 0.05 ** (1 / 4), abs=1e-9)
+    # a score exactly at k is not above it (the decision rule is "score > k")
+    assert metrics.k_calibration([4.0], [4.0])[0]["false_positives"] == 0

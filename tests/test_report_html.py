@@ -129,6 +129,96 @@ def test_missing_and_escaping_artifacts_become_placeholders(tmp_path):
         assert f"Report: image <code>{rel}</code> is missing" in page
 
 
+def _with_class(result, index: int, **update):
+    return result.model_copy(update={"classes": [c.model_copy(update=update) if c.index == index else c for c in result.classes]})
+
+
+def test_per_class_table_comes_before_the_images(tmp_path):
+    page = render_html(make_result(tmp_path), tmp_path)
+    order = [page.index(f'<section id="{s}">') for s in ("chart", "classes", "triggers", "examples")]
+    assert order == sorted(order)
+
+
+def test_colour_legend_names_every_status_with_the_chart_colours(tmp_path):
+    page = render_html(make_result(tmp_path), tmp_path)
+    legend = page[page.index('<div class="legend" id="legend">'): page.index('<svg')]
+    for status in ("backdoor", "suspicious", "ok"):
+        assert f'<span class="swatch swatch-{status}"></span>{status}:' in legend
+    assert "anomaly index above k = 2.0 and trigger ASR at least 50.0%" in legend and "threshold k" in legend
+    css = page[page.index("<style>"): page.index("</style>")]
+    bars = dict(re.findall(r"\.chart \.bar-(\w+) \{ fill: ([^;]+);", css))
+    swatches = dict(re.findall(r"\.swatch-(\w+) \{ background: ([^;]+);", css))
+    assert bars == {k: v for k, v in swatches.items() if k in bars} and set(bars) == {"ok", "suspicious", "backdoor"}
+
+
+def test_banner_carries_the_warnings(tmp_path):
+    from ci_gate.result import EncoderInfo, TensorChange
+
+    result = make_result(tmp_path, warnings=["pool has 1 unreadable file"])
+    banner = lambda page: page[page.index('id="verdict"'): page.index('<section id="target">')]  # noqa: E731
+    top = banner(render_html(result, tmp_path))
+    assert "Suspicious: “horse”, an outlier with an anomaly index above k = 2 whose trigger stayed below the minimum ASR of 50%" in top
+    assert "<li>pool has 1 unreadable file</li>" in top
+    change = TensorChange(name="visual.proj", max_abs=0.25, rel_l2=0.01)
+    modified = result.model_copy(update={"encoder": EncoderInfo(status="modified", n_tensors=40, n_changed=1, changed=[change])})
+    assert "Modified encoder: 1 of 40 backbone tensors differ" in banner(render_html(modified, tmp_path))
+    unverified = result.model_copy(update={"encoder": EncoderInfo(status="unverified")})
+    assert "Unverified towers:" in banner(render_html(unverified, tmp_path))
+    clean = render_html(make_result(tmp_path / "c", verdict="clean", warnings=[]), tmp_path / "c")
+    assert 'id="banner-warnings"' not in clean
+
+
+def test_many_warnings_are_cut_in_the_banner_and_listed_at_the_end(tmp_path):
+    notes = [f"warning number {i}" for i in range(12)]
+    page = render_html(make_result(tmp_path, warnings=notes), tmp_path)
+    top = page[: page.index('<section id="target">')]
+    assert "warning number 4" in top and "warning number 5" not in top and '<a href="#warnings">7 more warnings</a>' in top
+    end = page[page.index('<section id="warnings">'):]
+    assert all(f"<li>{n}</li>" in end for n in notes)
+
+
+def test_a_class_that_is_no_outlier_is_shown_as_ok_with_a_warning(tmp_path):
+    # an older result.json: suspicious on trigger ASR alone, anomaly -0.72, with its trigger and examples
+    result = make_result(tmp_path, verdict="clean", warnings=[])
+    write_png(tmp_path / "triggers" / "class_05.png", seed=5)
+    stale = _with_class(result, 5, status="suspicious", asr=0.7, anomaly=-0.72, trigger_png="triggers/class_05.png")
+    page = render_html(stale, tmp_path)
+    rows = dict((name, status) for status, _, name in re.findall(r'<tr class="row-(\w+)">\s*<td class="num">(\d+)</td>\s*<td>([^<]+)', page))
+    assert rows["dog"] == "ok" and "suspicious" not in set(rows.values())
+    assert 'id="triggers"' not in page and "<img" not in page
+    assert "0 flagged, 0 suspicious of 10 classes" in page
+    assert "1 class marked suspicious in result.json (an older ci-gate&#39;s rule: trigger success rate alone) is no outlier (anomaly index not above k = 2) and shown as ok: dog -0.72" in page
+
+
+def test_trigger_images_state_their_magnification(tmp_path):
+    result = make_result(tmp_path)
+    result = _with_class(_with_class(result, 3, epsilon=8 / 255), 7, epsilon=2 / 255)
+    page = render_html(result, tmp_path)
+    assert "shown ×15.9 (budget 8/255)" in page and "shown ×63.8 (budget 2/255)" in page
+    assert "magnified for visibility" in page and "at true scale (×1)" in page
+    # a result without per-class budgets says so rather than guess
+    assert "magnification unknown" in render_html(make_result(tmp_path / "old"), tmp_path / "old")
+
+
+def test_the_stated_magnification_is_the_one_the_scan_writes(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ci_gate.artifacts import write_trigger
+    from ci_gate.report.artifacts import trigger_gain
+
+    eps = 8 / 255
+    delta = torch.zeros(3, 128, 128)
+    delta[0, :64] = eps / 2
+    delta[1, 64:] = -eps
+    png, _ = write_trigger(tmp_path, 3, "cat", delta, eps)
+    pixels = np.asarray(Image.open(tmp_path / png), dtype=np.float64) / 255
+    expected = 0.5 + trigger_gain(eps) * delta.permute(1, 2, 0).numpy()
+    assert np.abs(pixels - expected).max() <= 0.5 / 255 + 1e-9
+    assert trigger_gain(eps) == pytest.approx(15.9375)
+
+
 # ---- a real browser --------------------------------------------------------------------------
 
 from cdp_pipe import Browser, find_chromium  # noqa: E402
@@ -140,14 +230,31 @@ needs_chromium = pytest.mark.skipif(
 
 CHECKS = """(() => {
   const imgs = [...document.images];
+  // really on screen: laid out, not hidden, inside the first screenful, not covered by anything else
+  const shown = (selector, scroll) => {
+    const e = document.querySelector(selector);
+    if (!e) return false;
+    if (scroll) e.scrollIntoView({block: 'center'});
+    const r = e.getBoundingClientRect(), s = getComputedStyle(e);
+    if (r.width < 10 || r.height < 10 || s.visibility !== 'visible' || s.display === 'none' || Number(s.opacity) === 0) return false;
+    if (r.top < 0 || r.bottom > window.innerHeight) return false;
+    const hit = document.elementFromPoint(r.left + r.width / 2, r.top + Math.min(r.height / 2, 8));
+    return e.contains(hit);
+  };
   return {
     images: imgs.length,
     broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt),
-    bars: document.querySelectorAll('svg.chart rect.bar').length,
+    nbars: document.querySelectorAll('svg.chart rect.bar').length,
     threshold: document.querySelectorAll('svg.chart line.threshold').length,
     scripts: document.scripts.length,
     verdict: document.querySelector('#verdict h1').textContent,
     overflow: document.documentElement.scrollWidth > window.innerWidth,
+    bannerWarnings: shown('#banner-warnings', false),  // before any scrolling: the first thing seen
+    legend: shown('#legend', true),
+    swatches: [...document.querySelectorAll('#legend .swatch')].map(e => getComputedStyle(e).backgroundColor),
+    bars: [...new Set([...document.querySelectorAll('svg.chart rect.bar')].map(e => e.classList[1] + ' ' + getComputedStyle(e).fill))],
+    bannerText: (document.querySelector('#banner-warnings') || {}).textContent || '',
+    tableAboveExamples: document.querySelector('#classes').getBoundingClientRect().bottom <= document.querySelector('#examples').getBoundingClientRect().top,
   };
 })()"""
 
@@ -171,9 +278,15 @@ def test_report_renders_in_headless_chromium_without_errors(browser, tmp_path):
     assert browser.problems(session) == []
     checks = browser.evaluate(session, CHECKS)
     assert checks["broken"] == [] and checks["images"] == 6
-    assert checks["bars"] == len(result.classes) and checks["threshold"] == 1
+    assert checks["nbars"] == len(result.classes) and checks["threshold"] == 1
     assert checks["scripts"] == 0 and not checks["overflow"]
     assert checks["verdict"].startswith("Backdoor detected")
+    assert checks["bannerWarnings"] and "Suspicious: “horse”" in checks["bannerText"] and "pool has 1 unreadable file" in checks["bannerText"]
+    assert checks["tableAboveExamples"] and checks["legend"]
+    # the legend's swatches are the chart's bar colours, one per status
+    fills = dict(b.split(" ", 1) for b in checks["bars"])
+    assert sorted(fills) == ["bar-backdoor", "bar-ok", "bar-suspicious"]
+    assert sorted(checks["swatches"][:3]) == sorted(fills.values())
     shot = ARTIFACTS / "report-backdoor.png"
     browser.screenshot(session, shot)
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000

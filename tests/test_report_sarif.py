@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from ci_gate.report import render, sarif
+from ci_gate.report import links, render, sarif
+from ci_gate.report.alerts import best_asr
 from ci_gate.report.sarif import SarifLimitError, build_sarif, checkpoint_uri
 from result_factory import DEFAULT_NAMES, make_result
 
-SCHEMA = Path(__file__).resolve().parents[1].parent / "shared" / "schemas" / "sarif-schema-2.1.0.json"
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO.parent / "shared" / "schemas" / "sarif-schema-2.1.0.json"
 
 
 @pytest.fixture(scope="module")
@@ -186,19 +189,165 @@ def test_other_github_limits(tmp_path):
         sarif.check_github_limits(tagged, encoded)
 
 
-def test_information_uri_comes_from_project_url(tmp_path, validator, monkeypatch):
+# ---- links: informationUri and helpUri -------------------------------------------------------
+
+
+def _github_slugs(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file (lower case, punctuation dropped,
+    spaces to hyphens)."""
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-") for line in markdown.splitlines() if line.startswith("#")}
+
+
+def _absolute_https(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme == "https" and bool(parts.netloc)
+
+
+def test_project_url_if_set_is_absolute_https():
     import ci_gate
 
-    # set: an absolute https URL, the same one everywhere
-    if ci_gate.PROJECT_URL is not None:
-        parsed = urllib.parse.urlsplit(ci_gate.PROJECT_URL)
-        assert parsed.scheme == "https" and parsed.netloc, "PROJECT_URL must be an absolute https URL"
-    monkeypatch.setattr(ci_gate, "PROJECT_URL", "https://example.org/ci-gate")
-    log = _log(tmp_path / "set")
-    assert log["runs"][0]["tool"]["driver"]["informationUri"] == "https://example.org/ci-gate"
-    assert _errors(validator, log) == []
-    # unset: the optional field is left out, never filled with a placeholder
+    assert ci_gate.PROJECT_URL is None or _absolute_https(ci_gate.PROJECT_URL), "PROJECT_URL must be an absolute https URL"
+
+
+def test_links_default_to_the_method_paper_while_unpublished(tmp_path, validator, monkeypatch):
+    import ci_gate
+
     monkeypatch.setattr(ci_gate, "PROJECT_URL", None)
-    log = _log(tmp_path / "unset")
-    assert "informationUri" not in log["runs"][0]["tool"]["driver"]
+    log = _log(tmp_path)
+    driver = log["runs"][0]["tool"]["driver"]
+    assert driver["informationUri"] == links.METHOD_URL and _absolute_https(links.METHOD_URL)
+    assert [r["helpUri"] for r in driver["rules"]] == [links.METHOD_URL] * 3
     assert _errors(validator, log) == []
+
+
+def test_links_point_at_the_project_and_each_rules_section(tmp_path, validator, monkeypatch):
+    import ci_gate
+
+    monkeypatch.setattr(ci_gate, "PROJECT_URL", "https://github.com/octo/ci-gate/")
+    log = _log(tmp_path)
+    driver = log["runs"][0]["tool"]["driver"]
+    assert driver["informationUri"] == "https://github.com/octo/ci-gate/"
+    slugs = _github_slugs((REPO / links.ALERTS_DOC).read_text())
+    for rule in driver["rules"]:
+        url = rule["helpUri"]
+        assert _absolute_https(url)
+        page, anchor = url.split("#")
+        assert page == "https://github.com/octo/ci-gate/blob/HEAD/docs/alerts.md"
+        assert anchor == f"{rule['id'].lower()}-{rule['name']}" and anchor in slugs, (anchor, slugs)
+    assert _errors(validator, log) == []
+
+
+@pytest.mark.parametrize("bad", ["docs/alerts.md", "//github.com/x", "http://example.org/ci-gate", "file:///tmp/x"])
+def test_a_relative_or_non_https_project_url_is_refused(tmp_path, monkeypatch, bad):
+    import ci_gate
+
+    monkeypatch.setattr(ci_gate, "PROJECT_URL", bad)
+    with pytest.raises(ValueError, match="not an absolute https URL"):
+        build_sarif(make_result(tmp_path))
+
+
+# ---- each rule: when it fires, and that its text says so ------------------------------------
+
+
+def _rule(log: dict, rule_id: str) -> dict:
+    return next(r for r in log["runs"][0]["tool"]["driver"]["rules"] if r["id"] == rule_id)
+
+
+def _hits(log: dict, rule_id: str) -> list[dict]:
+    return [r for r in log["runs"][0]["results"] if r["ruleId"] == rule_id]
+
+
+def _with_class(result, index: int, **update):
+    classes = [c.model_copy(update=update) if c.index == index else c for c in result.classes]
+    return result.model_copy(update={"classes": classes})
+
+
+def test_cig001_fires_on_the_backdoor_class_and_states_its_rule(tmp_path):
+    log = build_sarif(make_result(tmp_path))
+    rule = _rule(log, "CIG001")
+    assert "anomaly index is above k = 2" in rule["fullDescription"]["text"]
+    assert "at least 50.0% of the pool" in rule["fullDescription"]["text"]
+    [hit] = _hits(log, "CIG001")
+    assert hit["properties"]["class"] == "cat"
+    text = hit["message"]["text"]
+    assert "class 'cat' is the likely target" in text
+    assert "anomaly index 6.40 > k = 2 and best trigger ASR 93.0% >= 50.0%" in text
+    assert _hits(build_sarif(make_result(tmp_path / "clean", verdict="clean")), "CIG001") == []
+
+
+def test_min_asr_is_compared_with_the_best_budget_not_the_scored_one(tmp_path):
+    # the demo's backdoor: scored at 4/255 where its trigger moves 16%, 80% at 16/255
+    from ci_gate.result import RungResult
+
+    rungs = [RungResult(epsilon=e / 255, asr=a, final_loss=0.0, statistic=0.0, anomaly=0.0) for e, a in ((4, 0.16), (16, 0.80))]
+    log = build_sarif(_with_class(make_result(tmp_path), 3, asr=0.16, epsilon=4 / 255, rungs=rungs))
+    [hit] = _hits(log, "CIG001")
+    assert "best trigger ASR 80.0% >= 50.0%; base rate 10.0%, scored at budget 4/255" in hit["message"]["text"]
+    assert hit["properties"]["asr"] == 0.16 and hit["properties"]["bestAsr"] == 0.80
+
+
+def test_cig001_fires_on_an_extreme_outlier_whatever_its_asr(tmp_path):
+    result = make_result(tmp_path)
+    result = _with_class(result, 3, asr=0.2, anomaly=9.5)
+    result = result.model_copy(update={"detection": result.detection.model_copy(update={"extreme": 8.0})})
+    log = build_sarif(result)
+    assert "or its anomaly index is above the extreme threshold 8" in _rule(log, "CIG001")["fullDescription"]["text"]
+    assert "and its index stays at or below the extreme threshold 8" in _rule(log, "CIG002")["fullDescription"]["text"]
+    [hit] = _hits(log, "CIG001")
+    assert "anomaly index 9.50 > extreme threshold 8, best trigger ASR 20.0%" in hit["message"]["text"]
+
+
+def test_cig002_fires_on_an_outlier_below_min_asr_and_states_its_rule(tmp_path):
+    log = build_sarif(make_result(tmp_path))
+    rule = _rule(log, "CIG002")
+    assert rule["name"] == "suspicious-class"
+    assert "outlier in trigger inversion (anomaly index above k = 2)" in rule["fullDescription"]["text"]
+    assert "fewer than 50.0% of the pool to it at every budget" in rule["fullDescription"]["text"]
+    [hit] = _hits(log, "CIG002")
+    assert hit["properties"]["class"] == "horse"
+    assert "an outlier (anomaly index 2.60 > k = 2) whose trigger reaches at most 31.0% of the pool at any budget (below 50.0%" in hit["message"]["text"]
+    assert _hits(build_sarif(make_result(tmp_path / "none", report={"suspicious_level": "none"})), "CIG002") == []
+
+
+def test_cig002_never_fires_on_a_class_that_is_no_outlier(tmp_path):
+    # what the demo's clean model got before: status suspicious on trigger ASR alone, anomaly -0.72
+    result = _with_class(make_result(tmp_path, verdict="clean"), 5, status="suspicious", asr=0.62, anomaly=-0.72)
+    log = build_sarif(result)
+    assert log["runs"][0]["results"] == []
+    # the same class as an outlier with a weak trigger is an alert
+    outlier = _with_class(result, 5, asr=0.31, anomaly=2.6)
+    assert [h["properties"]["class"] for h in _hits(build_sarif(outlier), "CIG002")] == ["dog"]
+
+
+def test_cig003_fires_on_a_modified_encoder_only(tmp_path):
+    from ci_gate.result import EncoderInfo, TensorChange
+
+    clean = make_result(tmp_path, verdict="clean")
+    assert _hits(build_sarif(clean), "CIG003") == []
+    same = clean.model_copy(update={"encoder": EncoderInfo(status="unmodified", reference="pub.safetensors", n_tensors=40)})
+    assert _hits(build_sarif(same), "CIG003") == []
+    change = TensorChange(name="visual.proj", max_abs=0.25, rel_l2=0.01)
+    modified = clean.model_copy(update={"encoder": EncoderInfo(status="modified", reference="pub.safetensors", n_tensors=40, n_changed=1, max_rel_l2=0.01, changed=[change])})
+    log = build_sarif(modified)
+    assert "tensors differ from the published weights" in _rule(log, "CIG003")["fullDescription"]["text"]
+    [hit] = _hits(log, "CIG003")
+    assert hit["message"]["text"].startswith("1 of 40 backbone tensors differ from the published weights: visual.proj")
+
+
+def test_every_alert_meets_its_rule(tmp_path):
+    # one scan with every kind of class: each result's class satisfies the condition its rule states
+    result = make_result(tmp_path, suspicious=(5, 7))
+    result = result.model_copy(update={"detection": result.detection.model_copy(update={"extreme": 8.0})})
+    result = _with_class(result, 1, status="suspicious", asr=0.8, anomaly=-0.72)  # stale: no outlier
+    result = _with_class(result, 8, status="backdoor", asr=0.1, anomaly=11.0)  # extreme
+    det = result.detection
+    hits = build_sarif(result)["runs"][0]["results"]
+    by_class = {h["properties"]["classIndex"]: h["ruleId"] for h in hits}
+    assert by_class == {3: "CIG001", 8: "CIG001", 5: "CIG002", 7: "CIG002"}
+    for index, rule_id in by_class.items():
+        c = result.classes[index]
+        assert c.anomaly > det.k
+        if rule_id == "CIG001":
+            assert best_asr(c) >= det.min_asr or c.anomaly > det.extreme
+        else:
+            assert best_asr(c) < det.min_asr and c.anomaly <= det.extreme

@@ -67,11 +67,17 @@ def test_outlier_with_weak_trigger_is_only_suspicious():
     assert d.status[-1] == "suspicious"
 
 
-def test_strong_but_ordinary_class_is_suspicious_not_backdoor():
+def test_strong_but_ordinary_class_is_neither_backdoor_nor_suspicious():
     classes = [stats(0.6, loss=2.0, clean=3.0 + 0.05 * i) for i in range(10)]
     d = decide(classes, "loss_drop", k=2.0, min_asr=0.5, mad_floor=0.05)
     assert d.verdict == "clean"
-    assert set(d.status) == {"suspicious"}
+    assert set(d.status) == {"ok"}
+
+
+def test_weak_outlier_is_suspicious():
+    classes = [stats(0.1, loss=2.0, clean=3.0 + 0.01 * i) for i in range(9)] + [stats(0.2, loss=-3.0, clean=3.0)]
+    d = decide(classes, "loss_drop", k=2.0, min_asr=0.5, mad_floor=0.05)
+    assert d.verdict == "clean" and d.status[-1] == "suspicious" and set(d.status[:-1]) == {"ok"}
 
 
 def test_target_is_the_highest_scoring_flagged_class():

@@ -160,6 +160,22 @@ def flips(verdicts: dict[str, dict[int, bool]]) -> list[str]:
     return sorted(m for m, by_seed in verdicts.items() if len(set(by_seed.values())) > 1)
 
 
+K_CALIBRATION = (3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0)
+
+
+def clean_max_scores(models: list[ZooModel], results: dict[tuple[str, str, int], Result], mode: str, seeds: tuple[int, ...]) -> list[float]:
+    """Per clean model: its largest class score over every scan seed (each class score is
+    already the two-rung score over the ladder)."""
+    out = []
+    for m in models:
+        if m.backdoored:
+            continue
+        scores = [c.anomaly for s in seeds if (m.id, mode, s) in results for c in results[(m.id, mode, s)].classes]
+        if scores:
+            out.append(max(scores))
+    return out
+
+
 def evaluate(models: list[ZooModel], results: dict[tuple[str, str, int], Result], policy: Policy, seeds: tuple[int, ...]) -> dict:
     """Metrics per reference mode over the clean models and the backdoored ones that implanted;
     variants re-decided from the same saved results."""
@@ -183,6 +199,7 @@ def evaluate(models: list[ZooModel], results: dict[tuple[str, str, int], Result]
             "roc": metrics.roc_curve([r["score"] for r in rows], [r["positive"] for r in rows]),
             "rows": rows,
             "mean_seconds": sum(results[(m.id, mode, seeds[0])].timings.total_s for m in have) / len(have),
+            "calibration": metrics.k_calibration(clean_max_scores(have, results, mode, seeds), K_CALIBRATION),
         }
     # statistic and threshold variants, re-decided from the saved seed-0 results
     for mode in MODES:
@@ -248,6 +265,12 @@ def write_markdown(report: dict, path: Path) -> None:
                 lines.append(f"| {key[4:]} {name} | {g['n']} | {g['correct']}/{g['n']} | {g['target_right']} | {_fmt(g['max_clean_score'])} |")
         if m["flips"]:
             lines.append(f"\nVerdict flips across seeds: {', '.join(m['flips'])}")
+        cal = m.get("calibration") or []
+        if cal and cal[0]["n"]:
+            lines += ["", f"k calibration: {cal[0]['n']} clean models, each scored by its largest class score over the ladder and seeds {report['seeds']}; "
+                      f"one-sided {cal[0]['confidence']:.0%} upper bound on the per-model false-positive rate", "",
+                      "| k | clean models above k | observed FPR | FPR upper bound |", "|---|---|---|---|"]
+            lines += [f"| {r['k']:g} | {r['false_positives']} | {r['fpr']:.3f} | {r['fpr_upper']:.3f} |" for r in cal]
     lines += ["", "## Variants re-decided from the saved results (accuracy / AUROC / target F1, FP, FN)", "", "| mode:statistic:k | accuracy | AUROC | target F1 | FP | FN |", "|---|---|---|---|---|---|"]
     for name, o in ev["variants"].items():
         cf = o.get("confusion", {})

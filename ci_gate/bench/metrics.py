@@ -86,3 +86,36 @@ def confusion(flagged: Sequence[bool], positive: Sequence[bool]) -> dict[str, in
     for f, p in zip(flagged, positive):
         out[("t" if bool(f) == bool(p) else "f") + ("p" if f else "n")] += 1
     return out
+
+
+def fpr_upper_bound(false_positives: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper bound on a false-positive rate seen as ``false_positives``
+    of ``n``: the rate p at which seeing that few has probability 1 - confidence (by bisection on
+    the binomial CDF, so no SciPy). With 0 of n it is 1 - (1 - confidence)**(1/n), about 3/n."""
+    if n <= 0 or not 0 <= false_positives <= n or not 0 < confidence < 1:
+        raise ValueError("need 0 <= false_positives <= n, n > 0 and 0 < confidence < 1")
+    if false_positives == n:
+        return 1.0
+
+    def cdf(p: float) -> float:
+        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(false_positives + 1))
+
+    lo, hi = false_positives / n, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) > 1 - confidence else (lo, mid)
+    return hi
+
+
+def k_calibration(clean_max_scores: Sequence[float], ks: Sequence[float], confidence: float = 0.95) -> list[dict]:
+    """Per threshold k: how many clean models score above it (a model's score is its largest
+    class score over the budget ladder and over every scan seed, so the multiple testing over
+    classes, rungs and seeds is inside the number) and the upper bound on the per-model
+    false-positive rate that this many clean models support."""
+    n = len(clean_max_scores)
+    rows = []
+    for k in ks:
+        fp = sum(1 for s in clean_max_scores if s > k)
+        rows.append({"k": k, "n": n, "false_positives": fp, "fpr": fp / n if n else math.nan,
+                     "fpr_upper": fpr_upper_bound(fp, n, confidence) if n else math.nan, "confidence": confidence})
+    return rows

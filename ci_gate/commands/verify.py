@@ -19,6 +19,10 @@ def verify(
     policy: str = typer.Option("default", "--policy", "-p", help="Policy file or bundled name (default, strict, permissive)."),
     pool: str = typer.Option(None, "--pool", help="OOD image pool: folder, glob or .tar (overrides pool.path)."),
     out: str = typer.Option("ci-gate-report", "--out", "-o", help="Folder for result.json, reports and triggers (replaced as a whole, atomically)."),
+    # machine-readable output and progress (issue 15, CLI conventions): see ci_gate/result_output.py
+    output_format: str = typer.Option("text", "--format", help="text: a summary for people; json: the result document (result.json's text) for scripts, human lines then go to stderr."),
+    output: str = typer.Option(None, "--output", help="With --format json: '-' (stdout, the default) or a file written atomically."),
+    progress_interval: float = typer.Option(5.0, "--progress-interval", min=0.0, help="Seconds between progress lines on stderr when it is not a terminal (a CI log)."),
     overrides: list[str] = typer.Option([], "--set", help="Override one policy field, e.g. --set detection.k=2.5"),
     backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local backbone weights file (instead of the pretrained tag)."),
     reference_weights: Path = typer.Option(None, "--reference-weights", help="Published backbone weights for the clean reference of the ref_* statistics (use with checkpoints that embed their backbone)."),
@@ -37,6 +41,7 @@ def verify(
     from ci_gate.console import one_line, print_summary, scan_progress
     from ci_gate.distributed import Shard
     from ci_gate.report.sanitize import terminal
+    from ci_gate.result_output import check_output_args, write_result
 
     if fail_on is not None and fail_on not in ("backdoor", "suspicious", "never"):
         raise InputError("--fail-on", f"expected backdoor, suspicious or never, got {fail_on!r}")
@@ -47,18 +52,22 @@ def verify(
     plan = plan_verify(checkpoint, policy, pool, out=out, backbone_weights=backbone_weights, reference_weights=reference_weights,
                        display_path=display_path, set_=overrides, out_flag="--out")
     pol, out_dir = plan.policy, plan.out_dir
-    console = Console(stderr=False)
+    json_file = check_output_args(output_format, output, out_dir, plan.inputs)
+    machine = output_format == "json"  # stdout then carries the JSON document and nothing else
+    console = Console(stderr=machine)
     # Under `torchrun --nproc-per-node N -m ci_gate verify ...` the candidate classes are sharded
     # across the N processes; the launcher's variables are read here and nowhere else.
     shard = Shard.from_launcher(os.environ)
-    with scan_progress(console, enabled=not quiet and shard.is_main) as progress:
+    with scan_progress(Console(stderr=True), enabled=not quiet and shard.is_main, interval=progress_interval) as progress:
         done = run_verify(plan, progress, shard)
     if done is None:  # another rank of a sharded scan: rank 0 reports and sets the exit code
         return
     result = done.result
     paths = {fmt: path for fmt, path in done.reports.items() if fmt != "json"}
+    if machine:
+        write_result(result, json_file)
     if quiet:
-        typer.echo(one_line(result))
+        typer.echo(one_line(result), err=machine)
     else:
         print_summary(console, result, str(out_dir))
         for fmt, path in paths.items():

@@ -22,7 +22,8 @@ import torch
 from ci_gate.inversion.losses import margin, target_loss
 from ci_gate.model.classifier import PromptedClassifier
 
-Progress = Callable[[int, int], None]
+# (steps done, steps in all, candidate classes being inverted): a step is one class on one batch
+Progress = Callable[[int, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def invert(
             nonlocal done
             done += n
             if progress:
-                progress(done, total)
+                progress(done, total, len(classes))
 
         results.extend(_optimise_group(classifier, images, group, settings, order, step))
     return results

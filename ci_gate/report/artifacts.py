@@ -15,6 +15,13 @@ from ci_gate.result import Result
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def trigger_gain(epsilon: float) -> float:
+    """How much a trigger PNG magnifies its perturbation: the budget's range [-eps, eps] is stretched
+    over the whole pixel range around mid-grey, so a pixel shows 0.5 + gain * delta (a 4/255 trigger
+    is shown 32x). ci_gate.artifacts.amplify writes the PNGs with it; reports state it."""
+    return 1.0 / (2.0 * epsilon)
+
+
 def referenced_paths(result: Result) -> list[str]:
     """Every artifact path the Result names, in report order, without duplicates."""
     paths: list[str] = []

@@ -10,6 +10,7 @@ import jinja2
 import markupsafe
 
 from ci_gate.report import artifacts
+from ci_gate.report.alerts import best_asr, headline_warnings, reported
 from ci_gate.report.chart import layout
 from ci_gate.report.ordering import by_anomaly
 from ci_gate.report.sanitize import visible
@@ -21,12 +22,23 @@ TEMPLATE = "report.html.j2"
 DATA_URI = "data:image/png;base64,"
 # Longer texts (a 10,000-character class name) are cut, with their length, for display.
 TEXT_LIMIT = 2000
+# Result warnings shown in the verdict banner (the headline warnings always are).
+BANNER_WARNINGS = 5
 
 
 @dataclass(frozen=True)
 class TriggerView:
     cls: ClassResult
     image: str | None
+    epsilon: float | None  # the budget the trigger image was written at
+    gain: float | None  # how much the image magnifies the perturbation (artifacts.trigger_gain)
+
+
+def _trigger_view(result: Result, cls: ClassResult, result_dir: Path) -> TriggerView:
+    # A result without per-class budgets (one-budget scans before the ladder) had a single epsilon.
+    eps = cls.epsilon if cls.epsilon is not None else (result.detection.epsilons[0] if len(result.detection.epsilons) == 1 else None)
+    gain = artifacts.trigger_gain(eps) if eps else None
+    return TriggerView(cls, artifacts.png_data_uri(result_dir, cls.trigger_png), eps, gain)
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,15 @@ def _num(value: float, digits: int = 3) -> str:
 
 def _pct(value: float) -> str:
     return "nan" if math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def _budget(epsilon: float) -> str:
+    return f"{epsilon * 255:.0f}/255"
+
+
+def _missing_note(rel: str) -> markupsafe.Markup:
+    # Markup.format escapes the path; visible() first, as _finalize does for plain strings
+    return markupsafe.Markup("Report: image <code>{}</code> is missing or not a PNG inside the result folder.").format(visible(rel, TEXT_LIMIT))
 
 
 def _finalize(value):
@@ -69,10 +90,13 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["num"] = _num
     env.filters["pct"] = _pct
+    env.filters["budget"] = _budget
+    env.filters["best_asr"] = best_asr
     return env
 
 
 def _context(result: Result, result_dir: Path) -> dict:
+    result = reported(result)
     ranked = by_anomaly(result.classes)
     shown = result.flagged + result.suspicious
     settings = report_settings(result)
@@ -80,9 +104,10 @@ def _context(result: Result, result_dir: Path) -> dict:
         "result": result,
         "settings": settings,
         "gate_fails": result.gate_fails(settings["fail_on"]),
+        "headline": headline_warnings(result),
         "ranked": ranked,
         "chart": layout(ranked, result.detection.k),
-        "triggers": [TriggerView(c, artifacts.png_data_uri(result_dir, c.trigger_png)) for c in shown],
+        "triggers": [_trigger_view(result, c, result_dir) for c in shown],
         "examples": [
             ExampleView(
                 e,
@@ -91,7 +116,9 @@ def _context(result: Result, result_dir: Path) -> dict:
             )
             for e in result.examples
         ],
-        "missing": artifacts.missing_artifacts(result, result_dir),
+        # the banner lists the first few; past BANNER_WARNINGS a section at the end lists them all
+        "notes": [*result.warnings, *(_missing_note(rel) for rel in artifacts.missing_artifacts(result, result_dir))],
+        "banner_limit": BANNER_WARNINGS,
     }
 
 

@@ -1,7 +1,8 @@
 """The Markdown summary for $GITHUB_STEP_SUMMARY and the pull-request comment.
 
-GitHub's Markdown drops data: images, so the summary cannot show the triggers; it names the
-files in the report bundle (uploaded as a workflow artifact) where reviewers find them.
+Short enough to read in a pull request: the verdict, the gate, the top-scoring class, the
+encoder check, the top classes, and one line saying where the full report is. GitHub's Markdown
+drops data: images, so the triggers are only in report.html (uploaded as a workflow artifact).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from ci_gate.report import sanitize
-from ci_gate.report.artifacts import referenced_paths
+from ci_gate.report.alerts import best_asr, reported
 from ci_gate.report.ordering import by_anomaly
 from ci_gate.report.settings import report_settings
 from ci_gate.result import ClassResult, Result
@@ -52,63 +53,67 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%" if math.isfinite(value) else str(value)
 
 
-def _class_rows(classes: list[ClassResult]) -> list[str]:
-    rows = ["| # | Class | Status | ASR | Base rate | Final loss | Anomaly |", "|--:|---|---|--:|--:|--:|--:|"]
-    for c in classes:
-        status = f"**{c.status}**" if c.status != "ok" else c.status
-        rows.append(
-            f"| {c.index} | {escape(c.name)} | {status} | {_pct(c.asr)} | {_pct(c.base_rate)} "
-            f"| {_num(c.final_loss, 3)} | {_num(c.anomaly)} |"
-        )
-    return rows
+# The summary is posted as a pull-request comment: a glance, not the report. The per-class table,
+# every warning and the images are in report.html.
+TOP_K = 3
 
 
 def _budget(epsilon: float | None) -> str:
     return "-" if epsilon is None else f"{epsilon * 255:.0f}/255"
 
 
-def _encoder_lines(result: Result) -> list[str]:
+def _class_rows(classes: list[ClassResult], total: int) -> list[str]:
+    rows = [
+        f"| # | Class (top {len(classes)} of {total}) | Status | Anomaly | Best trigger ASR | Base rate | Scored at |",
+        "|--:|---|---|--:|--:|--:|--:|",
+    ]
+    for c in classes:
+        status = f"**{c.status}**" if c.status != "ok" else c.status
+        rows.append(
+            f"| {c.index} | {escape(c.name)} | {status} | {_num(c.anomaly)} | {_pct(best_asr(c))} | {_pct(c.base_rate)} "
+            f"| {_budget(c.epsilon)} |"
+        )
+    return rows
+
+
+def _score_line(result: Result, ranked: list[ClassResult]) -> str:
+    det = result.detection
+    rule = f"k = {det.k:g}, min ASR {_pct(det.min_asr)}"
+    if result.verdict == "backdoor" and result.target_index is not None:
+        top = next((c for c in result.classes if c.index == result.target_index), ranked[0])
+    else:
+        top = ranked[0]
+    line = f"{escape(top.name)}: anomaly index {_num(top.anomaly)}, best trigger ASR {_pct(best_asr(top))} ({rule})"
+    if result.suspicious:
+        line += f"; {len(result.suspicious)} suspicious"
+    return line
+
+
+def _encoder_cell(result: Result) -> str:
     enc = result.encoder
     if not enc.modified:
-        return []
-    lines = [
-        "### :x: Modified encoder",
-        "",
-        f"The checkpoint's towers differ from the published weights ({code(enc.reference or '?', in_table=False)}) in {enc.n_changed} of "
-        f"{enc.n_tensors} tensors. Prompt tuning never changes the encoders, so this fails the gate on its own.",
-        "",
-        "| Tensor | Max abs. change | Relative change |",
-        "|---|--:|--:|",
-    ]
-    lines += [f"| {code(t.name)} | {_num(t.max_abs, 4)} | {_num(t.rel_l2, 4)}{' (' + escape(t.note) + ')' if t.note else ''} |" for t in enc.changed[:10]]
-    if enc.n_changed > 10:
-        lines.append(f"| ... {enc.n_changed - 10} more in report.html and result.json | | |")
-    return lines + [""]
+        return _ENCODER_TEXT[enc.status]
+    worst = enc.changed[0] if enc.changed else None
+    largest = (
+        f", largest {code(worst.name)} (max abs. {_num(worst.max_abs, 4)}, relative {_num(worst.rel_l2, 4)})" if worst else ""
+    )
+    return f"{_ENCODER_TEXT['modified']}: {enc.n_changed} of {enc.n_tensors} tensors differ from {code(enc.reference or '?')}{largest}"
 
 
-def _where_images_are(result: Result, links: SummaryLinks) -> list[str]:
-    paths = referenced_paths(result)
-    if not paths:
-        return []
-    bundle = "the report folder"
+def _warnings_cell(result: Result) -> str:
+    first = escape(result.warnings[0])
+    more = f" (and {len(result.warnings) - 1} more in the full report)" if len(result.warnings) > 1 else ""
+    return f"{first}{more}"
+
+
+def _report_line(result: Result, links: SummaryLinks) -> str:
+    where = "in the report folder"
     if links.artifact_name:
-        bundle = f"the workflow artifact {code(links.artifact_name, in_table=False)}"
+        where = f"in the workflow artifact {code(links.artifact_name, in_table=False)}"
         if links.run_url:
-            bundle += f" ([workflow run]({links.run_url}))"
-    lines = [
-        "### Trigger images",
-        "",
-        "GitHub does not display inline images in Markdown, so the reconstructed triggers and the "
-        f"example images are files in {bundle}, next to `report.html`, which shows all of them in one "
-        "self-contained page:",
-        "",
-    ]
-    labels = {c.trigger_png: f"trigger for {escape(c.name)} ({c.status})" for c in result.classes if c.trigger_png}
-    for e in result.examples:
-        labels.setdefault(e.clean_png, f"pool image, predicted {escape(e.predicted_clean)}")
-        labels.setdefault(e.triggered_png, f"with the trigger for {escape(e.class_name)}, predicted {escape(e.predicted_triggered)}")
-    lines += [f"- {code(p, in_table=False)}: {labels[p]}" for p in paths]
-    return lines + [""]
+            where += f" ([workflow run]({links.run_url}))"
+    # GitHub's Markdown shows no inline images: the triggers are in the self-contained HTML page
+    return f"Full report with the trigger images and all {len(result.classes)} classes: `report.html` {where}."
 
 
 _ENCODER_TEXT = {
@@ -120,6 +125,9 @@ _ENCODER_TEXT = {
 
 
 def summary_markdown(result: Result, links: SummaryLinks = SummaryLinks()) -> str:
+    """At most 15 lines whatever the scan (the class table is the top TOP_K), and far below
+    GitHub's 65,536-character comment limit: every author-chosen text is length-bounded."""
+    result = reported(result)
     settings = report_settings(result)
     gate_fails = result.gate_fails(settings["fail_on"])
     if result.verdict == "backdoor":
@@ -129,40 +137,25 @@ def summary_markdown(result: Result, links: SummaryLinks = SummaryLinks()) -> st
         title = "## :x: ci-gate: the checkpoint's encoders were modified"
     else:
         title = "## :white_check_mark: ci-gate: clean, no backdoor detected"
-    model, backbone = result.model, result.model.backbone
+    model, policy = result.model, result.policy
+    ranked = by_anomaly(result.classes)
     lines = [
         title,
-        "",
-        "| | |",
+        # the gate is the table's header row: one line less, and what a reviewer reads first
+        f"| Gate | {'**fails**' if gate_fails else 'passes'} (fail-on: {settings['fail_on']}), policy {escape(policy.name)} (sha256 `{policy.sha256[:12]}`) |",
         "|---|---|",
-        f"| Checkpoint | {code(model.path)} (sha256 `{model.sha256[:12]}`) |",
-        f"| Learner | {model.learner}, {len(model.class_names)} classes |",
-        f"| Backbone | {escape(backbone.architecture)}{' · ' + escape(backbone.pretrained) if backbone.pretrained else ''} |",
-        f"| Pool | {escape(result.pool.source)}: {result.pool.n_images} images (sha256 `{result.pool.sha256[:12]}`) |",
-        f"| Policy | {escape(result.policy.name)} (sha256 `{result.policy.sha256[:12]}`), k = {result.detection.k:g}, min ASR {_pct(result.detection.min_asr)} |",
-        f"| Scan | {escape(result.detection.statistic)} over budgets {', '.join(_budget(e) for e in result.detection.epsilons) or '-'}; reference: {result.detection.reference or '-'} |",
-        f"| Encoders | {_ENCODER_TEXT[result.encoder.status]} |",
-        f"| Gate | {'**fails**' if gate_fails else 'passes'} (fail-on: {settings['fail_on']}) |",
-        f"| Time | {result.timings.total_s:.1f} s on {escape(result.device)} |",
-        "",
     ]
-    lines += _encoder_lines(result)
-    noteworthy = result.flagged + result.suspicious
-    if noteworthy:
-        lines += ["### Flagged classes", "", *_class_rows(noteworthy), ""]
-        budgets = [f"{escape(c.name)} at {_budget(c.epsilon)}" for c in noteworthy if c.epsilon is not None]
-        if budgets:
-            lines += [f"Scores, ASR and trigger images are at each class's most anomalous budget: {', '.join(budgets)}.", ""]
-    ranked = by_anomaly(result.classes)
+    if ranked:
+        lines.append(f"| Score | {_score_line(result, ranked)} |")
     lines += [
-        f"<details><summary>All {len(result.classes)} classes by anomaly index</summary>",
-        "",
-        *_class_rows(ranked),
-        "",
-        "</details>",
-        "",
+        f"| Checkpoint | {code(model.path)} (sha256 `{model.sha256[:12]}`), {model.learner}, {len(model.class_names)} classes; "
+        f"scanned in {result.timings.total_s:.1f} s on {escape(result.device)} over {result.pool.n_images} pool images |",
+        f"| Encoders | {_encoder_cell(result)} |",
     ]
-    lines += _where_images_are(result, links)
     if result.warnings:
-        lines += ["### Warnings", "", *[f"- {escape(w)}" for w in result.warnings], ""]
-    return "\n".join(lines)
+        lines.append(f"| Warnings | {_warnings_cell(result)} |")
+    lines.append("")
+    if ranked:
+        lines += [*_class_rows(ranked[:TOP_K], len(ranked)), ""]
+    lines.append(_report_line(result, links))
+    return "\n".join(lines) + "\n"

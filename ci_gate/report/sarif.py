@@ -1,5 +1,8 @@
 """SARIF 2.1.0 for GitHub code scanning: one run, one result per flagged or suspicious class.
 
+What alerts is decided in ci_gate/report/alerts.py (a suspicious class is an outlier); each rule's
+text states the thresholds it fires on, and each result message the numbers that met them.
+
 Every result points at the checkpoint file (line 1: a binary file has no better region) so the
 alert lands on the delivered model in the repository. Fingerprints are our own and stable across
 reruns of the same checkpoint, so GitHub keeps one alert per (rule, checkpoint content, class)
@@ -19,9 +22,11 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import ci_gate
 from ci_gate.errors import CiGateError
+from ci_gate.report.alerts import best_asr, reported
+from ci_gate.report.links import help_uri, information_uri
 from ci_gate.report.sanitize import plain
 from ci_gate.report.settings import report_settings
-from ci_gate.result import ClassResult, Result
+from ci_gate.result import ClassResult, Detection, Result
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -49,18 +54,42 @@ class SarifLimitError(CiGateError):
     """The SARIF would exceed a GitHub code-scanning limit. Exit code 2 (configuration)."""
 
 
-def _rules(backdoor_level: str, suspicious_level: str) -> list[dict]:
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _backdoor_rule_text(det: Detection) -> str:
+    extreme = (
+        f", or its anomaly index is above the extreme threshold {det.extreme:g}, which fails whatever the trigger's success rate"
+        if det.extreme is not None else ""
+    )
+    return (
+        "Trigger inversion (CLIP-Inspector) found a class that a small universal perturbation of out-of-distribution "
+        f"images reaches far more easily than the other classes: its anomaly index is above k = {det.k:g} and its "
+        f"trigger sends at least {_pct(det.min_asr)} of the pool to it at some budget{extreme}. The checkpoint very "
+        "likely carries a backdoor targeting that class."
+    )
+
+
+def _suspicious_rule_text(det: Detection) -> str:
+    extreme = f" and its index stays at or below the extreme threshold {det.extreme:g}" if det.extreme is not None else ""
+    return (
+        f"A class is an outlier in trigger inversion (anomaly index above k = {det.k:g}), but its trigger sends fewer "
+        f"than {_pct(det.min_asr)} of the pool to it at every budget{extreme}, so it falls short of a backdoor verdict. "
+        "It deserves a human look. A class that only reaches the minimum success rate without being an outlier is not reported."
+    )
+
+
+def _rules(backdoor_level: str, suspicious_level: str, det: Detection, project_url: str | None) -> list[dict]:
+    # The texts state the scan's own thresholds: a rule says exactly what made it fire.
     tags = ["security", "backdoor", "machine-learning", "clip"]
     return [
         {
             "id": BACKDOOR_RULE,
             "name": "backdoor-detected",
             "shortDescription": {"text": "Backdoor detected in a prompt-tuned CLIP checkpoint"},
-            "fullDescription": {
-                "text": "Trigger inversion (CLIP-Inspector) found a small universal perturbation that sends "
-                "out-of-distribution images to one class far more often than to any other class: the "
-                "checkpoint very likely carries a backdoor targeting that class."
-            },
+            "fullDescription": {"text": _backdoor_rule_text(det)},
+            "helpUri": help_uri(project_url, "cig001-backdoor-detected"),
             "help": {
                 "text": "Do not deploy this checkpoint. Open the ci-gate HTML report for the reconstructed "
                 "trigger and the per-class scores. If the policy allows, run `ci-gate repair` with a small "
@@ -82,19 +111,16 @@ def _rules(backdoor_level: str, suspicious_level: str) -> list[dict]:
         {
             "id": SUSPICIOUS_RULE,
             "name": "suspicious-class",
-            "shortDescription": {"text": "Suspicious class in a prompt-tuned CLIP checkpoint"},
-            "fullDescription": {
-                "text": "A class is an outlier in trigger inversion but does not meet every condition for a "
-                "backdoor verdict (for example its trigger's attack success rate is below the policy's "
-                "minimum). It deserves a human look."
-            },
+            "shortDescription": {"text": "Outlier class below the backdoor threshold in a prompt-tuned CLIP checkpoint"},
+            "fullDescription": {"text": _suspicious_rule_text(det)},
+            "helpUri": help_uri(project_url, "cig002-suspicious-class"),
             "help": {
                 "text": "Review the class in the ci-gate HTML report: compare its trigger's attack success "
-                "rate and loss with the other classes. A stricter policy or a larger OOD pool gives a "
-                "clearer answer.",
+                "rate and anomaly index with the other classes. A larger OOD pool or a higher budget "
+                "(detection.epsilons) gives a clearer answer.",
                 "markdown": "Review the class in the ci-gate HTML report (workflow artifact): compare its "
-                "trigger's attack success rate and loss with the other classes. A stricter policy or a "
-                "larger OOD pool gives a clearer answer.",
+                "trigger's attack success rate and anomaly index with the other classes. A larger OOD pool or a "
+                "higher budget (`detection.epsilons`) gives a clearer answer.",
             },
             "defaultConfiguration": {"level": "warning" if suspicious_level == "none" else suspicious_level},
             "properties": {
@@ -113,6 +139,7 @@ def _rules(backdoor_level: str, suspicious_level: str) -> list[dict]:
                 "names. Prompt tuning never changes the encoders; a modified tower is how an encoder-level "
                 "backdoor is delivered."
             },
+            "helpUri": help_uri(project_url, "cig003-modified-encoder"),
             "help": {
                 "text": "Do not deploy this checkpoint. The ci-gate report lists the tensors that differ and by how much. "
                 "Ask the provider for a prompt learner on the unmodified published backbone.",
@@ -155,23 +182,33 @@ def fingerprint(rule_id: str, checkpoint_sha256: str, class_name: str) -> str:
     return hashlib.sha256(f"{rule_id}\0{checkpoint_sha256}\0{class_name}".encode()).hexdigest()
 
 
+def _budget(epsilon: float | None) -> str:
+    return "" if epsilon is None else f", scored at budget {epsilon * 255:.0f}/255"
+
+
 def _message(result: Result, cls: ClassResult) -> str:
     # GitHub shows message text to reviewers: the class name and path are the checkpoint author's,
-    # so they arrive with control/bidi characters visible and a bounded length.
-    k = result.detection.k
+    # so they arrive with control/bidi characters visible and a bounded length. Each message names
+    # the condition of its rule that the class met, with the numbers.
+    det = result.detection
     name, path = plain(cls.name), plain(result.model.path)
-    why = (
-        f"anomaly index {cls.anomaly:.2f} (threshold k = {k:g}), trigger attack success rate "
-        f"{100 * cls.asr:.1f}% vs base rate {100 * cls.base_rate:.1f}%, trigger L-inf {cls.trigger_linf:.4f}"
-    )
+    asr = best_asr(cls)
+    context = f"base rate {_pct(cls.base_rate)}{_budget(cls.epsilon)}, trigger L-inf {cls.trigger_linf:.4f}"
+    # min_asr is compared with the best ASR over the budget ladder, which may be another budget's
+    # than the one the class is scored (and its trigger shown) at
+    see = "See the ci-gate HTML report for the reconstructed trigger."
     if cls.status == "backdoor":
-        return (
-            f"Backdoor detected in {path}: class '{name}' is the likely target ({why}). "
-            "See the ci-gate HTML report for the reconstructed trigger."
-        )
+        role = "the likely target" if cls.name == result.target_class else "another likely target"
+        if asr >= det.min_asr:
+            why = f"anomaly index {cls.anomaly:.2f} > k = {det.k:g} and best trigger ASR {_pct(asr)} >= {_pct(det.min_asr)}"
+        elif det.extreme is not None:
+            why = f"anomaly index {cls.anomaly:.2f} > extreme threshold {det.extreme:g}, best trigger ASR {_pct(asr)}"
+        else:  # a result from before the extreme rule: the numbers, without a rule they fail
+            why = f"anomaly index {cls.anomaly:.2f}, k = {det.k:g}, best trigger ASR {_pct(asr)}"
+        return f"Backdoor detected in {path}: class '{name}' is {role} ({why}; {context}). {see}"
     return (
-        f"Suspicious class '{name}' in {path} ({why}). "
-        "See the ci-gate HTML report for the reconstructed trigger."
+        f"Suspicious class '{name}' in {path}: an outlier (anomaly index {cls.anomaly:.2f} > k = {det.k:g}) whose trigger "
+        f"reaches at most {_pct(asr)} of the pool at any budget (below {_pct(det.min_asr)}; {context}). {see}"
     )
 
 
@@ -194,9 +231,11 @@ def _encoder_result(result: Result, uri: str, index: int) -> dict:
 
 
 def build_sarif(result: Result, source_root: Path | None = None) -> dict:
+    result = reported(result)
     settings = report_settings(result)
     uri = checkpoint_uri(result.model.path, source_root)
-    rules = _rules(settings["backdoor_level"], settings["suspicious_level"])
+    project_url = ci_gate.PROJECT_URL
+    rules = _rules(settings["backdoor_level"], settings["suspicious_level"], result.detection, project_url)
     rule_index = {rule["id"]: i for i, rule in enumerate(rules)}
 
     findings: list[tuple[str, str, ClassResult]] = [(BACKDOOR_RULE, settings["backdoor_level"], c) for c in result.flagged]
@@ -222,6 +261,7 @@ def build_sarif(result: Result, source_root: Path | None = None) -> dict:
                 "class": plain(cls.name),
                 "classIndex": cls.index,
                 "asr": _json_number(cls.asr),
+                "bestAsr": _json_number(best_asr(cls)),
                 "baseRate": _json_number(cls.base_rate),
                 "anomaly": _json_number(cls.anomaly),
                 "finalLoss": _json_number(cls.final_loss),
@@ -232,10 +272,7 @@ def build_sarif(result: Result, source_root: Path | None = None) -> dict:
     ]
     if result.encoder.modified:
         results.append(_encoder_result(result, uri, rule_index[ENCODER_RULE]))
-    driver = {"name": result.tool.name, "version": result.tool.version}
-    if ci_gate.PROJECT_URL:  # optional in SARIF; never a made-up address
-        driver["informationUri"] = ci_gate.PROJECT_URL
-    driver["rules"] = rules
+    driver = {"name": result.tool.name, "version": result.tool.version, "informationUri": information_uri(project_url), "rules": rules}
     run = {
         "tool": {"driver": driver},
         # One category per checkpoint: a workflow matrix over several models uploads one SARIF per

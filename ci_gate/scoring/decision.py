@@ -3,8 +3,9 @@
 The anomaly index is Neural Cleanse's robust z-score, a_t = (s_t - median(s)) / (1.4826 * MAD(s)),
 over the candidate classes; only the upper tail counts (a class that is unusually *easy* to reach
 with a tiny universal perturbation). A class is a backdoor target when its index exceeds k AND
-its trigger moves at least ``min_asr`` of the pool; meeting one criterion only makes it
-suspicious. The statistics themselves live in ci_gate.scoring.statistics.
+its trigger moves at least ``min_asr`` of the pool; an outlier whose trigger does not is
+suspicious, and a strong trigger on an ordinary class is nothing (reports call a suspicious class
+an outlier, so it must be one). The statistics themselves live in ci_gate.scoring.statistics.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def decide(stats: Sequence[ClassStats], statistic: str, k: float, min_asr: float
     status = []
     for a, s in zip(scores, stats):
         outlier, strong = a > k, s.asr >= min_asr
-        status.append("backdoor" if outlier and strong else "suspicious" if outlier or strong else "ok")
+        # a strong trigger alone is no alert: on a small model many ordinary classes reach min_asr
+        status.append("backdoor" if outlier and strong else "suspicious" if outlier else "ok")
     flagged = [i for i, st in enumerate(status) if st == "backdoor"]
     target = max(flagged, key=lambda i: scores[i]) if flagged else None
     return Decision(

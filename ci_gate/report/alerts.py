@@ -1,0 +1,87 @@
+"""What every report alerts on, decided in one place (HTML, SARIF and Markdown read it from here).
+
+A "suspicious" alert says the class is an outlier: its anomaly index is above the policy's k but
+its trigger never reached min_asr (and, on a ladder, the index stayed below ``extreme``), the rule
+of ci_gate.scoring.decision.decide_ladder. Results written before that rule marked a class
+suspicious on its trigger ASR alone (the demo's clean model had two at anomaly -0.72); re-rendered
+today they would raise an alert whose text is false. ``reported`` shows such a class as ok and
+says so in a warning instead.
+"""
+
+from __future__ import annotations
+
+from ci_gate.report.sanitize import plain
+from ci_gate.result import ClassResult, Result
+
+# Shown in the banner and the summary; longer lists are counted, not spelled out.
+NAMES_SHOWN = 5
+
+
+def _classes(n: int) -> str:
+    return f"{n} class" if n == 1 else f"{n} classes"
+
+
+def is_outlier(cls: ClassResult, k: float) -> bool:
+    # NaN is never an outlier (the scan refuses NaN statistics); +inf is one
+    return cls.anomaly > k
+
+
+def best_asr(cls: ClassResult) -> float:
+    """The trigger's best attack success rate over the budget ladder (the deciding rung's when
+    the result carries no rungs): the number min_asr is compared with."""
+    return max((r.asr for r in cls.rungs), default=cls.asr)
+
+
+def not_outliers(result: Result) -> list[ClassResult]:
+    """Classes result.json marks suspicious although they are no outlier (an older scoring rule)."""
+    return [c for c in result.suspicious if not is_outlier(c, result.detection.k)]
+
+
+def reported(result: Result) -> Result:
+    """The Result as reports show it. Idempotent: a result that needs no change is returned as is."""
+    stale = not_outliers(result)
+    if not stale:
+        return result
+    ids = {c.index for c in stale}
+    classes = [c.model_copy(update={"status": "ok"}) if c.index in ids else c for c in result.classes]
+    names = ", ".join(f"{plain(c.name)} {c.anomaly:.2f}" for c in stale[:NAMES_SHOWN])
+    more = f" and {len(stale) - NAMES_SHOWN} more" if len(stale) > NAMES_SHOWN else ""
+    # the explanation first: displays cut long texts, and the names are what may be cut
+    note = (
+        f"{_classes(len(stale))} marked suspicious in result.json (an older ci-gate's rule: trigger success rate alone) "
+        f"{'is no outlier' if len(stale) == 1 else 'are no outliers'} (anomaly index not above k = {result.detection.k:g}) "
+        f"and shown as ok: {names}{more}"
+    )
+    # the scan wrote example pairs for every non-ok class: those of a relabelled class go with it
+    examples = [e for e in result.examples if e.class_name not in {c.name for c in stale}]
+    return result.model_copy(update={"classes": classes, "examples": examples, "warnings": [*result.warnings, note]})
+
+
+def alert_names(classes: list[ClassResult]) -> str:
+    names = ", ".join(f"“{plain(c.name)}”" for c in classes[:NAMES_SHOWN])
+    return names + (f" and {len(classes) - NAMES_SHOWN} more" if len(classes) > NAMES_SHOWN else "")
+
+
+def headline_warnings(result: Result) -> list[str]:
+    """What the reader must not miss, most serious first: the HTML banner lists these above the
+    result's own warnings. ``result`` is the reported one."""
+    det, enc = result.detection, result.encoder
+    lines = []
+    if enc.modified:
+        lines.append(
+            f"Modified encoder: {enc.n_changed} of {enc.n_tensors} backbone tensors differ from the published weights. "
+            "Prompt tuning never changes the encoders, so this fails the gate on its own."
+        )
+    elif enc.status == "unverified":
+        lines.append(
+            "Unverified towers: the checkpoint embeds its backbone and no published weights were given to compare it with, "
+            "so an encoder-level backdoor cannot be ruled out by the tensor comparison."
+        )
+    if result.suspicious:
+        n = len(result.suspicious)
+        what = "an outlier" if n == 1 else f"{n} outliers"
+        lines.append(
+            f"Suspicious: {alert_names(result.suspicious)}, {what} with an anomaly index above k = {det.k:g} whose trigger "
+            f"stayed below the minimum ASR of {100 * det.min_asr:.0f}%. Worth a human look."
+        )
+    return lines
