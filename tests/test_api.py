@@ -136,3 +136,16 @@ def test_verify_takes_a_policy_object(tiny):
     strict = ci_gate.load_policy("strict")[0]
     result = ci_gate.verify(ckpt, strict, pool, **TINY)
     assert result.policy.name == strict.name and result.policy.settings["detection"]["k"] == strict.detection.k
+
+
+def test_repair_and_canary_refuse_bad_input_before_any_compute(tiny, tmp_path):
+    import ci_gate.api
+
+    ckpt, pool = tiny
+    with pytest.raises(InputError, match="repair.allowed"):  # the bundled default policy does not opt in
+        ci_gate.api.repair(ckpt, tmp_path / "clean", tmp_path / "repaired.safetensors", pool=pool)
+    with pytest.raises(InputError, match="^out: .*is the input checkpoint"):
+        ci_gate.api.repair(ckpt, tmp_path / "clean", ckpt, "permissive", pool, repair__allowed=True)
+    with pytest.raises(InputError, match="unknown attack 'nope'"):
+        ci_gate.api.canary(ckpt, tmp_path / "data", pool=pool, attack="nope")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
