@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import signal
 import socket
@@ -178,7 +179,7 @@ def verified(registry, server, files, tmp_path_factory):
         }
         mp.setenv("MLFLOW_TRACKING_URI", server.uri)  # as MLflow's own tools read it
         runs["flagged"] = _run("verify", f"models:/{NAME}@candidate", "--pool", str(files["pool"]), "--policy", str(files["flagging"]),
-                               "--out", str(root / "flagged"))
+                               "--out", str(root / "flagged"), "--format", "json")
     assert not {"mlflow.db", "mlruns"} & {p.name for p in root.iterdir()}
     return {name: {"version": v, "run": runs[name], "out": root / name} for name, v in (("clean", clean), ("flagged", flagged))}
 
@@ -206,13 +207,15 @@ def test_verify_a_version_tags_it_and_logs_the_report(registry, verified, files,
 
 
 def test_verify_by_alias_records_a_backdoor_on_the_resolved_version(registry, verified):
-    v, (code, _, err), report = verified["flagged"]["version"], verified["flagged"]["run"], verified["flagged"]["out"]
+    v, (code, out, err), report = verified["flagged"]["version"], verified["flagged"]["run"], verified["flagged"]["out"]
     assert code == 1, err  # the verdict's exit code, after recording it
     result = load_result(report / "result.json")
     tags = registry.get_model_version(NAME, v).tags
     assert result.verdict == "backdoor" and result.model.path == f"models:/{NAME}/{v}"
     assert (tags["ci_gate.verdict"], tags["ci_gate.gate"], tags["ci_gate.target"]) == ("backdoor", "fail", result.target_class)
     assert f"recorded on models:/{NAME}/{v}: ci_gate.verdict=backdoor gate=fail target=" in err
+    # --format json: stdout is the result document alone, the registry line goes to stderr with the rest
+    assert json.loads(out) == json.loads((report / "result.json").read_text())
 
 
 def test_promote_moves_the_alias_only_for_a_version_verified_clean_under_that_policy(registry, server, verified, files, capsys):
