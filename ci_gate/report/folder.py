@@ -41,7 +41,9 @@ MARKER_TEXT = "ci-gate report folder: the next run replaces this folder as a who
 OWN_ENTRIES = frozenset({MARKER, "result.json", "report.html", "report.sarif", "summary.md", "triggers", "examples",
                          "canary.json", "canary.safetensors", "scan",
                          # action.yml puts the repaired model and its re-verification in the report folder
-                         "repaired", "repaired-report"})
+                         "repaired", "repaired-report",
+                         # and the attested ONNX export (input export-onnx)
+                         "onnx"})
 # Write errors that say something about the output location, not about ci-gate: bad input (exit 2).
 OUTPUT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST,
                            errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EMLINK, errno.EFBIG, errno.ENOENT,
