@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 
-_MODULES = ("verify", "convert", "demo", "report", "github", "bench", "repair", "canary", "policy", "precommit", "export", "attest")
+_MODULES = ("verify", "convert", "demo", "report", "github", "bench", "repair", "canary", "policy", "precommit", "export", "attest", "registry")
 
 
 def registered_commands() -> Iterator[Callable]:

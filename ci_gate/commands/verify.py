@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from ci_gate.api import resolve_pool  # noqa: F401  (repair and canary import it from here)
+from ci_gate.commands import registry as registry_cli
 from ci_gate.errors import InputError
-from ci_gate.policy import Policy, load_policy
-
-
-def resolve_pool(cli_pool: str | None, policy: Policy, policy_dir: Path | None) -> str:
-    if cli_pool:
-        return cli_pool
-    if policy.pool.path:
-        path = Path(policy.pool.path)
-        if not path.is_absolute() and policy_dir is not None:
-            path = policy_dir / path
-        return str(path)
-    raise InputError("policy", "no OOD pool: pass --pool or set pool.path in the policy")
-
-
-def render_reports(result, out_dir: Path, formats: list[str]) -> dict[str, Path]:
-    from ci_gate.report import render
-
-    return render(result, out_dir, formats)
+from ci_gate.registry import is_models_uri
 
 
 def verify(
-    checkpoint: Path = typer.Argument(..., help="ci-gate checkpoint (.safetensors)."),
+    checkpoint: Path = typer.Argument(..., help="ci-gate checkpoint (.safetensors), or an MLflow model version: models:/NAME/VERSION or models:/NAME@ALIAS."),
     policy: str = typer.Option("default", "--policy", "-p", help="Policy file or bundled name (default, strict, permissive)."),
     pool: str = typer.Option(None, "--pool", help="OOD image pool: folder, glob or .tar (overrides pool.path)."),
     out: str = typer.Option("ci-gate-report", "--out", "-o", help="Folder for result.json, reports and triggers (replaced as a whole, atomically)."),
@@ -45,14 +29,19 @@ def verify(
     fail_on: str = typer.Option(None, "--fail-on", help="What fails the gate: backdoor, suspicious or never; same as --set report.fail_on=VALUE (default from policy)."),
     display_path: str = typer.Option(None, "--display-path", help="Checkpoint path as reports should name it (repository-relative)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line of output, no progress bar (for CI logs)."),
+    tracking_uri: str = registry_cli.tracking_option(),
 ) -> None:
-    """Scan CHECKPOINT for a backdoor. Exit 0 clean, 1 backdoor (or policy violation), 2 bad input."""
+    """Scan CHECKPOINT for a backdoor. Exit 0 clean, 1 backdoor (or policy violation), 2 bad input.
+
+    CHECKPOINT may be an MLflow registry version, models:/NAME/VERSION or models:/NAME@ALIAS: its
+    checkpoint is downloaded and scanned, and the verdict is written back as version tags."""
+    if is_models_uri(str(checkpoint)):  # every argument of this call, passed on unchanged
+        return registry_cli.verify_registered(verify, dict(locals()))
+    from ci_gate.api import plan_verify, run_verify
     from ci_gate.console import one_line, print_summary, scan_progress
     from ci_gate.distributed import Shard
-    from ci_gate.report.folder import check_out_folder, staged_folder
     from ci_gate.report.sanitize import terminal
     from ci_gate.result_output import check_output_args, write_result
-    from ci_gate.scan import ScanRequest, run_scan
 
     if fail_on is not None and fail_on not in ("backdoor", "suspicious", "never"):
         raise InputError("--fail-on", f"expected backdoor, suspicious or never, got {fail_on!r}")
@@ -60,37 +49,21 @@ def verify(
     # result.json and the reports (policy settings and hash), so they show what failed the gate.
     if fail_on is not None:
         overrides = [*overrides, f"report.fail_on={fail_on}"]
-    pol, policy_dir = load_policy(policy, overrides)
-    pool_spec = resolve_pool(pool, pol, policy_dir)
-    policy_file = None if policy_dir is None else Path(policy)
-    inputs = [("checkpoint", checkpoint), ("policy", policy_file), ("backbone weights", backbone_weights), ("reference weights", reference_weights)]
-    out_dir = check_out_folder(out, "--out", inputs=inputs, pool=pool_spec)
-    json_file = check_output_args(output_format, output, out_dir, inputs)
+    plan = plan_verify(checkpoint, policy, pool, out=out, backbone_weights=backbone_weights, reference_weights=reference_weights,
+                       display_path=display_path, set_=overrides, out_flag="--out")
+    pol, out_dir = plan.policy, plan.out_dir
+    json_file = check_output_args(output_format, output, out_dir, plan.inputs)
     machine = output_format == "json"  # stdout then carries the JSON document and nothing else
     console = Console(stderr=machine)
-    shard = Shard.from_launcher(os.environ)
     # Under `torchrun --nproc-per-node N -m ci_gate verify ...` the candidate classes are sharded
-    # across the N processes; the launcher's variables are read here and nowhere else. Only rank 0
-    # writes, so only rank 0 stages and swaps the report folder.
-    folder = staged_folder(out_dir) if shard.is_main else contextlib.nullcontext(out_dir)
-    with folder as stage:
-        req = ScanRequest(
-            checkpoint=checkpoint,
-            policy=pol,
-            pool=pool_spec,
-            out_dir=stage,
-            policy_path=policy_file,
-            backbone_weights=backbone_weights,
-            reference_weights=reference_weights,
-            display_path=display_path,
-            shard=shard,
-        )
-        with scan_progress(Console(stderr=True), enabled=not quiet and shard.is_main, interval=progress_interval) as progress:
-            result = run_scan(req, progress)
-        if result is None:  # another rank of a sharded scan: rank 0 reports and sets the exit code
-            return
-        staged = render_reports(result, stage, [f for f in pol.report.formats if f != "json"])
-    paths = {fmt: out_dir / path.relative_to(stage) for fmt, path in staged.items()}
+    # across the N processes; the launcher's variables are read here and nowhere else.
+    shard = Shard.from_launcher(os.environ)
+    with scan_progress(Console(stderr=True), enabled=not quiet and shard.is_main, interval=progress_interval) as progress:
+        done = run_verify(plan, progress, shard)
+    if done is None:  # another rank of a sharded scan: rank 0 reports and sets the exit code
+        return
+    result = done.result
+    paths = {fmt: path for fmt, path in done.reports.items() if fmt != "json"}
     if machine:
         write_result(result, json_file)
     if quiet:
