@@ -1,5 +1,5 @@
 """Shared fixtures: a small CLIP pretrained on CIFAR-10 and a clean and a backdoored CoCoOp model
-tuned on it. Built once per test session (about two minutes on 2 CPU cores) and reused by the
+tuned on it. Built once per test session and xdist worker (about two minutes on 2 CPU cores), reused by the
 end-to-end, repair and canary tests."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# Under pytest-xdist (the default run: -n auto, see pyproject) each worker is one process on one
-# core; torch's own intra-op threads would only oversubscribe the cores the other workers use.
+# Under pytest-xdist (the default run: -n auto --dist loadfile, see pyproject) each worker is one
+# process on one core; torch's own intra-op threads would only oversubscribe the other workers'.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
@@ -77,15 +77,6 @@ def cifar_models(tmp_path_factory) -> CifarModels:
         root / "backdoored.safetensors", attack="badclip", backbone_tensors=state, provenance={"test": "badclip"},
     )
     return CifarModels(state, clean, bad, TARGET, test, root)
-
-
-def pytest_collection_modifyitems(items):
-    """xdist groups (--dist loadgroup): the tests of one file run in one worker, so module-scoped
-    fixtures are built once; every test that shares the session's CIFAR-10 models joins one group,
-    so that two-minute fixture is built once, not once per worker."""
-    for item in items:
-        group = "cifar" if "cifar_models" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="module")
