@@ -250,3 +250,12 @@ def test_channels_last_resnet_tower_gives_the_same_logits():
     clf.channels_last = True
     clf.visual.to(memory_format=torch.channels_last)
     torch.testing.assert_close(_logits(clf, images, fast=True), plain, atol=LOGIT_ATOL, rtol=0)
+
+
+def test_progress_reaches_its_total_when_rungs_outnumber_batches(clf, pool):
+    # 32 images in batches of 16: 2 batches for 5 rungs, so the batches cycle (one step per rung)
+    settings = InversionSettings(batch_size=16, seed=0, ladder=(2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255))
+    seen = []
+    invert(clf, pool, settings, classes=[0, 1], class_batch=2, progress=lambda done, total, n: seen.append((done, total)))
+    assert seen[-1][0] == seen[-1][1] == 5 * 2
+    assert all(done <= total for done, total in seen)

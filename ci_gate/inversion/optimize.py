@@ -187,7 +187,8 @@ def invert(
     classifier.freeze()
     classes = list(range(classifier.n_classes)) if classes is None else list(classes)
     order = _batch_order(images.shape[0], settings)
-    total, done = len(order) * len(classes), 0
+    # a pool with fewer batches than rungs cycles its batches (_segments): every rung takes a step
+    total, done = sum(len(seg) for seg in _segments(order, len(settings.rungs))) * len(classes), 0
     results: list[ClassTrigger] = []
     for start in range(0, len(classes), class_batch):
         group = classes[start : start + class_batch]
