@@ -202,7 +202,9 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 def test_shell_completion_is_on_and_names_the_ci_gate_command():
-    script = _cli({}, "--show-completion", "bash")
+    # the script `ci-gate --show-completion bash` prints; asked through the completion variable,
+    # since --show-completion picks the shell from the parent process (pytest-xdist's is python)
+    script = _cli({"_CI_GATE_COMPLETE": "source_bash"})
     assert script.returncode == 0 and "complete -o default -F _ci_gate_completion ci-gate" in script.stdout
     # what bash asks while the user types `ci-gate verify --fo<TAB>` and `ci-gate policy <TAB>`
     words = _cli({"_CI_GATE_COMPLETE": "complete_bash", "COMP_WORDS": "ci-gate verify --fo", "COMP_CWORD": "2"})
