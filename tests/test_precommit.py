@@ -100,3 +100,32 @@ def test_pre_commit_passes_a_clean_checkpoint_and_blocks_a_broken_one(tmp_path):
     clean = json.loads((reports / "models" / "clean.safetensors" / "result.json").read_text())
     assert clean["verdict"] == "clean" and clean["model"]["path"] == "models/clean.safetensors"
     assert not (reports / "models" / "broken.safetensors").exists()
+
+
+def test_a_checkpoint_named_like_an_option_is_refused_not_skipped(tmp_path, monkeypatch, capsys):
+    from ci_gate.cli import main
+
+    # pre-commit appends the staged names after the hook's args with no "--": a checkpoint named
+    # --out-root=x.safetensors set --out-root, and the hook passed with nothing scanned
+    monkeypatch.chdir(tmp_path)
+    for name, argv in [("--out-root=evil.safetensors", ["--out-root=evil.safetensors"]),
+                       ("-pevil.safetensors", ["-pevil.safetensors"]),
+                       ("--backbone-weights=w.safetensors", ["models/a.safetensors", "--backbone-weights=w.safetensors"])]:
+        (tmp_path / name).write_bytes(b"a backdoored checkpoint")
+        with pytest.raises(SystemExit) as done:
+            main(["precommit", "--pool", str(tmp_path), *argv])
+        err = capsys.readouterr().err
+        assert done.value.code == 2, (name, err)
+        assert err == f"ci-gate: error: {name}: a checkpoint whose name starts with '-' is read as an option, not scanned; rename it\n"
+    # an option value that is no such file is the user's option (nothing staged: nothing to do)
+    with pytest.raises(SystemExit) as done:
+        main(["precommit", "--backbone-weights=elsewhere.safetensors"])
+    assert done.value.code == 0
+    # a name with a leading dash that reaches verify is scanned as a file, not parsed as its option
+    (tmp_path / "-x.safetensors").write_bytes(b"not a checkpoint at all")
+    (tmp_path / "pool").mkdir()
+    with pytest.raises(SystemExit) as done:
+        main(["precommit", "--pool", str(tmp_path / "pool"), "--", "-x.safetensors"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "ci-gate: error: -x.safetensors: not a safetensors file" in err, err
+    assert "ci-gate precommit: -x.safetensors: not scanned (exit 2)" in err
