@@ -249,9 +249,14 @@ def test_bad_registry_input_is_exit_2_naming_it(registry, server, files, tmp_pat
     other.write_bytes(files["ckpt"].read_bytes())
     several = _register(registry, NAME, files["ckpt"], other)
     none = _register(registry, NAME, files["policy"])
+    pickle = tmp_path / "model.pt"
+    pickle.write_bytes(b"\x80\x04 a pickled state dict the server may load instead")
+    beside = _register(registry, NAME, files["ckpt"], pickle)
     cases = {
         f"models:/{NAME}/{several}": "2 .safetensors files among the version's artifacts (model.safetensors, other.safetensors)",
         f"models:/{NAME}/{none}": "no .safetensors checkpoint among the version's artifacts",
+        # weights the scan would not see: verify must not tag the version as if they were scanned
+        f"models:/{NAME}/{beside}": "weights in another format beside the checkpoint (model.pt)",
         f"models:/{NAME}/999": f"models:/{NAME}/999: MLflow:",
         f"models:/{NAME}@nobody": f"models:/{NAME}@nobody: MLflow:",
         f"models:/{NAME}/latest": "the version must be a number",
@@ -260,6 +265,7 @@ def test_bad_registry_input_is_exit_2_naming_it(registry, server, files, tmp_pat
         code, _, err = _verify(capsys, files, server, uri, tmp_path / "r", "policy", "-q")
         assert code == 2 and err.startswith("ci-gate: error: ") and message in err and len(err.splitlines()) == 1, (uri, err)
     assert "ci_gate.verdict" not in registry.get_model_version(NAME, several).tags  # nothing recorded
+    assert "ci_gate.verdict" not in registry.get_model_version(NAME, beside).tags
     # a server that does not answer is bad input too, and the URI's password is never shown
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     code, _, err = _cli(capsys, "verify", f"models:/{NAME}/1", "--tracking-uri", f"http://ci:s3cret-passw0rd@127.0.0.1:{_free_port()}")

@@ -55,6 +55,10 @@ VERDICT = PREFIX + "verdict"
 EXPERIMENT = "ci-gate"
 REPORT_ROOT = "ci-gate"  # the run's artifact folder for reports
 CHECKPOINT_SUFFIX = ".safetensors"
+# weights in other formats: a version that holds one beside the checkpoint ships weights the gate
+# did not scan (a server may well load model.pt rather than model.safetensors)
+OTHER_WEIGHTS = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".h5", ".keras", ".onnx", ".gguf", ".npz", ".npy",
+                 ".msgpack", ".pb", ".tflite", ".mar")
 
 
 def shown_uri(uri: str) -> str:
@@ -139,6 +143,12 @@ class MlflowRegistry:
         if len(found) > 1:
             names = ", ".join(str(p.relative_to(root)) for p in found[:4]) + (", ..." if len(found) > 4 else "")
             raise InputError(uri, f"{len(found)} {CHECKPOINT_SUFFIX} files among the version's artifacts ({names}); a version must hold exactly one checkpoint")
+        others = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                        if p.suffix.lower() in OTHER_WEIGHTS and p.relative_to(root).parts[0] != REPORT_ROOT)
+        if others:
+            names = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+            raise InputError(uri, f"weights in another format beside the checkpoint ({names}): the gate scans the {CHECKPOINT_SUFFIX} "
+                                  "file only, so a version must not ship weights it did not scan")
         return found[0], found[0].relative_to(root).as_posix()
 
     # --- writing -------------------------------------------------------------------------
