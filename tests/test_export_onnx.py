@@ -296,3 +296,16 @@ def test_attest_refuses_duplicated_metadata_keys(models, tmp_path, capsys):
     code, out, err = run_cli(["attest", tmp_path / "dup.onnx", "--result", m["clean"], "--quiet"], capsys)
     assert code == 1 and out == ""
     assert "attestation fails: metadata: 2 keys appear more than once (ci_gate.class_names, ci_gate.verdict)" in err, err
+
+
+def test_attest_a_graph_onnxruntime_cannot_run_is_a_mismatch_not_a_crash(models, tmp_path, capsys):
+    m = models["coop"]
+    model = onnx.load(str(m["onnx"]))
+    model.graph.node[-1].input[0] = "no_such_tensor"  # resealed: only running it shows the break
+    values = {p.key: p.value for p in model.metadata_props} | {PREFIX + "graph_sha256": graph_digest(model)}
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, values)
+    onnx.save(model, str(tmp_path / "broken.onnx"))
+    code, out, err = run_cli(["attest", tmp_path / "broken.onnx", "--result", m["clean"], "--checkpoint", m["checkpoint"]], capsys)
+    assert code == 1, err  # exit 3 would read as ci-gate's own failure
+    assert "FAIL  logits (checkpoint): onnxruntime cannot run the graph" in out and "FAIL  graph (checkpoint)" in out
