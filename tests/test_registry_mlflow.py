@@ -310,3 +310,22 @@ def test_promote_refuses_a_version_whose_checkpoint_changed_after_the_scan(regis
     assert code == 1 and "the checkpoint changed since it was verified" in err
     assert "staging" not in registry.get_registered_model(NAME).aliases
     assert registry.get_registered_model(NAME).aliases.get("production") == before
+
+
+def test_a_bad_tracking_uri_is_exit_2_and_its_credentials_never_shown(capsys, monkeypatch):
+    from ci_gate.github.redact import redact
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    cases = {
+        "ftp://mlflow.example/x": "--tracking-uri: MLflow: Model registry functionality is unavailable",  # was exit 3
+        "http://ci:s3cret-passw0rd@[::1": "--tracking-uri: not a valid URI (Invalid IPv6 URL)",  # was exit 3, password in the crash log
+        "http://mlflow.example:99999/": "--tracking-uri: not a valid URI (Port out of range",
+    }
+    for uri, message in cases.items():
+        code, out, err = _cli(capsys, "verify", f"models:/{NAME}/1", "--tracking-uri", uri)
+        assert code == 2 and err.startswith(f"ci-gate: error: {message}") and len(err.splitlines()) == 1, (uri, err)
+        assert "s3cret" not in err and out == ""
+    # a token given as the user name (https://TOKEN@host) is masked from then on, as a password is
+    code, _, err = _cli(capsys, "verify", f"models:/{NAME}/1", "--tracking-uri", f"http://tok-0123456789abcdef@127.0.0.1:{_free_port()}")
+    assert code == 2 and "tok-0123456789abcdef" not in err
+    assert redact("in a traceback: tok-0123456789abcdef") == "in a traceback: ***"

@@ -10,7 +10,6 @@ mlflow is imported only by these commands: a local verify never loads it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -33,10 +32,16 @@ def _registry(tracking_uri: str | None):
 
     from ci_gate.github.redact import register_secret
 
-    # a password in the URI (https://user:token@host) is masked in every error line, traceback
-    # and crash log from here on, as the GitHub token is
-    with contextlib.suppress(ValueError):
-        register_secret(urllib.parse.urlsplit(tracking_uri or "").password)
+    # credentials in the URI (https://user:token@host, or a token alone as https://token@host) are
+    # masked in every error line, traceback and crash log from here on, as the GitHub token is
+    try:
+        parts = urllib.parse.urlsplit(tracking_uri or "")
+        parts.port  # noqa: B018  (a bad port raises only when read)
+    except ValueError as exc:
+        # not echoed: an unparsable URI's credentials cannot be told apart to be masked
+        raise InputError("--tracking-uri", f"not a valid URI ({exc})") from None
+    register_secret(parts.password)
+    register_secret(parts.username)
     try:
         from ci_gate.registry.mlflow import MlflowRegistry
     except ImportError as exc:

@@ -63,9 +63,13 @@ OTHER_WEIGHTS = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", "
 
 def shown_uri(uri: str) -> str:
     """A tracking URI fit for a message: ``https://user:token@host`` loses its credentials."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.username is None and parts.password is None:
+            return uri
+        parts.port  # noqa: B018  (a bad port raises only when read)
+    except ValueError:
+        return "<the tracking URI>"
     host = parts.hostname or ""
     netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
@@ -96,7 +100,9 @@ class MlflowRegistry:
         if not tracking_uri:
             raise InputError("--tracking-uri", "no MLflow tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        # an unsupported scheme or a path (mlflow's file store) is refused here, by MlflowException
+        with _mlflow_errors("--tracking-uri", tracking_uri):
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # --- reading -------------------------------------------------------------------------
     def resolve(self, ref: ModelRef) -> ModelVersion:
