@@ -242,6 +242,11 @@ def test_promote_moves_the_alias_only_for_a_version_verified_clean_under_that_po
     registry.set_model_version_tag(NAME, flagged, "ci_gate.result_sha256", registry.get_model_version(NAME, clean).tags["ci_gate.result_sha256"])
     code, text = promote(flagged, "flagging")
     assert (code, production()) == (1, flagged) and "does not hash to the ci_gate.result_sha256 tag" in text
+    # an alias with a "/" parsed as models:/NAME@x/VERSION, a version number, and no alias at all
+    code, out, err = _cli(capsys, "registry", "promote", f"models:/{NAME}/{clean}", "--alias", f"staging/{clean}",
+                          "--policy", str(files["policy"]), "--tracking-uri", server.uri)
+    assert (code, out) == (2, "") and err.startswith(f"ci-gate: error: --alias: 'staging/{clean}' is not an MLflow alias"), err
+    assert set(registry.get_registered_model(NAME).aliases) == {"production", "candidate"}
 
 
 def test_bad_registry_input_is_exit_2_naming_it(registry, server, files, tmp_path, capsys, monkeypatch):

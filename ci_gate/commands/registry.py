@@ -100,7 +100,10 @@ def promote(
     from ci_gate.registry.mlflow import version_uri
 
     ref = parse_models_uri(model, "MODEL")
-    target = parse_models_uri(f"models:/{ref.name}@{alias}", "--alias")  # validates the alias
+    # validates the alias; one with a "/" would parse as a version number instead
+    target = parse_models_uri(f"models:/{ref.name}@{alias}", "--alias") if "/" not in alias else None
+    if target is None or target.alias != alias:
+        raise InputError("--alias", f"{alias!r} is not an MLflow alias (letters, digits, _ and -; not v<number>)")
     pol, _ = load_policy(policy, overrides)
     registry = _registry(tracking_uri)
     mv = registry.resolve(ref)
