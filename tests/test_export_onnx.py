@@ -284,6 +284,10 @@ def test_attest_catches_a_trigger_branch_that_probes_do_not_see(models, tmp_path
     code, out, err = run_cli(["attest", evil, "--result", m["clean"]], capsys)
     assert code == 0 and "FAIL" not in out
     assert "the graph (weights and nodes) was NOT checked" in err and "--checkpoint" in err
+    code, out, err = run_cli(["attest", evil, "--result", m["clean"], "--quiet"], capsys)
+    assert (code, out) == (0, "") and err.startswith("note: the graph (weights and nodes) was NOT checked")
+    code, out, err = run_cli(["attest", m["onnx"], "--result", m["clean"], "--checkpoint", m["checkpoint"], "--quiet"], capsys)
+    assert (code, out, err) == (0, "", "")  # with the checkpoint, --quiet is silent
 
 
 def test_attest_refuses_duplicated_metadata_keys(models, tmp_path, capsys):
