@@ -257,11 +257,16 @@ def test_bad_registry_input_is_exit_2_naming_it(registry, server, files, tmp_pat
     pickle = tmp_path / "model.pt"
     pickle.write_bytes(b"\x80\x04 a pickled state dict the server may load instead")
     beside = _register(registry, NAME, files["ckpt"], pickle)
+    upper = tmp_path / "up" / "MODEL.SafeTensors"
+    upper.parent.mkdir()
+    upper.write_bytes(b"a second checkpoint in another case")
+    cased = _register(registry, NAME, files["ckpt"], upper)
     cases = {
         f"models:/{NAME}/{several}": "2 .safetensors files among the version's artifacts (model.safetensors, other.safetensors)",
         f"models:/{NAME}/{none}": "no .safetensors checkpoint among the version's artifacts",
         # weights the scan would not see: verify must not tag the version as if they were scanned
         f"models:/{NAME}/{beside}": "weights in another format beside the checkpoint (model.pt)",
+        f"models:/{NAME}/{cased}": "2 .safetensors files among the version's artifacts (MODEL.SafeTensors, model.safetensors)",
         f"models:/{NAME}/999": f"models:/{NAME}/999: MLflow:",
         f"models:/{NAME}@nobody": f"models:/{NAME}@nobody: MLflow:",
         f"models:/{NAME}/latest": "the version must be a number",

@@ -142,15 +142,18 @@ class MlflowRegistry:
         root = local if local.is_dir() else local.parent
         # ci-gate/ holds reports ci-gate logged (trigger tensors are .safetensors too) when a
         # version's source is the whole run
-        found = sorted(p for p in root.rglob(f"*{CHECKPOINT_SUFFIX}")
-                       if p.is_file() and not p.is_symlink() and p.relative_to(root).parts[0] != REPORT_ROOT)
+        shipped = sorted(p for p in root.rglob("*") if p.relative_to(root).parts[0] != REPORT_ROOT)
+        links = [p.relative_to(root).as_posix() for p in shipped if p.is_symlink()]
+        if links:  # what a link points at is not among the bytes the gate hashes and scans
+            raise InputError(uri, f"a symbolic link among the version's artifacts ({links[0]}); a version must hold its files themselves")
+        # the suffix in any case: MODEL.SAFETENSORS would otherwise be a second, unscanned checkpoint
+        found = [p for p in shipped if p.is_file() and p.suffix.lower() == CHECKPOINT_SUFFIX]
         if not found:
             raise InputError(uri, f"no {CHECKPOINT_SUFFIX} checkpoint among the version's artifacts (convert one with ci-gate convert)")
         if len(found) > 1:
             names = ", ".join(str(p.relative_to(root)) for p in found[:4]) + (", ..." if len(found) > 4 else "")
             raise InputError(uri, f"{len(found)} {CHECKPOINT_SUFFIX} files among the version's artifacts ({names}); a version must hold exactly one checkpoint")
-        others = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                        if p.suffix.lower() in OTHER_WEIGHTS and p.relative_to(root).parts[0] != REPORT_ROOT)
+        others = [p.relative_to(root).as_posix() for p in shipped if p.suffix.lower() in OTHER_WEIGHTS]
         if others:
             names = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
             raise InputError(uri, f"weights in another format beside the checkpoint ({names}): the gate scans the {CHECKPOINT_SUFFIX} "
