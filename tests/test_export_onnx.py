@@ -280,6 +280,10 @@ def test_attest_catches_a_trigger_branch_that_probes_do_not_see(models, tmp_path
     assert code == 1, out
     assert "FAIL  graph (checkpoint): differs from a fresh export" in out and "ok    initializers (checkpoint)" in out, out
     assert "ok    logits (checkpoint)" in out  # the probes alone would have let it through
+    assert "or traced by another exporter" not in out  # the same torch: nothing to excuse the difference
+    relabelled = _rewrite(evil, tmp_path / "evil2.onnx", meta={"exporter": "torch 0.0"})
+    code, out, _ = run_cli(["attest", relabelled, "--result", m["clean"], "--checkpoint", m["checkpoint"]], capsys)
+    assert code == 1 and "or traced by another exporter (the file says 'torch 0.0'" in out
     # without the checkpoint it passes, and the command says what it did not check
     code, out, err = run_cli(["attest", evil, "--result", m["clean"]], capsys)
     assert code == 0 and "FAIL" not in out

@@ -138,7 +138,7 @@ def check_checkpoint(model, meta: dict[str, str], checkpoint: Path, backbone_wei
             bad.append(f"initializer {init.name!r} differs from the checkpoint's (max abs {diff:.3g})")
     n = len(model.graph.initializer)
     checks.append(Check("initializers (checkpoint)", not bad, f"all {n} match" if not bad else bad[0] + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")))
-    checks.append(check_structure(model, clf, pre.image_size))
+    checks.append(check_structure(model, clf, pre.image_size, meta.get("exporter", "")))
     try:
         parity = max_logit_difference(model.SerializeToString(), clf, probe_images(pre.image_size, seed=1))
     except Exception as exc:  # onnxruntime refuses the graph: the file is not the export, not a ci-gate crash
@@ -172,13 +172,12 @@ def structure(model) -> bytes:
     return shape.SerializeToString(deterministic=True)
 
 
-def check_structure(model, clf, image_size: int) -> Check:
+def check_structure(model, clf, image_size: int, exported_with: str) -> Check:
     """The graph against a fresh trace of the checkpoint's classifier (the same exporter settings)."""
     import onnx
-    import torch
 
     from ci_gate.export.graph import GraphClassifier
-    from ci_gate.export.onnx import trace_to_onnx
+    from ci_gate.export.onnx import exporter, trace_to_onnx
 
     fresh = onnx.load_from_string(trace_to_onnx(GraphClassifier(clf).eval(), image_size))
     if structure(fresh) == structure(model):
@@ -188,7 +187,8 @@ def check_structure(model, clf, image_size: int) -> Check:
     return Check("graph (checkpoint)", False,
                  f"differs from a fresh export of the checkpoint ({n_file} nodes, a fresh export has {n_fresh}; "
                  f"inputs {[i.name for i in model.graph.input]}, outputs {[o.name for o in model.graph.output]}); "
-                 f"added or changed nodes, or an export by another torch than {torch.__version__}")
+                 f"added or changed nodes" + (f", or traced by another exporter (the file says {exported_with!r}, this is {exporter()!r})"
+                                               if exported_with != exporter() else ""))
 
 
 def attest(onnx_path: Path, result_path: Path, checkpoint: Path | None = None, backbone_weights: Path | None = None) -> Attestation:
