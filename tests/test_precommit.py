@@ -9,6 +9,7 @@ pip-install ci-gate with CUDA torch into a new environment (GBs), so only its ma
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,10 @@ def test_the_manifest_is_valid_and_both_hooks_verify_safetensors():
     assert {hooks["ci-gate"]["language"], hooks["ci-gate-system"]["language"]} == {"python", "system"}
     for hook in hooks.values():
         assert hook["entry"] == "ci-gate precommit" and hook["pass_filenames"] is True and hook["require_serial"] is True
-        assert hook["files"] == r"\.safetensors$"
+        assert hook["files"] == r"(?i)\.safetensors$"
+        # a checkpoint renamed to another case is still a checkpoint the hook must see
+        assert all(re.search(hook["files"], n) for n in ("a.safetensors", "m/b.SafeTensors", "C.SAFETENSORS"))
+        assert not re.search(hook["files"], "a.safetensors.md")
 
 
 def test_report_folders_mirror_the_repository_and_never_collide(tmp_path, monkeypatch):

@@ -47,7 +47,7 @@ def option_shaped_files(ctx: typer.Context) -> list[str]:
     for param in ctx.command.params:  # typer vendors click: options are told by their dashed flags
         value = ctx.params.get(param.name)
         for item in value if isinstance(value, (list, tuple)) else [value]:
-            if item is None or not str(item).endswith(".safetensors"):
+            if item is None or not str(item).lower().endswith(".safetensors"):
                 continue
             for flag in (f for f in param.opts if f.startswith("-")):
                 token = f"{flag}={item}" if flag.startswith("--") else f"{flag}{item}"
