@@ -305,6 +305,12 @@ def test_scan_new_scans_each_untagged_version_once(registry, server, files, tmp_
     assert registry.get_run(report_run).info.experiment_id == registry.get_experiment_by_name("ci-gate").experiment_id
     code, out, _ = _cli(capsys, *argv)
     assert code == 0 and out.startswith("nothing new")
+    # a verdict tag set by hand at registration is not a scan: the version is scanned all the same
+    third = _register(registry, name, files["ckpt"])
+    registry.set_model_version_tag(name, third, "ci_gate.verdict", "clean")
+    code, out, err = _cli(capsys, *argv, "--policy", str(files["flagging"]))
+    assert code == 1 and f"1 of 1 new versions fail the gate: models:/{name}/{third}" in err
+    assert registry.get_model_version(name, third).tags["ci_gate.verdict"] == "backdoor"
 
 
 def test_promote_refuses_a_version_whose_checkpoint_changed_after_the_scan(registry, server, verified, files, tmp_path, capsys):

@@ -122,21 +122,21 @@ def scan_new(
     limit: int = typer.Option(0, "--limit", min=0, help="Scan at most this many versions per run (0: all)."),
     tracking_uri: str = tracking_option(),
 ) -> None:
-    """Scan every version of NAME that has no ci_gate.verdict tag yet, oldest first, and record each
+    """Scan every version of NAME that has no ci-gate record (ci_gate.verdict and its tags) yet, oldest first, and record each
     verdict on its version: the polling half of "gate every new model version" (run it from a
     scheduled job). Exit 0 all passed (or nothing new), 1 some version failed the gate, 2 bad input."""
     from ci_gate.api import gate_passes, plan_verify, run_verify
     from ci_gate.console import one_line
-    from ci_gate.registry.mlflow import VERDICT, summary_line, version_uri
+    from ci_gate.registry.mlflow import VERDICT, recorded, summary_line, version_uri
     from ci_gate.report.folder import check_out_path
 
     registry = _registry(tracking_uri)
-    pending = [mv for mv in registry.versions(name) if VERDICT not in (mv.tags or {})]
+    pending = [mv for mv in registry.versions(name) if not recorded(mv)]
     if limit:
         pending = pending[:limit]
     root = check_out_path(out, "--out")
     if not pending:
-        typer.echo(f"nothing new: every version of {name!r} carries a {VERDICT} tag")
+        typer.echo(f"nothing new: every version of {name!r} carries ci-gate's {VERDICT} record")
         return
     failed = []
     for mv in pending:

@@ -240,6 +240,18 @@ class MlflowRegistry:
             raise GateFailure(f"{uri}: the logged result.json is not a ci-gate result ({exc.problem})") from None
 
 
+# every tag record() writes: a version carrying only some of them was not tagged by a scan
+RECORD_KEYS = frozenset(PREFIX + k for k in ("verdict", "gate", "target", "result_sha256", "checkpoint_sha256", "checkpoint",
+                                             "version", "policy", "policy_sha256", "report"))
+
+
+def recorded(mv: ModelVersion) -> bool:
+    """Whether the version carries a whole ci-gate record. Tags are writable by whoever registers
+    the version, so this is no proof of a scan (promote checks the record again); it only keeps
+    a hand-set ``ci_gate.verdict`` from passing for one."""
+    return RECORD_KEYS <= set(mv.tags or {})
+
+
 def version_uri(mv: ModelVersion) -> str:
     return f"models:/{mv.name}/{mv.version}"
 
