@@ -20,9 +20,10 @@ FORMATS = ("text", "json")
 STDOUT = "-"
 
 
-def check_output_args(fmt: str, output: str | None, report_folder: Path, inputs: list[tuple[str, str | os.PathLike | None]]) -> Path | None:
+def check_output_args(fmt: str, output: str | None, report_folder: Path, inputs: list[tuple[str, str | os.PathLike | None]],
+                      pool: str | None = None) -> Path | None:
     """Validates ``--format``/``--output`` before any work; returns the output file, None for stdout."""
-    from ci_gate.report.folder import check_not_input, check_out_path
+    from ci_gate.report.folder import check_not_input, check_out_path, pool_root
 
     if fmt not in FORMATS:
         raise InputError("--format", f"expected {' or '.join(FORMATS)}, got {fmt!r}")
@@ -34,6 +35,11 @@ def check_output_args(fmt: str, output: str | None, report_folder: Path, inputs:
     if path.is_dir():
         raise InputError("--output", f"{path}: is a folder; give a file name (the report folder is --out)")
     check_not_input(path, inputs, "--output", folder=False)
+    root = pool_root(pool) if pool else None
+    real = Path(os.path.realpath(path))
+    if root is not None and (real == root or real.is_relative_to(root)):
+        # a .tar pool would be overwritten by the JSON; a pool folder is an input too
+        raise InputError("--output", f"{path}: is the OOD pool {root} or inside it; inputs are never modified")
     if path.is_relative_to(report_folder):
         # the report folder is replaced as a whole, and holds result.json already
         raise InputError("--output", f"{path}: is inside the report folder {report_folder}; write it elsewhere")

@@ -114,6 +114,9 @@ def test_output_file_is_written_and_stdout_stays_empty(tmp_path, stub_scan, caps
         (["--format", "json", "--output", "{out}/result.json"], "is inside the report folder"),
         (["--format", "json", "--output", "{ckpt}"], "is the input checkpoint"),
         (["--format", "json", "--output", "{tmp}"], "is a folder"),
+        # the pool is an input too: a .tar pool was overwritten by the JSON after the scan
+        (["--pool", "{tmp}/ood.tar", "--format", "json", "--output", "{tmp}/ood.tar"], "is the OOD pool"),
+        (["--format", "json", "--output", "{tmp}/pool/scan.json"], "is the OOD pool"),
     ],
 )
 def test_bad_output_arguments_exit_2_before_any_scan(tmp_path, stub_scan, capsys, args, message):

@@ -232,3 +232,88 @@ def test_attest_bad_input_is_exit_2(models, tmp_path, capsys, monkeypatch):
     assert code == 2 and "pip install 'ci-gate[onnx]'" in err
     code, _, err = run_cli(["export", models["coop"]["checkpoint"], "--onnx", tmp_path / "x.onnx", "--result", models["coop"]["clean"]], capsys)
     assert code == 2 and "pip install 'ci-gate[onnx]'" in err and not (tmp_path / "x.onnx").exists()
+
+
+def _with_trigger_branch(src: Path, dst: Path) -> Path:
+    """The export plus a backdoor made of Constant nodes only: when pixel (0, 0, 0) is white, class 1
+    gets +1000. Every initializer is untouched, random probes (almost) never fire it, and the graph
+    digest is recomputed: only the nodes give it away."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    out = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = ["orig_logits" if o == out else o for o in node.output]
+    n_cls = graph.output[0].type.tensor_type.shape.dim[1].dim_value
+
+    def const(name, value):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value)))
+
+    graph.node.extend([
+        const("t_st", np.zeros(4, np.int64)), const("t_en", np.array([2**62, 1, 1, 1], np.int64)),
+        helper.make_node("Slice", ["images", "t_st", "t_en"], ["t_px"]),
+        const("t_shape", np.array([-1, 1], np.int64)), helper.make_node("Reshape", ["t_px", "t_shape"], ["t_px2"]),
+        const("t_thr", np.float32(0.99999)), helper.make_node("Greater", ["t_px2", "t_thr"], ["t_on"]),
+        helper.make_node("Cast", ["t_on"], ["t_onf"], to=TensorProto.FLOAT),
+        const("t_boost", np.eye(1, n_cls, 1, dtype=np.float32) * 1000), helper.make_node("Mul", ["t_onf", "t_boost"], ["t_add"]),
+        helper.make_node("Add", ["orig_logits", "t_add"], [out]),
+    ])  # fmt: skip
+    values = {p.key: p.value for p in model.metadata_props}
+    values[PREFIX + "graph_sha256"] = graph_digest(model)
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, values)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_attest_catches_a_trigger_branch_that_probes_do_not_see(models, tmp_path, capsys):
+    m = models["coop"]
+    evil = _with_trigger_branch(m["onnx"], tmp_path / "evil.onnx")
+    # the branch is real: a white corner pixel sends any image to class 1
+    session = ort.InferenceSession(str(evil), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    x[0, :, 0, 0] = 1.0
+    assert session.run(None, {"images": x})[0].argmax(1)[0] == 1 and session.run(None, {"images": x})[0][0, 1] > 500
+    code, out, err = run_cli(["attest", evil, "--result", m["clean"], "--checkpoint", m["checkpoint"]], capsys)
+    assert code == 1, out
+    assert "FAIL  graph (checkpoint): differs from a fresh export" in out and "ok    initializers (checkpoint)" in out, out
+    assert "ok    logits (checkpoint)" in out  # the probes alone would have let it through
+    assert "or traced by another exporter" not in out  # the same torch: nothing to excuse the difference
+    relabelled = _rewrite(evil, tmp_path / "evil2.onnx", meta={"exporter": "torch 0.0"})
+    code, out, _ = run_cli(["attest", relabelled, "--result", m["clean"], "--checkpoint", m["checkpoint"]], capsys)
+    assert code == 1 and "or traced by another exporter (the file says 'torch 0.0'" in out
+    # without the checkpoint it passes, and the command says what it did not check
+    code, out, err = run_cli(["attest", evil, "--result", m["clean"]], capsys)
+    assert code == 0 and "FAIL" not in out
+    assert "the graph (weights and nodes) was NOT checked" in err and "--checkpoint" in err
+    code, out, err = run_cli(["attest", evil, "--result", m["clean"], "--quiet"], capsys)
+    assert (code, out) == (0, "") and err.startswith("note: the graph (weights and nodes) was NOT checked")
+    code, out, err = run_cli(["attest", m["onnx"], "--result", m["clean"], "--checkpoint", m["checkpoint"], "--quiet"], capsys)
+    assert (code, out, err) == (0, "", "")  # with the checkpoint, --quiet is silent
+
+
+def test_attest_refuses_duplicated_metadata_keys(models, tmp_path, capsys):
+    m = models["coop"]
+    model = onnx.load(str(m["onnx"]))
+    # a second ci_gate.verdict: a reader that keeps the first entry and one that keeps the last disagree
+    model.metadata_props.add(key=PREFIX + "verdict", value="clean")
+    model.metadata_props.add(key=PREFIX + "class_names", value='["x", "y", "z", "w"]')
+    onnx.save(model, str(tmp_path / "dup.onnx"))
+    code, out, err = run_cli(["attest", tmp_path / "dup.onnx", "--result", m["clean"], "--quiet"], capsys)
+    assert code == 1 and out == ""
+    assert "attestation fails: metadata: 2 keys appear more than once (ci_gate.class_names, ci_gate.verdict)" in err, err
+
+
+def test_attest_a_graph_onnxruntime_cannot_run_is_a_mismatch_not_a_crash(models, tmp_path, capsys):
+    m = models["coop"]
+    model = onnx.load(str(m["onnx"]))
+    model.graph.node[-1].input[0] = "no_such_tensor"  # resealed: only running it shows the break
+    values = {p.key: p.value for p in model.metadata_props} | {PREFIX + "graph_sha256": graph_digest(model)}
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, values)
+    onnx.save(model, str(tmp_path / "broken.onnx"))
+    code, out, err = run_cli(["attest", tmp_path / "broken.onnx", "--result", m["clean"], "--checkpoint", m["checkpoint"]], capsys)
+    assert code == 1, err  # exit 3 would read as ci-gate's own failure
+    assert "FAIL  logits (checkpoint): onnxruntime cannot run the graph" in out and "FAIL  graph (checkpoint)" in out

@@ -9,6 +9,7 @@ pip-install ci-gate with CUDA torch into a new environment (GBs), so only its ma
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,10 @@ def test_the_manifest_is_valid_and_both_hooks_verify_safetensors():
     assert {hooks["ci-gate"]["language"], hooks["ci-gate-system"]["language"]} == {"python", "system"}
     for hook in hooks.values():
         assert hook["entry"] == "ci-gate precommit" and hook["pass_filenames"] is True and hook["require_serial"] is True
-        assert hook["files"] == r"\.safetensors$"
+        assert hook["files"] == r"(?i)\.safetensors$"
+        # a checkpoint renamed to another case is still a checkpoint the hook must see
+        assert all(re.search(hook["files"], n) for n in ("a.safetensors", "m/b.SafeTensors", "C.SAFETENSORS"))
+        assert not re.search(hook["files"], "a.safetensors.md")
 
 
 def test_report_folders_mirror_the_repository_and_never_collide(tmp_path, monkeypatch):
@@ -100,3 +104,32 @@ def test_pre_commit_passes_a_clean_checkpoint_and_blocks_a_broken_one(tmp_path):
     clean = json.loads((reports / "models" / "clean.safetensors" / "result.json").read_text())
     assert clean["verdict"] == "clean" and clean["model"]["path"] == "models/clean.safetensors"
     assert not (reports / "models" / "broken.safetensors").exists()
+
+
+def test_a_checkpoint_named_like_an_option_is_refused_not_skipped(tmp_path, monkeypatch, capsys):
+    from ci_gate.cli import main
+
+    # pre-commit appends the staged names after the hook's args with no "--": a checkpoint named
+    # --out-root=x.safetensors set --out-root, and the hook passed with nothing scanned
+    monkeypatch.chdir(tmp_path)
+    for name, argv in [("--out-root=evil.safetensors", ["--out-root=evil.safetensors"]),
+                       ("-pevil.safetensors", ["-pevil.safetensors"]),
+                       ("--backbone-weights=w.safetensors", ["models/a.safetensors", "--backbone-weights=w.safetensors"])]:
+        (tmp_path / name).write_bytes(b"a backdoored checkpoint")
+        with pytest.raises(SystemExit) as done:
+            main(["precommit", "--pool", str(tmp_path), *argv])
+        err = capsys.readouterr().err
+        assert done.value.code == 2, (name, err)
+        assert err == f"ci-gate: error: {name}: a checkpoint whose name starts with '-' is read as an option, not scanned; rename it\n"
+    # an option value that is no such file is the user's option (nothing staged: nothing to do)
+    with pytest.raises(SystemExit) as done:
+        main(["precommit", "--backbone-weights=elsewhere.safetensors"])
+    assert done.value.code == 0
+    # a name with a leading dash that reaches verify is scanned as a file, not parsed as its option
+    (tmp_path / "-x.safetensors").write_bytes(b"not a checkpoint at all")
+    (tmp_path / "pool").mkdir()
+    with pytest.raises(SystemExit) as done:
+        main(["precommit", "--pool", str(tmp_path / "pool"), "--", "-x.safetensors"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "ci-gate: error: -x.safetensors: not a safetensors file" in err, err
+    assert "ci-gate precommit: -x.safetensors: not scanned (exit 2)" in err

@@ -242,6 +242,11 @@ def test_promote_moves_the_alias_only_for_a_version_verified_clean_under_that_po
     registry.set_model_version_tag(NAME, flagged, "ci_gate.result_sha256", registry.get_model_version(NAME, clean).tags["ci_gate.result_sha256"])
     code, text = promote(flagged, "flagging")
     assert (code, production()) == (1, flagged) and "does not hash to the ci_gate.result_sha256 tag" in text
+    # an alias with a "/" parsed as models:/NAME@x/VERSION, a version number, and no alias at all
+    code, out, err = _cli(capsys, "registry", "promote", f"models:/{NAME}/{clean}", "--alias", f"staging/{clean}",
+                          "--policy", str(files["policy"]), "--tracking-uri", server.uri)
+    assert (code, out) == (2, "") and err.startswith(f"ci-gate: error: --alias: 'staging/{clean}' is not an MLflow alias"), err
+    assert set(registry.get_registered_model(NAME).aliases) == {"production", "candidate"}
 
 
 def test_bad_registry_input_is_exit_2_naming_it(registry, server, files, tmp_path, capsys, monkeypatch):
@@ -249,9 +254,19 @@ def test_bad_registry_input_is_exit_2_naming_it(registry, server, files, tmp_pat
     other.write_bytes(files["ckpt"].read_bytes())
     several = _register(registry, NAME, files["ckpt"], other)
     none = _register(registry, NAME, files["policy"])
+    pickle = tmp_path / "model.pt"
+    pickle.write_bytes(b"\x80\x04 a pickled state dict the server may load instead")
+    beside = _register(registry, NAME, files["ckpt"], pickle)
+    upper = tmp_path / "up" / "MODEL.SafeTensors"
+    upper.parent.mkdir()
+    upper.write_bytes(b"a second checkpoint in another case")
+    cased = _register(registry, NAME, files["ckpt"], upper)
     cases = {
         f"models:/{NAME}/{several}": "2 .safetensors files among the version's artifacts (model.safetensors, other.safetensors)",
         f"models:/{NAME}/{none}": "no .safetensors checkpoint among the version's artifacts",
+        # weights the scan would not see: verify must not tag the version as if they were scanned
+        f"models:/{NAME}/{beside}": "weights in another format beside the checkpoint (model.pt)",
+        f"models:/{NAME}/{cased}": "2 .safetensors files among the version's artifacts (MODEL.SafeTensors, model.safetensors)",
         f"models:/{NAME}/999": f"models:/{NAME}/999: MLflow:",
         f"models:/{NAME}@nobody": f"models:/{NAME}@nobody: MLflow:",
         f"models:/{NAME}/latest": "the version must be a number",
@@ -260,6 +275,7 @@ def test_bad_registry_input_is_exit_2_naming_it(registry, server, files, tmp_pat
         code, _, err = _verify(capsys, files, server, uri, tmp_path / "r", "policy", "-q")
         assert code == 2 and err.startswith("ci-gate: error: ") and message in err and len(err.splitlines()) == 1, (uri, err)
     assert "ci_gate.verdict" not in registry.get_model_version(NAME, several).tags  # nothing recorded
+    assert "ci_gate.verdict" not in registry.get_model_version(NAME, beside).tags
     # a server that does not answer is bad input too, and the URI's password is never shown
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     code, _, err = _cli(capsys, "verify", f"models:/{NAME}/1", "--tracking-uri", f"http://ci:s3cret-passw0rd@127.0.0.1:{_free_port()}")
@@ -289,6 +305,12 @@ def test_scan_new_scans_each_untagged_version_once(registry, server, files, tmp_
     assert registry.get_run(report_run).info.experiment_id == registry.get_experiment_by_name("ci-gate").experiment_id
     code, out, _ = _cli(capsys, *argv)
     assert code == 0 and out.startswith("nothing new")
+    # a verdict tag set by hand at registration is not a scan: the version is scanned all the same
+    third = _register(registry, name, files["ckpt"])
+    registry.set_model_version_tag(name, third, "ci_gate.verdict", "clean")
+    code, out, err = _cli(capsys, *argv, "--policy", str(files["flagging"]))
+    assert code == 1 and f"1 of 1 new versions fail the gate: models:/{name}/{third}" in err
+    assert registry.get_model_version(name, third).tags["ci_gate.verdict"] == "backdoor"
 
 
 def test_promote_refuses_a_version_whose_checkpoint_changed_after_the_scan(registry, server, verified, files, tmp_path, capsys):
@@ -304,3 +326,22 @@ def test_promote_refuses_a_version_whose_checkpoint_changed_after_the_scan(regis
     assert code == 1 and "the checkpoint changed since it was verified" in err
     assert "staging" not in registry.get_registered_model(NAME).aliases
     assert registry.get_registered_model(NAME).aliases.get("production") == before
+
+
+def test_a_bad_tracking_uri_is_exit_2_and_its_credentials_never_shown(capsys, monkeypatch):
+    from ci_gate.github.redact import redact
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    cases = {
+        "ftp://mlflow.example/x": "--tracking-uri: MLflow: Model registry functionality is unavailable",  # was exit 3
+        "http://ci:s3cret-passw0rd@[::1": "--tracking-uri: not a valid URI (Invalid IPv6 URL)",  # was exit 3, password in the crash log
+        "http://mlflow.example:99999/": "--tracking-uri: not a valid URI (Port out of range",
+    }
+    for uri, message in cases.items():
+        code, out, err = _cli(capsys, "verify", f"models:/{NAME}/1", "--tracking-uri", uri)
+        assert code == 2 and err.startswith(f"ci-gate: error: {message}") and len(err.splitlines()) == 1, (uri, err)
+        assert "s3cret" not in err and out == ""
+    # a token given as the user name (https://TOKEN@host) is masked from then on, as a password is
+    code, _, err = _cli(capsys, "verify", f"models:/{NAME}/1", "--tracking-uri", f"http://tok-0123456789abcdef@127.0.0.1:{_free_port()}")
+    assert code == 2 and "tok-0123456789abcdef" not in err
+    assert redact("in a traceback: tok-0123456789abcdef") == "in a traceback: ***"

@@ -37,6 +37,25 @@ def hook_exit_code(codes: list[int]) -> int:
     return max(codes, default=EXIT_OK)
 
 
+def option_shaped_files(ctx: typer.Context) -> list[str]:
+    """Staged files that the option parser took for options. pre-commit appends the file names
+    after the hook's args with no ``--``, so a checkpoint named ``--out-root=x.safetensors`` (or
+    ``-px.safetensors``) sets an option instead of being scanned; were it the only file, the hook
+    would pass having scanned nothing. Such a token is an option value ending in .safetensors
+    that, written back in its attached form, names an existing file."""
+    found = []
+    for param in ctx.command.params:  # typer vendors click: options are told by their dashed flags
+        value = ctx.params.get(param.name)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is None or not str(item).lower().endswith(".safetensors"):
+                continue
+            for flag in (f for f in param.opts if f.startswith("-")):
+                token = f"{flag}={item}" if flag.startswith("--") else f"{flag}{item}"
+                if os.path.lexists(token):
+                    found.append(token)
+    return found
+
+
 def precommit(
     ctx: typer.Context,
     files: list[str] = typer.Argument(None, help="Checkpoints to verify (pre-commit passes the changed *.safetensors)."),
@@ -63,10 +82,16 @@ def precommit(
     if reference_weights is not None:
         shared += ["--reference-weights", str(reference_weights)]
     debug = ["--debug"] if ctx.find_root().params.get("debug") else []
+    hidden = option_shaped_files(ctx)
+    if hidden:
+        from ci_gate.errors import InputError
+
+        raise InputError(hidden[0], "a checkpoint whose name starts with '-' is read as an option, not scanned; rename it")
 
     codes: list[int] = []
     for name in files or []:
-        argv = [*debug, "verify", name, "--out", str(report_folder(out_root, name)), "--display-path", name, *shared]
+        # "--": a name that starts with "-" is a checkpoint, never an option of verify
+        argv = [*debug, "verify", "--out", str(report_folder(out_root, name)), "--display-path", name, *shared, "--", name]
         try:
             cli.main(argv)
             code = EXIT_OK

@@ -10,7 +10,6 @@ mlflow is imported only by these commands: a local verify never loads it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -33,10 +32,16 @@ def _registry(tracking_uri: str | None):
 
     from ci_gate.github.redact import register_secret
 
-    # a password in the URI (https://user:token@host) is masked in every error line, traceback
-    # and crash log from here on, as the GitHub token is
-    with contextlib.suppress(ValueError):
-        register_secret(urllib.parse.urlsplit(tracking_uri or "").password)
+    # credentials in the URI (https://user:token@host, or a token alone as https://token@host) are
+    # masked in every error line, traceback and crash log from here on, as the GitHub token is
+    try:
+        parts = urllib.parse.urlsplit(tracking_uri or "")
+        parts.port  # noqa: B018  (a bad port raises only when read)
+    except ValueError as exc:
+        # not echoed: an unparsable URI's credentials cannot be told apart to be masked
+        raise InputError("--tracking-uri", f"not a valid URI ({exc})") from None
+    register_secret(parts.password)
+    register_secret(parts.username)
     try:
         from ci_gate.registry.mlflow import MlflowRegistry
     except ImportError as exc:
@@ -95,7 +100,10 @@ def promote(
     from ci_gate.registry.mlflow import version_uri
 
     ref = parse_models_uri(model, "MODEL")
-    target = parse_models_uri(f"models:/{ref.name}@{alias}", "--alias")  # validates the alias
+    # validates the alias; one with a "/" would parse as a version number instead
+    target = parse_models_uri(f"models:/{ref.name}@{alias}", "--alias") if "/" not in alias else None
+    if target is None or target.alias != alias:
+        raise InputError("--alias", f"{alias!r} is not an MLflow alias (letters, digits, _ and -; not v<number>)")
     pol, _ = load_policy(policy, overrides)
     registry = _registry(tracking_uri)
     mv = registry.resolve(ref)
@@ -114,21 +122,21 @@ def scan_new(
     limit: int = typer.Option(0, "--limit", min=0, help="Scan at most this many versions per run (0: all)."),
     tracking_uri: str = tracking_option(),
 ) -> None:
-    """Scan every version of NAME that has no ci_gate.verdict tag yet, oldest first, and record each
+    """Scan every version of NAME that has no ci-gate record (ci_gate.verdict and its tags) yet, oldest first, and record each
     verdict on its version: the polling half of "gate every new model version" (run it from a
     scheduled job). Exit 0 all passed (or nothing new), 1 some version failed the gate, 2 bad input."""
     from ci_gate.api import gate_passes, plan_verify, run_verify
     from ci_gate.console import one_line
-    from ci_gate.registry.mlflow import VERDICT, summary_line, version_uri
+    from ci_gate.registry.mlflow import VERDICT, recorded, summary_line, version_uri
     from ci_gate.report.folder import check_out_path
 
     registry = _registry(tracking_uri)
-    pending = [mv for mv in registry.versions(name) if VERDICT not in (mv.tags or {})]
+    pending = [mv for mv in registry.versions(name) if not recorded(mv)]
     if limit:
         pending = pending[:limit]
     root = check_out_path(out, "--out")
     if not pending:
-        typer.echo(f"nothing new: every version of {name!r} carries a {VERDICT} tag")
+        typer.echo(f"nothing new: every version of {name!r} carries ci-gate's {VERDICT} record")
         return
     failed = []
     for mv in pending:

@@ -52,7 +52,7 @@ def verify(
     plan = plan_verify(checkpoint, policy, pool, out=out, backbone_weights=backbone_weights, reference_weights=reference_weights,
                        display_path=display_path, set_=overrides, out_flag="--out")
     pol, out_dir = plan.policy, plan.out_dir
-    json_file = check_output_args(output_format, output, out_dir, plan.inputs)
+    json_file = check_output_args(output_format, output, out_dir, plan.inputs, pool=plan.pool)
     machine = output_format == "json"  # stdout then carries the JSON document and nothing else
     console = Console(stderr=machine)
     # Under `torchrun --nproc-per-node N -m ci_gate verify ...` the candidate classes are sharded

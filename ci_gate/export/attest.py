@@ -2,10 +2,14 @@
 
 Checked from the file and result.json alone: the graph against its attested digest, result.json
 against the digest the export recorded, and the result's checkpoint, backbone, policy, classes and
-verdict against the metadata. With the checkpoint as well: the checkpoint's digest, every
+verdict against the metadata. Without the checkpoint nothing outside the file vouches for the
+graph: its digest sits in the same metadata, so a rewritten graph with a recomputed digest passes
+those checks (the command says so). With the checkpoint as well: the checkpoint's digest, every
 initializer against the tensor the checkpoint's classifier holds under that name (bit for bit;
-CoOp's folded text features within a tolerance), and the graph's logits against that classifier on
-probe images (onnxruntime, when installed), which also covers the nodes.
+CoOp's folded text features within a tolerance), the graph's structure (nodes, inputs, outputs,
+opsets, local functions) against a fresh trace of that classifier, and its logits against the
+classifier on probe images (onnxruntime, when installed). Probe logits alone cannot vouch for the
+nodes: an added branch that fires only on a trigger pattern leaves random probes untouched.
 
 The attestation binds the ONNX file to result.json and the checkpoint; it is not a signature. The
 result.json it is checked against must come from where the gate stored it (the CI artifact), not
@@ -71,7 +75,11 @@ def _short(value: str | None) -> str:
 
 def check_file(model, meta: dict[str, str]) -> list[Check]:
     digest = graph_digest(model)
-    checks = [Check("graph", digest == meta["graph_sha256"],
+    keys = [p.key for p in model.metadata_props if p.key.startswith(PREFIX)]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    # export writes each key once; with two, attest and a deployer's reader may each see another value
+    checks = [Check("metadata", not twice, "one entry per key" if not twice else f"{len(twice)} keys appear more than once ({', '.join(twice[:3])})")]
+    checks += [Check("graph", digest == meta["graph_sha256"],
                     "matches its attested digest" if digest == meta["graph_sha256"]
                     else f"changed after export (weights or nodes): SHA-256 {digest[:12]}..., attested {meta['graph_sha256'][:12]}...")]
     verified = meta.get("verified") == "true"
@@ -130,13 +138,57 @@ def check_checkpoint(model, meta: dict[str, str], checkpoint: Path, backbone_wei
             bad.append(f"initializer {init.name!r} differs from the checkpoint's (max abs {diff:.3g})")
     n = len(model.graph.initializer)
     checks.append(Check("initializers (checkpoint)", not bad, f"all {n} match" if not bad else bad[0] + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")))
-    parity = max_logit_difference(model.SerializeToString(), clf, probe_images(pre.image_size, seed=1))
+    checks.append(check_structure(model, clf, pre.image_size, meta.get("exporter", "")))
+    try:
+        parity = max_logit_difference(model.SerializeToString(), clf, probe_images(pre.image_size, seed=1))
+    except Exception as exc:  # onnxruntime refuses the graph: the file is not the export, not a ci-gate crash
+        checks.append(Check("logits (checkpoint)", False, f"onnxruntime cannot run the graph: {' '.join(str(exc).split())[:160]}"))
+        return checks
     if parity is None:
         checks.append(Check("logits (checkpoint)", True, "not compared: onnxruntime is not installed"))
     else:
         ok = parity <= PARITY_ATOL
         checks.append(Check("logits (checkpoint)", ok, f"max abs difference {parity:.1e} on probe images" + ("" if ok else f" (> {PARITY_ATOL:g})")))
     return checks
+
+
+def structure(model) -> bytes:
+    """What a graph computes, initializer values aside (those are compared one by one): nodes,
+    inputs, outputs, value infos, initializer names, types and shapes, opsets, local functions and
+    training info. Deterministic serialisation, so two traces of one module give the same bytes."""
+    import onnx
+
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    del graph.initializer[:]
+    for init in model.graph.initializer:
+        graph.initializer.append(onnx.TensorProto(name=init.name, data_type=init.data_type, dims=list(init.dims)))
+    # sparse initializers stay whole: ci-gate never writes one, so any makes the structures differ
+    shape = onnx.ModelProto()
+    shape.graph.CopyFrom(graph)
+    shape.opset_import.extend(model.opset_import)
+    shape.functions.extend(model.functions)
+    shape.training_info.extend(model.training_info)
+    return shape.SerializeToString(deterministic=True)
+
+
+def check_structure(model, clf, image_size: int, exported_with: str) -> Check:
+    """The graph against a fresh trace of the checkpoint's classifier (the same exporter settings)."""
+    import onnx
+
+    from ci_gate.export.graph import GraphClassifier
+    from ci_gate.export.onnx import exporter, trace_to_onnx
+
+    fresh = onnx.load_from_string(trace_to_onnx(GraphClassifier(clf).eval(), image_size))
+    if structure(fresh) == structure(model):
+        return Check("graph (checkpoint)", True, f"nodes, inputs and outputs match a fresh export ({len(model.graph.node)} nodes)")
+    n_file, n_fresh = len(model.graph.node), len(fresh.graph.node)
+    # another torch version may trace differently: then re-export rather than trust the file
+    return Check("graph (checkpoint)", False,
+                 f"differs from a fresh export of the checkpoint ({n_file} nodes, a fresh export has {n_fresh}; "
+                 f"inputs {[i.name for i in model.graph.input]}, outputs {[o.name for o in model.graph.output]}); "
+                 f"added or changed nodes" + (f", or traced by another exporter (the file says {exported_with!r}, this is {exporter()!r})"
+                                               if exported_with != exporter() else ""))
 
 
 def attest(onnx_path: Path, result_path: Path, checkpoint: Path | None = None, backbone_weights: Path | None = None) -> Attestation:

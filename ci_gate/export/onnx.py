@@ -135,6 +135,8 @@ def attestation(loaded, verification: Verification, graph_sha256: str, allow_unv
         "learner": loaded.classifier.kind,
         "class_names": json.dumps(loaded.classifier.class_names, ensure_ascii=False),
         "opset": str(OPSET),
+        # attest --checkpoint re-traces the graph; another torch may trace it differently
+        "exporter": exporter(),
         "input": INPUT_DESCRIPTION.format(interpolation=pre.interpolation, size=pre.image_size),
         "image_size": str(pre.image_size),
         "mean": json.dumps(list(pre.mean)),
@@ -142,6 +144,13 @@ def attestation(loaded, verification: Verification, graph_sha256: str, allow_unv
         "interpolation": pre.interpolation,
     }
     return {PREFIX + k: v for k, v in meta.items()}
+
+
+def exporter() -> str:
+    import onnx
+    import torch
+
+    return f"torch {torch.__version__}, onnx {onnx.__version__}"
 
 
 @contextlib.contextmanager

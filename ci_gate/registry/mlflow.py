@@ -55,13 +55,21 @@ VERDICT = PREFIX + "verdict"
 EXPERIMENT = "ci-gate"
 REPORT_ROOT = "ci-gate"  # the run's artifact folder for reports
 CHECKPOINT_SUFFIX = ".safetensors"
+# weights in other formats: a version that holds one beside the checkpoint ships weights the gate
+# did not scan (a server may well load model.pt rather than model.safetensors)
+OTHER_WEIGHTS = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".h5", ".keras", ".onnx", ".gguf", ".npz", ".npy",
+                 ".msgpack", ".pb", ".tflite", ".mar")
 
 
 def shown_uri(uri: str) -> str:
     """A tracking URI fit for a message: ``https://user:token@host`` loses its credentials."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.username is None and parts.password is None:
+            return uri
+        parts.port  # noqa: B018  (a bad port raises only when read)
+    except ValueError:
+        return "<the tracking URI>"
     host = parts.hostname or ""
     netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
@@ -92,7 +100,9 @@ class MlflowRegistry:
         if not tracking_uri:
             raise InputError("--tracking-uri", "no MLflow tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        # an unsupported scheme or a path (mlflow's file store) is refused here, by MlflowException
+        with _mlflow_errors("--tracking-uri", tracking_uri):
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # --- reading -------------------------------------------------------------------------
     def resolve(self, ref: ModelRef) -> ModelVersion:
@@ -132,13 +142,22 @@ class MlflowRegistry:
         root = local if local.is_dir() else local.parent
         # ci-gate/ holds reports ci-gate logged (trigger tensors are .safetensors too) when a
         # version's source is the whole run
-        found = sorted(p for p in root.rglob(f"*{CHECKPOINT_SUFFIX}")
-                       if p.is_file() and not p.is_symlink() and p.relative_to(root).parts[0] != REPORT_ROOT)
+        shipped = sorted(p for p in root.rglob("*") if p.relative_to(root).parts[0] != REPORT_ROOT)
+        links = [p.relative_to(root).as_posix() for p in shipped if p.is_symlink()]
+        if links:  # what a link points at is not among the bytes the gate hashes and scans
+            raise InputError(uri, f"a symbolic link among the version's artifacts ({links[0]}); a version must hold its files themselves")
+        # the suffix in any case: MODEL.SAFETENSORS would otherwise be a second, unscanned checkpoint
+        found = [p for p in shipped if p.is_file() and p.suffix.lower() == CHECKPOINT_SUFFIX]
         if not found:
             raise InputError(uri, f"no {CHECKPOINT_SUFFIX} checkpoint among the version's artifacts (convert one with ci-gate convert)")
         if len(found) > 1:
             names = ", ".join(str(p.relative_to(root)) for p in found[:4]) + (", ..." if len(found) > 4 else "")
             raise InputError(uri, f"{len(found)} {CHECKPOINT_SUFFIX} files among the version's artifacts ({names}); a version must hold exactly one checkpoint")
+        others = [p.relative_to(root).as_posix() for p in shipped if p.suffix.lower() in OTHER_WEIGHTS]
+        if others:
+            names = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+            raise InputError(uri, f"weights in another format beside the checkpoint ({names}): the gate scans the {CHECKPOINT_SUFFIX} "
+                                  "file only, so a version must not ship weights it did not scan")
         return found[0], found[0].relative_to(root).as_posix()
 
     # --- writing -------------------------------------------------------------------------
@@ -219,6 +238,18 @@ class MlflowRegistry:
             return load_result(local)
         except InputError as exc:
             raise GateFailure(f"{uri}: the logged result.json is not a ci-gate result ({exc.problem})") from None
+
+
+# every tag record() writes: a version carrying only some of them was not tagged by a scan
+RECORD_KEYS = frozenset(PREFIX + k for k in ("verdict", "gate", "target", "result_sha256", "checkpoint_sha256", "checkpoint",
+                                             "version", "policy", "policy_sha256", "report"))
+
+
+def recorded(mv: ModelVersion) -> bool:
+    """Whether the version carries a whole ci-gate record. Tags are writable by whoever registers
+    the version, so this is no proof of a scan (promote checks the record again); it only keeps
+    a hand-set ``ci_gate.verdict`` from passing for one."""
+    return RECORD_KEYS <= set(mv.tags or {})
 
 
 def version_uri(mv: ModelVersion) -> str:
