@@ -5,6 +5,7 @@ end-to-end, repair and canary tests."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,53 @@ class CifarModels:
 
 @pytest.fixture(scope="session")
 def cifar_models(tmp_path_factory) -> CifarModels:
+    """Under pytest-xdist the first worker to need the models builds them into the session's
+    shared temp folder and the others load the same files (a file lock orders them), so the
+    two-minute build runs once per test run, not once per worker."""
     require(CIFAR)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _build_cifar_models(tmp_path_factory.mktemp("cifar-models"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # one folder per run, shared by its workers
+    root, done = shared / "cifar-models", shared / "cifar-models.complete"
+    # the lock and the marker live beside the models: tests compare the models folder's listing
+    with FileLock(str(shared / "cifar-models.lock")):
+        if done.is_file():
+            return _load_cifar_models(root)
+        root.mkdir(exist_ok=True)
+        models = _build_cifar_models(root)
+        done.write_text("built\n")
+        return models
+
+
+def _load_cifar_models(root: Path) -> CifarModels:
+    from safetensors.torch import load_file
+
+    from ci_gate.attacks.triggers import LearnedTrigger
+    from ci_gate.data import load_labeled_folder
+    from ci_gate.model import load_classifier
+    from ci_gate.tuning.recipes import TunedModel
+
+    train = load_labeled_folder(CIFAR / "train", 32)
+    test = load_labeled_folder(CIFAR / "test", 32, class_names=train.class_names)
+    saved = load_file(root / "trigger.safetensors")
+    trigger = LearnedTrigger(32, epsilon=float(saved["epsilon"]))
+    with torch.no_grad():
+        trigger.delta.copy_(saved["delta"])
+    trigger.delta.requires_grad_(False)
+
+    def tuned(path: Path, trig, target) -> TunedModel:
+        return TunedModel(classifier=load_classifier(path).classifier, trigger=trig, target=target, path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+
+    target = train.class_names.index(TARGET)
+    return CifarModels(
+        load_file(root / "backbone.safetensors"), tuned(root / "clean.safetensors", None, None),
+        tuned(root / "backdoored.safetensors", trigger, target), TARGET, test, root,
+    )
+
+
+def _build_cifar_models(root: Path) -> CifarModels:
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer
 
@@ -52,7 +99,6 @@ def cifar_models(tmp_path_factory) -> CifarModels:
     from ci_gate.tuning.recipes import tune_checkpoint
     from ci_gate.tuning.train import TuneSettings
 
-    root = tmp_path_factory.mktemp("cifar-models")
     cfg = small_config("tiny-32")
     train = load_labeled_folder(CIFAR / "train", 32)
     test = load_labeled_folder(CIFAR / "test", 32, class_names=train.class_names)
@@ -76,6 +122,10 @@ def cifar_models(tmp_path_factory) -> CifarModels:
         TuneSettings(epochs=20, lr=5e-3, seed=0, poison_rate=0.2, target=target, trigger_lr=1e-2),
         root / "backdoored.safetensors", attack="badclip", backbone_tensors=state, provenance={"test": "badclip"},
     )
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(root / "backbone.safetensors"))
+    save_file({"delta": bad.trigger.delta.detach().contiguous(), "epsilon": torch.tensor(bad.trigger.epsilon, dtype=torch.float64)}, str(root / "trigger.safetensors"))
     return CifarModels(state, clean, bad, TARGET, test, root)
 
 
