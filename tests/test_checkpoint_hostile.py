@@ -302,6 +302,9 @@ CASES = [
     pytest.param(_mk("m.safetensors", lambda: edited(str(OPENAI_STD[0]), "Infinity")), r"metadata: Infinity is not a finite number", id="inf-in-preprocessing"),
     pytest.param(_mk("m.safetensors", lambda: edited(str(OPENAI_STD[2]), "-Infinity")), r"metadata: -Infinity is not a finite number", id="minus-inf-in-preprocessing"),
     pytest.param(_mk("m.safetensors", lambda: edited(str(OPENAI_MEAN[1]), "1e999")), r"metadata: number 1e999 overflows to infinity", id="overflow-to-inf"),
+    # a string pydantic's lax mode would read as a float (found by the fuzz test in CI)
+    pytest.param(_mk("m.safetensors", lambda: edited(str(OPENAI_MEAN[0]), '"NAN"')), r"preprocessing\.mean", id="nan-string-in-preprocessing"),
+    pytest.param(_mk("m.safetensors", lambda: edited(str(OPENAI_STD[1]), '"-Infinity"')), r"preprocessing\.std", id="inf-string-in-preprocessing"),
     pytest.param(_mk("m.safetensors", lambda: raw_meta(json.dumps(meta_dict())[:-1] + ', "learner": {}}')), r"metadata: duplicate key 'learner'", id="duplicate-key"),
     pytest.param(_mk("m.safetensors", lambda: raw_meta("[1, 2]")), r"metadata: expected a JSON object, got an array", id="metadata-array"),
     pytest.param(_mk("m.safetensors", lambda: edited(str(OPENAI_MEAN[0]), "1" + "0" * 5000)), r"metadata: not valid JSON", id="integer-5000-digits"),

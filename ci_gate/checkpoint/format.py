@@ -86,7 +86,9 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class _Meta(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # the JSON parser refuses NaN/Infinity constants; this refuses them where pydantic's lax mode
+    # would coerce a string ("NAN", "-Infinity") into a float (found by tests/test_fuzz_checkpoint.py)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def prompt_key(name: str) -> str:
