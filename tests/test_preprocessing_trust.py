@@ -80,5 +80,9 @@ def test_check_preprocessing_is_tolerant_of_json_rounding_only():
     check_preprocessing(None, Preprocessing(image_size=224, std=tuple(v + 1e-9 for v in OPENAI.std)), OPENAI)
     with pytest.raises(InputError, match="preprocessing.std"):
         check_preprocessing(None, Preprocessing(image_size=224, std=tuple(v + 1e-3 for v in OPENAI.std)), OPENAI)
+    # NaN never gets this far (the metadata model refuses it); the check refuses it on its own too
+    with pytest.raises(ValueError, match="finite"):
+        Preprocessing(image_size=224, mean=(float("nan"),) * 3)
+    nan_mean = Preprocessing(image_size=224).model_copy(update={"mean": (float("nan"),) * 3})
     with pytest.raises(InputError, match="preprocessing.mean"):
-        check_preprocessing(None, Preprocessing(image_size=224, mean=(float("nan"),) * 3), OPENAI)
+        check_preprocessing(None, nan_mean, OPENAI)
