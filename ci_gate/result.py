@@ -203,7 +203,9 @@ class Result(_Model):
         if self.encoder.modified:
             return True
         if fail_on == "suspicious":
-            return self.verdict == "backdoor" or bool(self.suspicious)
+            # an outlier, as the reports say (ci_gate.report.alerts): a result written under the
+            # older rule also marked classes suspicious on their trigger ASR alone
+            return self.verdict == "backdoor" or any(c.anomaly > self.detection.k for c in self.suspicious)
         return self.verdict == "backdoor"
 
     def to_json(self) -> str:

@@ -102,3 +102,17 @@ def test_the_one_line_log_says_modified_encoder_not_clean(tmp_path):
     a["visual.proj"][0, 0] += 0.25
     res = make_result(tmp_path, verdict="clean", with_images=False).model_copy(update={"encoder": encoder_info(False, a, b, "published.safetensors")})
     assert one_line(res).startswith("MODIFIED_ENCODER changed_tensors=1/3")
+
+
+def test_fail_on_suspicious_needs_an_outlier(tmp_path):
+    from result_factory import make_result
+
+    res = make_result(tmp_path / "r", verdict="backdoor")
+    res = res.model_copy(update={"verdict": "clean", "target_class": None, "target_index": None,
+                                 "classes": [c.model_copy(update={"status": "ok"}) if c.status == "backdoor" else c for c in res.classes]})
+    # the factory's suspicious class is an outlier (2.6 > k = 2): the strict gate fails
+    assert res.suspicious and all(c.anomaly > res.detection.k for c in res.suspicious)
+    assert res.gate_fails("suspicious") and not res.gate_fails("backdoor")
+    # an older result's "suspicious" class below k is no outlier: it does not fail the gate
+    stale = res.model_copy(update={"classes": [c.model_copy(update={"anomaly": -0.72}) if c.status == "suspicious" else c for c in res.classes]})
+    assert stale.suspicious and not stale.gate_fails("suspicious")
