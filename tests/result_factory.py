@@ -111,3 +111,32 @@ def make_result(
 def saved_result(folder: Path, **kwargs) -> Path:
     """make_result + result.json in the same folder; returns the result.json path."""
     return make_result(folder, **kwargs).save(folder / "result.json")
+
+
+def stub_scan(monkeypatch, verdict: str = "clean") -> dict:
+    """Replace ``ci_gate.scan`` with a stand-in whose run_scan writes a factory Result under the
+    request's policy (``seen["verdict"]`` overrides ``verdict``) and reports progress as
+    invert() does: steps done, steps in all, classes. Returns ``seen``: the request's policy and
+    progress callback."""
+    import sys
+    import types
+
+    seen: dict = {}
+
+    class ScanRequest:
+        def __init__(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    def run_scan(req, progress=None):
+        seen["policy"], seen["progress"] = req.policy, progress
+        if progress is not None:
+            for done in (10, 20, 30, 40):
+                progress(done, 40, 4)
+        result = make_result(req.out_dir, verdict=seen.get("verdict", verdict), report=req.policy.report.model_dump(mode="json"))
+        result.policy.settings = req.policy.model_dump(mode="json")
+        result.policy.sha256 = req.policy.sha256()
+        result.save(req.out_dir / "result.json")
+        return result
+
+    monkeypatch.setitem(sys.modules, "ci_gate.scan", types.SimpleNamespace(ScanRequest=ScanRequest, run_scan=run_scan))
+    return seen

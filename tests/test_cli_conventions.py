@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from ci_gate.cli import main
 from ci_gate.console import ProgressLines, progress_line, scan_progress
 from ci_gate.policy import load_policy
 from ci_gate.resources import policies_dir
-from result_factory import make_result
+from result_factory import stub_scan as install_stub_scan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,23 +49,7 @@ def test_a_local_file_wins_over_the_bundled_name(tmp_path, monkeypatch):
 
 @pytest.fixture
 def stub_scan(monkeypatch):
-    seen = {}
-
-    class ScanRequest:
-        def __init__(self, **kwargs):
-            self.__dict__.update(kwargs)
-
-    def run_scan(req, progress=None):
-        seen["policy"], seen["progress"] = req.policy, progress
-        if progress is not None:  # as invert() reports: steps done, steps in all, classes
-            for done in (10, 20, 30, 40):
-                progress(done, 40, 4)
-        result = make_result(req.out_dir, verdict=seen.get("verdict", "clean"))
-        result.save(req.out_dir / "result.json")
-        return result
-
-    monkeypatch.setitem(sys.modules, "ci_gate.scan", types.SimpleNamespace(ScanRequest=ScanRequest, run_scan=run_scan))
-    return seen
+    return install_stub_scan(monkeypatch, "clean")
 
 
 def _verify(tmp_path: Path, *extra: str) -> int:

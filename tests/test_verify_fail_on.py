@@ -6,33 +6,16 @@ The scan itself is stubbed (it needs a model); everything around it is the real 
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pytest
 
 from ci_gate.cli import main
-from result_factory import make_result
+from result_factory import stub_scan as install_stub_scan
 
 
 @pytest.fixture
 def stub_scan(monkeypatch):
-    seen = {}
-
-    class ScanRequest:
-        def __init__(self, **kwargs):
-            self.__dict__.update(kwargs)
-
-    def run_scan(req, progress=None):
-        seen["policy"] = req.policy
-        result = make_result(req.out_dir, verdict="backdoor", report=req.policy.report.model_dump(mode="json"))
-        result.policy.settings = req.policy.model_dump(mode="json")
-        result.policy.sha256 = req.policy.sha256()
-        result.save(req.out_dir / "result.json")
-        return result
-
-    monkeypatch.setitem(sys.modules, "ci_gate.scan", types.SimpleNamespace(ScanRequest=ScanRequest, run_scan=run_scan))
-    return seen
+    return install_stub_scan(monkeypatch, "backdoor")
 
 
 def _verify(tmp_path, *extra: str) -> int:
