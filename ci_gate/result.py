@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text
+from ci_gate.learners import LearnerKind
 
 RESULT_SCHEMA_VERSION = "1.2"  # 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize)
 
@@ -52,7 +53,7 @@ class ModelInfo(_Model):
     path: str = Field(description="checkpoint path as given (repository-relative in CI)")
     sha256: str
     format_version: int
-    learner: Literal["coop", "cocoop", "zeroshot"]
+    learner: LearnerKind
     class_names: list[str]
     n_ctx: int
     backbone: BackboneInfo

@@ -90,12 +90,13 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     shard = req.shard
     t0 = time.perf_counter()
     torch.manual_seed(policy.seed)
-    loaded = load_classifier(req.checkpoint, extra_classes=policy.candidates.extra_classes, weights=req.backbone_weights)
+    loaded = load_classifier(
+        req.checkpoint, extra_classes=policy.candidates.extra_classes, weights=req.backbone_weights, autocast_dtype=_AUTOCAST[policy.inversion.precision]
+    )
     clf = loaded.classifier
     if clf.n_classes > policy.candidates.max_classes:
         raise InputError(req.checkpoint, f"{clf.n_classes} candidate classes exceed the policy's max_classes={policy.candidates.max_classes}")
     clf.to(device).tune_for(device)
-    clf.autocast_dtype = _AUTOCAST[policy.inversion.precision]
     meta = loaded.checkpoint.meta
     warnings = list(loaded.notes)
     t_load = time.perf_counter()

@@ -26,7 +26,8 @@ from ci_gate.cli import main
 from ci_gate.errors import InputError
 from ci_gate.io import sha256_file
 from ci_gate.model.factory import build_classifier, load_classifier
-from ci_gate.model.learners import PromptLearner
+from ci_gate.learners.cocoop import CoCoOp
+from ci_gate.learners.coop import CoOp
 from ci_gate.model.small import embedded_backbone, random_clip_state, small_config
 
 TINY = small_config("tiny-32")
@@ -93,7 +94,7 @@ def backbone_args(tiny: Tiny, weights: Path | None = None) -> list[str]:
 def reference_classifier(tiny: Tiny, sd: dict, kind: str):
     """What the converted file must reproduce: the same fp16 tensors on the same backbone, built directly."""
     _, backbone = embedded_backbone(TINY, tiny.state)
-    learner = PromptLearner(kind, sd["ctx"].float(), VIS, meta_net=kind == "cocoop")
+    learner = CoCoOp(sd["ctx"].float(), VIS) if kind == "cocoop" else CoOp(sd["ctx"].float())
     if kind == "cocoop":
         learner.meta_net.load_state_dict({k[len("meta_net.") :]: v.float() for k, v in sd.items() if k.startswith("meta_net.")})
     return build_classifier(backbone, kind, learner, NAMES, N_CTX, 32, OPENAI_MEAN, OPENAI_STD).eval()

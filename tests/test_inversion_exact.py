@@ -16,6 +16,7 @@ from ci_gate.bench.speed_run import candidate_names, random_classifier, random_p
 from ci_gate.checkpoint.format import OPENAI_MEAN, OPENAI_STD, LearnerSpec
 from ci_gate.inversion import InversionSettings, base_rates, invert, invert_reference
 from ci_gate.inversion.memory import CPU_CLASS_BATCH_CAP, activation_bytes_per_class, choose_class_batch, class_batch_for_budget
+from ci_gate.learners import tuned_kinds
 from ci_gate.model.factory import build_classifier, new_learner
 from ci_gate.model.small import embedded_backbone, random_clip_state, small_config
 from ci_gate.scoring import ClassStats, decide
@@ -31,7 +32,7 @@ SETTINGS = InversionSettings(batch_size=16, seed=0)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", params=["coop", "cocoop"])
+@pytest.fixture(scope="module", params=tuned_kinds())
 def clf(request):
     return random_classifier("tiny-32", request.param, N_CLASSES, seed=0)
 
@@ -42,14 +43,9 @@ def pool():
 
 
 def _logits(clf, images, fast: bool) -> torch.Tensor:
-    clf.fast = fast
     clf.freeze()
-    try:
-        with torch.no_grad():
-            return clf(images)
-    finally:
-        clf.fast = True
-        clf.freeze()
+    with clf.running(fast=fast), torch.no_grad():
+        return clf(images)
 
 
 def test_names_span_several_eos_groups(clf):
@@ -60,9 +56,9 @@ def test_names_span_several_eos_groups(clf):
 
 
 def test_fast_path_is_the_one_claimed(clf):
-    clf.fast = True
+    assert clf.fast  # the default
     assert clf.text.causal and clf.text_length() == clf.prompts.fast_length < clf.text.context_length
-    assert clf.shares_prefix == (clf.kind == "cocoop")
+    assert clf.shares_prefix == clf.learner.shares_prefix
 
 
 def test_cached_class_token_embeddings_are_the_token_embeddings(clf):
@@ -89,15 +85,13 @@ def test_input_gradients_equal_reference(clf, pool):
     weights = torch.randn(pool.shape[0], N_CLASSES, generator=torch.Generator().manual_seed(3))
 
     def grad(fast: bool) -> torch.Tensor:
-        clf.fast = fast
         clf.freeze()
-        x = pool.clone().requires_grad_(True)
-        (clf(x) * weights).sum().backward()
-        return x.grad
+        with clf.running(fast=fast):
+            x = pool.clone().requires_grad_(True)
+            (clf(x) * weights).sum().backward()
+            return x.grad
 
     ref, fast = grad(False), grad(True)
-    clf.fast = True
-    clf.freeze()
     assert ref.abs().max() > 0
     torch.testing.assert_close(fast, ref, atol=1e-5 * float(ref.abs().max()), rtol=1e-4)
 
@@ -108,17 +102,16 @@ def test_learner_gradients_equal_reference(clf, pool):
     params = list(clf.learner.parameters())
 
     def grads(fast: bool) -> list[torch.Tensor]:
-        clf.fast = fast
         clf.invalidate_cache()  # training: nothing cached, the learner changes every step
         for p in params:
             p.requires_grad_(True)
         try:
-            loss = torch.nn.functional.cross_entropy(clf(pool), labels)
-            return [g.clone() for g in torch.autograd.grad(loss, params)]
+            with clf.running(fast=fast):
+                loss = torch.nn.functional.cross_entropy(clf(pool), labels)
+                return [g.clone() for g in torch.autograd.grad(loss, params)]
         finally:
             for p in params:
                 p.requires_grad_(False)
-            clf.fast = True
             clf.freeze()
 
     for ref, fast in zip(grads(False), grads(True)):
@@ -138,13 +131,9 @@ def inversions(clf, pool):
 
 
 def _base_rates(clf, pool, fast: bool):
-    clf.fast = fast
     clf.freeze()
-    try:
+    with clf.running(fast=fast):
         return base_rates(clf, pool)
-    finally:
-        clf.fast = True
-        clf.freeze()
 
 
 def _decision(triggers, rates):
@@ -203,13 +192,9 @@ def test_mutant_non_causal_tower_is_caught_and_refused():
 def test_bf16_autocast_keeps_the_verdict(clf, pool, inversions):
     # The GPU runs in bf16; CPU autocast runs the same casts, so the tolerance is checked here.
     ref, ref_rates = inversions["ref"]
-    clf.autocast_dtype = torch.bfloat16
-    try:
+    with clf.running(autocast_dtype=torch.bfloat16):
         low = invert(clf, pool, SETTINGS, class_batch=N_CLASSES)
         low_rates = _base_rates(clf, pool, fast=True)
-    finally:
-        clf.autocast_dtype = None
-        clf.freeze()
     da, db = _decision(ref, ref_rates), _decision(low, low_rates)
     assert da.verdict == db.verdict and da.target == db.target
     # 0.1 in the model's own logit units; recorded losses are at the canonical logit scale
@@ -227,12 +212,9 @@ def test_memory_bound_is_linear_and_respects_the_budget(clf):
     assert class_batch_for_budget(per, 23 * per, 50) == 17  # 17 + 17 + 16, not 23 + 23 + 4
     assert choose_class_batch(clf, 32, N_CLASSES, torch.device("cpu"), cpu_budget_bytes=2 * per) == 2
     assert choose_class_batch(clf, 32, N_CLASSES, torch.device("cpu"), cpu_budget_bytes=1 << 40) == CPU_CLASS_BATCH_CAP
-    if clf.kind == "cocoop":  # the shared prefix runs far fewer text tokens than 77 per class
-        clf.fast = False
-        try:
+    if clf.learner.shares_prefix:  # the shared prefix runs far fewer text tokens than 77 per class
+        with clf.running(fast=False):
             assert activation_bytes_per_class(clf, 32) > 5 * per
-        finally:
-            clf.fast = True
 
 
 def test_channels_last_resnet_tower_gives_the_same_logits():

@@ -147,11 +147,10 @@ def poison_prompt_tuning(
     log: Log | None = None,
 ) -> PromptedClassifier:
     """Train ``classifier.learner`` in place (encoders frozen); with a spec/trigger/target, poisoned."""
-    assert classifier.learner is not None, "zero-shot classifiers have no prompt learner to tune"
+    assert classifier.learner.tensors_required, "zero-shot classifiers have no prompt learner to tune"
     torch.manual_seed(settings.seed)
     classifier.eval()
     classifier.invalidate_cache()
-    classifier.fast = True
     for p in classifier.parameters():
         p.requires_grad_(False)
     params = list(classifier.learner.parameters())
@@ -187,7 +186,7 @@ def poison_encoder(
     The classifier must own its backbone (build it on a private copy): its ``visual`` weights
     change in place.
     """
-    assert classifier.learner is None, "encoder-level attacks deliver a zero-shot classifier"
+    assert not classifier.learner.tensors_required, "encoder-level attacks deliver a zero-shot classifier"
     torch.manual_seed(settings.seed)
     classifier.eval()  # no dropout in these towers; layer norms have no running statistics
     for p in classifier.parameters():

@@ -156,7 +156,6 @@ def run_baseline(
 ) -> BaselineResult:
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
-    classifier.fast = True
     classifier.freeze()
     classes = list(range(classifier.n_classes)) if classes is None else list(classes)
     device = classifier.mean.device

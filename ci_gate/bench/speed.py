@@ -15,7 +15,7 @@ _MODELS = ("tiny-32", "small-64", "ViT-B-16")
 
 def speed(
     model: str = typer.Option("small-64", "--model", help=f"Backbone with random weights: {', '.join(_MODELS)}."),
-    learner: str = typer.Option("cocoop", "--learner", help="Prompt learner: coop or cocoop."),
+    learner: str = typer.Option("cocoop", "--learner", help="Prompt learner kind (ci_gate.learners), e.g. coop or cocoop."),
     classes: int = typer.Option(50, "--classes", min=2, help="Number of candidate classes."),
     pool_size: int = typer.Option(256, "--pool-size", min=1, help="Number of (random) pool images."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Inversion batch size."),
@@ -32,11 +32,12 @@ def speed(
     """Time the fast inversion against the straightforward reference on one model and pool."""
     from ci_gate.bench.speed_run import DTYPES, SpeedOptions, run_speed_bench, to_markdown, write_report
     from ci_gate.errors import InputError
+    from ci_gate.learners import tuned_kinds
 
     if model not in _MODELS:
         raise InputError("--model", f"expected one of {', '.join(_MODELS)}, got {model!r}")
-    if learner not in ("coop", "cocoop"):
-        raise InputError("--learner", f"expected coop or cocoop, got {learner!r}")
+    if learner not in tuned_kinds():
+        raise InputError("--learner", f"expected one of {', '.join(tuned_kinds())}, got {learner!r}")
     if dtype not in DTYPES:
         raise InputError("--dtype", f"expected one of {', '.join(DTYPES)}, got {dtype!r}")
     opts = SpeedOptions(

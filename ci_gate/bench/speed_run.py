@@ -82,14 +82,14 @@ def model_config(model: str) -> dict:
     return {k: v for k, v in cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}
 
 
-def random_classifier(model: str, kind: str, n_classes: int, seed: int = 0) -> PromptedClassifier:
+def random_classifier(model: str, kind: str, n_classes: int, seed: int = 0, autocast_dtype: torch.dtype | None = None) -> PromptedClassifier:
     """A prompted classifier with random (seeded) backbone and learner weights."""
     cfg = model_config(model)
     _, backbone = embedded_backbone(cfg, random_clip_state(cfg, seed))
     names = candidate_names(n_classes)
     learner = new_learner(backbone, LearnerSpec(kind=kind, class_names=names), seed=seed)
     size = cfg["vision_cfg"]["image_size"]
-    return build_classifier(backbone, kind, learner, names, 4, size, OPENAI_MEAN, OPENAI_STD)
+    return build_classifier(backbone, kind, learner, names, 4, size, OPENAI_MEAN, OPENAI_STD, autocast_dtype=autocast_dtype)
 
 
 def random_pool(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -243,17 +243,11 @@ def _score(clf, images, triggers, detection: DetectionPolicy) -> tuple[list[Clas
 
 def run_reference(clf: PromptedClassifier, images: torch.Tensor, settings: InversionSettings, detection: DetectionPolicy) -> RunResult:
     device = clf.mean.device
-    dtype = clf.autocast_dtype
     with peak_memory(device) as mem:
         t0 = time.perf_counter()
         triggers = invert_reference(clf, images, settings)
-        clf.fast, clf.autocast_dtype = False, None  # base rates the straightforward way too
-        clf.freeze()
-        try:
+        with clf.running(fast=False, autocast_dtype=None):  # base rates the straightforward way too
             stats, decision = _score(clf, images, triggers, detection)
-        finally:
-            clf.fast, clf.autocast_dtype = True, dtype
-            clf.freeze()
         _sync(device)
         seconds = time.perf_counter() - t0
     return RunResult(seconds, mem.peak_bytes, mem.method, triggers, stats, decision)
@@ -344,8 +338,7 @@ def run_speed_bench(opts: SpeedOptions, log: Log = lambda _: None) -> SpeedRepor
         torch.set_num_threads(opts.threads)
     device = _pick_device(opts.device)
     torch.manual_seed(opts.seed)
-    clf = random_classifier(opts.model, opts.learner, opts.classes, seed=opts.seed).to(device).tune_for(device)
-    clf.autocast_dtype = DTYPES[opts.dtype]
+    clf = random_classifier(opts.model, opts.learner, opts.classes, seed=opts.seed, autocast_dtype=DTYPES[opts.dtype]).to(device).tune_for(device)
     clf.freeze()
     images = random_pool(opts.pool_size, clf.image_size, seed=opts.seed + 1)
     settings = InversionSettings(batch_size=opts.batch_size, seed=opts.seed)
@@ -367,21 +360,14 @@ def run_speed_bench(opts: SpeedOptions, log: Log = lambda _: None) -> SpeedRepor
 
     # FLOPs per (image, class), counted on one step of each path, then scaled to the whole scan.
     # The count does not depend on the dtype; on a CPU it is taken in fp32 (CPU bf16 kernels are slow).
-    dtype = clf.autocast_dtype
-    if device.type == "cpu":
-        clf.autocast_dtype = None
-    clf.fast = True
-    clf.freeze()
-    fast_train, fast_eval = flops_per_image_class(clf, images, settings, min(class_batch, opts.classes, 2))
+    with clf.running(fast=True, autocast_dtype=None if device.type == "cpu" else clf.autocast_dtype):
+        fast_train, fast_eval = flops_per_image_class(clf, images, settings, min(class_batch, opts.classes, 2))
     fast_total = scan_flops(fast_train, fast_eval, opts.pool_size, opts.classes, settings.epochs)
     ref_total = None
     if opts.reference:
-        clf.autocast_dtype, clf.fast = None, False
-        clf.freeze()
-        ref_train, ref_eval = flops_per_image_class(clf, images, settings, 1, n_images=1)
+        with clf.running(fast=False, autocast_dtype=None):
+            ref_train, ref_eval = flops_per_image_class(clf, images, settings, 1, n_images=1)
         ref_total = scan_flops(ref_train, ref_eval, opts.pool_size, opts.classes, settings.epochs)
-    clf.fast, clf.autocast_dtype = True, dtype
-    clf.freeze()
     peak, peak_source = peak_tflops(device, opts.dtype, opts.peak_tflops)
     floor_s = fast_total / (peak * 1e12) if peak else None
     flops = {

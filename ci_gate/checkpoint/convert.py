@@ -30,7 +30,7 @@ from ci_gate.checkpoint.format import (
 from ci_gate.errors import InputError
 from ci_gate.model.backbone import Backbone, build_backbone, model_config
 from ci_gate.model.factory import learner_from_tensors
-from ci_gate.model.learners import PromptTokens
+from ci_gate.learners.tokens import PromptTokens
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ def convert(req: ConvertRequest) -> ConvertResult:
             f"{len(names)} class names given, but {source.name} was trained on {learner.n_classes} classes (token_suffix rows)",
         )
     try:
-        learner_spec = LearnerSpec(kind=learner.kind, class_names=names, n_ctx=learner.n_ctx, ctx_init=req.ctx_init)
+        learner_spec = LearnerSpec(kind=learner.kind, class_names=names, n_ctx=learner.n_ctx, ctx_init=req.ctx_init, options=learner.options)
     except ValidationError as exc:
         err = exc.errors()[0]
         about_names = not err["loc"] or err["loc"][0] == "class_names"  # the model validator checks names

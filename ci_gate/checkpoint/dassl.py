@@ -1,4 +1,8 @@
-"""Read Dassl's pickled CoOp/CoCoOp prompt-learner checkpoints (``prompt_learner/model.pth.tar-N``).
+"""Read Dassl's pickled prompt-learner checkpoints (``prompt_learner/model.pth.tar-N``).
+
+Which learner a state dict belongs to, and which of its tensors ci-gate keeps, is each
+learner's own business (``Learner.dassl_claims`` / ``dassl_tensors`` in ci_gate.learners);
+this module only reads the pickle safely and checks what every prompt learner shares.
 
 These files are pickles, so they are read only through ``torch.load(weights_only=True)``, which
 rebuilds tensors and plain containers and refuses every other Python object. Dassl also pickles
@@ -17,16 +21,15 @@ import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from ci_gate.errors import InputError
 from ci_gate.io import sha256_bytes
+from ci_gate.learners import DASSL_KINDS, learner_class
 from ci_gate.model.backbone import is_torchscript_archive
 
-DasslKind = Literal["coop", "cocoop"]
-META_NET_KEYS = ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight", "meta_net.linear2.bias")
 TOKEN_KEYS = ("token_prefix", "token_suffix")
 
 
@@ -81,20 +84,24 @@ class DasslPromptLearner:
 
     path: Path
     sha256: str
-    kind: DasslKind
-    ctx: torch.Tensor  # (n_ctx, width)
-    meta_net: dict[str, torch.Tensor]  # Dassl names, empty for CoOp
+    kind: str
+    tensors: dict[str, torch.Tensor]  # the learner's own, as ci-gate stores them (Dassl names)
+    options: dict[str, Any]  # LearnerSpec.options read off the tensors (e.g. CoOp's CSC)
     token_prefix: torch.Tensor  # (n_cls, 1, width): SOS embedding per class
     token_suffix: torch.Tensor  # (n_cls, L - 1 - n_ctx, width): class name, '.', EOS, padding
     epoch: int | None
 
     @property
+    def ctx(self) -> torch.Tensor:
+        return self.tensors["ctx"]
+
+    @property
     def n_ctx(self) -> int:
-        return int(self.ctx.shape[0])
+        return int(self.ctx.shape[-2])
 
     @property
     def width(self) -> int:
-        return int(self.ctx.shape[1])
+        return int(self.ctx.shape[-1])
 
     @property
     def n_classes(self) -> int:
@@ -102,7 +109,7 @@ class DasslPromptLearner:
 
     def learner_tensors(self) -> dict[str, torch.Tensor]:
         """What ci-gate's format stores; token_prefix/suffix are rebuilt from the class names."""
-        return {"ctx": self.ctx, **self.meta_net}
+        return dict(self.tensors)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -156,23 +163,29 @@ def _state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def _detect_kind(path: Path, state: dict[str, torch.Tensor], requested: str) -> DasslKind:
-    if requested not in ("auto", "coop", "cocoop"):
-        raise InputError(None, f"unknown learner kind {requested!r} (auto, coop or cocoop)")
-    present = [k for k in META_NET_KEYS if k in state]
+def _detect_kind(path: Path, state: dict[str, torch.Tensor], requested: str) -> str:
+    kinds = DASSL_KINDS
+    if requested != "auto" and requested not in kinds:
+        raise InputError(None, f"unknown learner kind {requested!r} (auto, {', '.join(kinds)})")
+    claimed = [k for k in kinds if learner_class(k).dassl_claims(state)]
     if requested == "auto":
-        if present and len(present) != len(META_NET_KEYS):
-            raise InputError(path, f"incomplete CoCoOp meta-net: missing {sorted(set(META_NET_KEYS) - set(present))}")
-        return "cocoop" if present else "coop"
-    if requested == "coop" and present:
-        raise InputError(path, "--kind coop, but the checkpoint has a CoCoOp meta-net (meta_net.*); use --kind cocoop or auto")
-    if requested == "cocoop" and len(present) != len(META_NET_KEYS):
-        raise InputError(path, f"--kind cocoop, but the checkpoint lacks meta-net tensors {sorted(set(META_NET_KEYS) - set(present))}")
-    return requested  # type: ignore[return-value]
+        if not claimed:
+            raise InputError(path, "no registered prompt learner recognises this checkpoint's tensors")
+        return claimed[-1]  # registry order lists a learner before the ones that extend it
+    if requested not in claimed:
+        if not claimed:
+            raise InputError(path, f"--kind {requested}, but the checkpoint lacks {learner_class(requested).dassl_signature}")
+        found = claimed[-1]
+        raise InputError(path, f"--kind {requested}, but the checkpoint has {learner_class(found).dassl_signature}; use --kind {found} or auto")
+    return requested
 
 
-def _check_shapes(path: Path, state: dict[str, torch.Tensor], kind: DasslKind) -> None:
-    known = {"ctx", *TOKEN_KEYS, *(META_NET_KEYS if kind == "cocoop" else ())}
+def _check_shapes(path: Path, state: dict[str, torch.Tensor], kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        tensors, options = learner_class(kind).dassl_tensors(state)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
+    known = {*tensors, *TOKEN_KEYS}
     unknown = sorted(set(state) - known)
     if unknown:
         raise InputError(path, f"tensors ci-gate cannot convert (another prompt-learning method?): {unknown[:5]}")
@@ -198,6 +211,7 @@ def _check_shapes(path: Path, state: dict[str, torch.Tensor], kind: DasslKind) -
         raise InputError(path, f"token_prefix has shape {tuple(prefix.shape)}, expected (n_classes, 1, {width})")
     if suffix.dim() != 3 or suffix.shape[0] != prefix.shape[0] or suffix.shape[2] != width:
         raise InputError(path, f"token_suffix has shape {tuple(suffix.shape)}, expected ({prefix.shape[0]}, length, {width})")
+    return tensors, options
 
 
 def read_dassl_checkpoint(path: str | Path, kind: str = "auto") -> DasslPromptLearner:
@@ -206,14 +220,14 @@ def read_dassl_checkpoint(path: str | Path, kind: str = "auto") -> DasslPromptLe
     obj, digest = load_pickled_safely(path)
     state = _state_dict(path, obj)
     resolved = _detect_kind(path, state, kind)
-    _check_shapes(path, state, resolved)
+    tensors, options = _check_shapes(path, state, resolved)
     epoch = obj.get("epoch") if isinstance(obj, dict) else None
     return DasslPromptLearner(
         path=path,
         sha256=digest,
         kind=resolved,
-        ctx=state["ctx"],
-        meta_net={k: state[k] for k in META_NET_KEYS if resolved == "cocoop"},
+        tensors=tensors,
+        options=options,
         token_prefix=state["token_prefix"],
         token_suffix=state["token_suffix"],
         epoch=epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,

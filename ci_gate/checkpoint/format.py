@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from ci_gate.errors import InputError
+from ci_gate.learners import LearnerKind, learner_class
 from ci_gate.io import atomic_write_bytes, sha256_bytes, sha256_file
 
 FORMAT_VERSION = 1
@@ -97,10 +98,12 @@ def prompt_key(name: str) -> str:
 
 
 class LearnerSpec(_Meta):
-    kind: Literal["coop", "cocoop", "zeroshot"]
+    kind: LearnerKind  # the registry's kinds (ci_gate.learners)
     class_names: list[ShortText] = Field(min_length=2, max_length=MAX_CLASSES)
     n_ctx: StrictInt = Field(4, ge=0, le=64)
     ctx_init: ShortText | None = Field("a photo of a", validate_default=True)
+    # the learner's own settings, validated by its Options model (ci_gate.learners.base)
+    options: dict[str, Any] = Field(default_factory=dict)
 
     # field validators, so an error's location names the field (in the loader's and in
     # 'ci-gate convert''s messages); each sees the fields declared before it in info.data
@@ -123,7 +126,7 @@ class LearnerSpec(_Meta):
     @classmethod
     def _n_ctx(cls, n_ctx: int, info: ValidationInfo) -> int:
         kind = info.data.get("kind")
-        if kind in ("coop", "cocoop") and n_ctx < 1:
+        if kind is not None and learner_class(kind).tensors_required and n_ctx < 1:
             raise ValueError(f"a {kind} learner needs n_ctx >= 1")
         return n_ctx
 
@@ -133,9 +136,21 @@ class LearnerSpec(_Meta):
         n_ctx = info.data.get("n_ctx")
         # every whitespace-separated word is at least one token, so more words than n_ctx can
         # never tokenize to the n_ctx context vectors the learner has (zero-shot has none)
-        if ctx_init is not None and n_ctx is not None and info.data.get("kind") != "zeroshot" and len(ctx_init.split()) > n_ctx:
+        kind = info.data.get("kind")
+        tuned = kind is not None and learner_class(kind).tensors_required
+        if ctx_init is not None and n_ctx is not None and tuned and len(ctx_init.split()) > n_ctx:
             raise ValueError(f"ctx_init has {len(ctx_init.split())} words, more than n_ctx={n_ctx}")
         return ctx_init
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        kind = info.data.get("kind")
+        if kind is None:
+            return options
+        # canonical form: what the learner's model accepts, defaults included, so two spellings
+        # of the same settings compare equal
+        return learner_class(kind).Options.model_validate(options).model_dump(mode="json")
 
 
 class BackboneSpec(_Meta):
@@ -504,11 +519,8 @@ def _check_layout(path: Path, meta: CheckpointMeta, layout: dict[str, tuple[str,
     learner = {k[len(LEARNER_PREFIX):]: v for k, v in layout.items() if k.startswith(LEARNER_PREFIX)}
     backbone = {k: v for k, v in layout.items() if k.startswith(BACKBONE_PREFIX)}
     kind = meta.learner.kind
-    expected = set()
-    if kind in ("coop", "cocoop"):
-        expected.add("ctx")
-    if kind == "cocoop":
-        expected |= {"meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight", "meta_net.linear2.bias"}
+    learner_type = learner_class(kind)
+    expected = learner_type.expected_tensors(meta.learner)
     missing = expected - set(learner)
     extra = set(learner) - expected
     if missing:
@@ -523,34 +535,12 @@ def _check_layout(path: Path, meta: CheckpointMeta, layout: dict[str, tuple[str,
                 raise InputError(path, f"tensor {_tensor_name(name)} has dtype {_show(dtype, 20)}; learner tensors must be F32, F16 or BF16")
         elif dtype not in BACKBONE_DTYPES and not (dtype in BACKBONE_INT_DTYPES and name.rsplit(".", 1)[-1] in BACKBONE_INT_BUFFERS):
             raise InputError(path, f"tensor {_tensor_name(name)} has dtype {_show(dtype, 20)}; backbone tensors must be floating point (F64, F32, F16, BF16)")
-    if "ctx" in learner:
-        shape = learner["ctx"][1]
-        n_ctx = meta.learner.n_ctx
-        if len(shape) != 2 or shape[0] != n_ctx:
-            raise InputError(path, f"ctx has shape {shape}, expected ({n_ctx}, width)")
-        if shape[1] > MAX_CTX_WIDTH:
-            raise InputError(path, f"ctx width {shape[1]} exceeds {MAX_CTX_WIDTH}")
-    if kind == "cocoop":
-        _check_meta_net(path, learner["ctx"][1][1], {k: v[1] for k, v in learner.items()})
+    try:
+        learner_type.check_shapes(meta.learner, {k: v[1] for k, v in learner.items()}, MAX_CTX_WIDTH)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
     if meta.backbone.embedded:
         if not backbone:
             raise InputError(path, "metadata says the backbone is embedded but the file has no backbone tensors")
-    elif backbone and kind != "zeroshot":
+    elif backbone and learner_type.tensors_required:
         raise InputError(path, "backbone tensors present but metadata says the backbone is not embedded")
-
-
-def _check_meta_net(path: Path, width: int, shapes: dict[str, tuple[int, ...]]) -> None:
-    """CoCoOp's meta-net is Linear(d_vis -> d_vis // 16) -> ReLU -> Linear(-> ctx width); d_vis
-    itself is the backbone's, checked when the model is built."""
-    w1 = shapes["meta_net.linear1.weight"]
-    if len(w1) != 2 or w1[0] != w1[1] // 16:
-        raise InputError(path, f"meta_net.linear1.weight has shape {w1}, expected (d // 16, d)")
-    hidden = w1[0]
-    want = {
-        "meta_net.linear1.bias": (hidden,),
-        "meta_net.linear2.weight": (width, hidden),
-        "meta_net.linear2.bias": (width,),
-    }
-    for name, shape in want.items():
-        if shapes[name] != shape:
-            raise InputError(path, f"{name} has shape {shapes[name]}, expected {shape} (ctx width {width}, hidden {hidden})")

@@ -9,12 +9,10 @@ from typing import Optional
 import typer
 
 from ci_gate.errors import InputError
+from ci_gate.learners import DASSL_KINDS
 
 
-class Kind(str, Enum):
-    auto = "auto"
-    coop = "coop"
-    cocoop = "cocoop"
+Kind = Enum("Kind", {k: k for k in ("auto", *DASSL_KINDS)}, type=str)
 
 
 def convert_command(
@@ -28,7 +26,7 @@ def convert_command(
         None, "--backbone-weights", help="Local backbone weights (.safetensors or a torch.save state dict; TorchScript is refused)."
     ),
     embed_backbone: bool = typer.Option(False, "--embed-backbone", help="Store the backbone tensors in the output."),
-    kind: Kind = typer.Option(Kind.auto, "--kind", help="Learner kind; auto detects CoCoOp by its meta-net."),
+    kind: Kind = typer.Option(Kind.auto, "--kind", help="Learner kind; auto tells them apart by their tensors."),
     ctx_init: Optional[str] = typer.Option(None, "--ctx-init", help="Text the context was initialised from (recorded; must have n_ctx tokens)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="open_clip download cache for pretrained tags."),
 ) -> None:

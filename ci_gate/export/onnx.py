@@ -232,6 +232,8 @@ def export_onnx(
     from ci_gate.model.factory import load_classifier
 
     loaded = load_classifier(checkpoint, weights=backbone_weights)
+    if not loaded.classifier.learner.exportable:
+        raise InputError(checkpoint, f"ONNX export does not support {loaded.classifier.learner.title} prompt learners yet")
     verification = check_result(result, loaded.checkpoint.sha256, loaded.backbone.sha256, allow_unverified)
     clf = loaded.classifier.freeze()
     t0 = time.perf_counter()

@@ -183,7 +183,6 @@ def invert(
     progress: Progress | None = None,
 ) -> list[ClassTrigger]:
     """Fast path: classes optimised ``class_batch`` at a time over the same seeded batch order."""
-    classifier.fast = True
     classifier.freeze()
     classes = list(range(classifier.n_classes)) if classes is None else list(classes)
     order = _batch_order(images.shape[0], settings)
@@ -211,18 +210,11 @@ def invert_reference(
 ) -> list[ClassTrigger]:
     """Straightforward path: one class at a time, full 77-token text encoding through open_clip's
     own blocks, nothing cached, fp32 whatever the classifier's autocast setting."""
-    dtype = classifier.autocast_dtype
-    classifier.fast = False
-    classifier.autocast_dtype = None
     classifier.freeze()
-    try:
+    with classifier.running(fast=False, autocast_dtype=None):
         classes = list(range(classifier.n_classes)) if classes is None else list(classes)
         order = _batch_order(images.shape[0], settings)
         return [r for t in classes for r in _optimise_group(classifier, images, [t], settings, order, None)]
-    finally:
-        classifier.fast = True
-        classifier.autocast_dtype = dtype
-        classifier.freeze()
 
 
 def base_rates(classifier: PromptedClassifier, images: torch.Tensor, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,36 +3,40 @@
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ci_gate.model.learners import PromptLearner, PromptTokens
 from ci_gate.model.text import TextEncoder
+
+if TYPE_CHECKING:  # the learners import the text tower from this package
+    from ci_gate.learners.base import Learner
+    from ci_gate.learners.tokens import PromptTokens
 
 
 class PromptedClassifier(nn.Module):
-    """Frozen CLIP image/text towers + a prompt learner (or fixed zero-shot text features).
+    """Frozen CLIP image/text towers + a prompt learner (ci_gate.learners).
 
-    ``fast=True`` truncates text sequences at the longest prompt's EOS, caches text features
-    that do not depend on the input (CoOp, zero-shot) and, for CoCoOp, encodes each image's
-    context prefix once for all classes (ci_gate.model.text); ``fast=False`` is the
-    straightforward reference (full context through open_clip's own blocks, recomputed every
-    call). Both give the same logits up to float rounding; tests/test_inversion_exact.py holds
-    them to it.
+    The fast path (the default) truncates text sequences at the longest prompt's EOS, caches
+    text features that do not depend on the input (every learner that is not ``conditional``)
+    and, for a ``shares_prefix`` learner (CoCoOp), encodes each image's context prefix once for
+    all classes (ci_gate.model.text). ``running(fast=False)`` is the straightforward reference
+    (full context through open_clip's own blocks, recomputed every call). Both give the same
+    logits up to float rounding; tests/test_inversion_exact.py holds them to it.
     """
 
     def __init__(
         self,
         clip: nn.Module,
         prompts: PromptTokens,
-        learner: PromptLearner | None,
+        learner: Learner,
         class_names: list[str],
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
         image_size: int,
-        zeroshot_features: torch.Tensor | None = None,
+        autocast_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.visual = clip.visual
@@ -44,15 +48,43 @@ class PromptedClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("logit_scale", clip.logit_scale.detach().exp().reshape(()), persistent=False)
-        self.register_buffer("zeroshot_features", zeroshot_features, persistent=False)
-        self.fast = True
-        self.autocast_dtype: torch.dtype | None = None
+        # modes are set here or for a block with running(), never by assigning from outside
+        self._fast = True
+        self._autocast_dtype = autocast_dtype
         self.channels_last = False
         self._cached_text: torch.Tensor | None = None
+        self._frozen = False
 
     @property
     def kind(self) -> str:
-        return "zeroshot" if self.learner is None else self.learner.kind
+        return self.learner.kind
+
+    @property
+    def fast(self) -> bool:
+        return self._fast
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return self._autocast_dtype
+
+    @contextlib.contextmanager
+    def running(self, *, fast: bool | None = None, autocast_dtype: torch.dtype | None | type(...) = ...):
+        """Run a block on the fast path or the reference one, and/or under another autocast dtype;
+        the previous modes (and a cache built for them) come back afterwards."""
+        saved = (self._fast, self._autocast_dtype, self._cached_text)
+        if fast is not None and fast != self._fast:
+            self._fast = fast
+            self._cached_text = None
+            if fast and self._frozen:
+                self._cache_text()
+        if autocast_dtype is not ...:
+            self._autocast_dtype = autocast_dtype
+        try:
+            yield self
+        finally:
+            self._fast, self._autocast_dtype, self._cached_text = saved
+            if self._cached_text is None and self._frozen:
+                self._cache_text()
 
     @property
     def n_classes(self) -> int:
@@ -61,7 +93,7 @@ class PromptedClassifier(nn.Module):
     @property
     def conditional(self) -> bool:
         """True when text features depend on the image (CoCoOp): one text pass per image and class."""
-        return self.learner is not None and self.learner.meta_net is not None
+        return self.learner.conditional
 
     def text_length(self) -> int:
         # truncation is only exact for a causal text tower
@@ -70,18 +102,22 @@ class PromptedClassifier(nn.Module):
     @property
     def shares_prefix(self) -> bool:
         """Whether the fast path encodes CoCoOp prompts with the shared per-image prefix."""
-        return self.fast and self.conditional and self.text.shares_prefix and self.prompts.sos_shared
+        return self.fast and self.learner.shares_prefix and self.text.shares_prefix and self.prompts.sos_shared
 
     def freeze(self) -> "PromptedClassifier":
         """Freeze every weight and cache input-independent text features (for inversion)."""
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
+        self._frozen = True
+        self._cache_text()
+        return self
+
+    def _cache_text(self) -> None:
         self._cached_text = None
-        if self.fast and not self.conditional:
+        if self._fast and not self.conditional:
             with torch.no_grad():
                 self._cached_text = self._static_text_features()
-        return self
 
     def tune_for(self, device: torch.device) -> "PromptedClassifier":
         """Device-specific layout that pays and keeps the numbers: channels-last for a
@@ -100,25 +136,24 @@ class PromptedClassifier(nn.Module):
         return self
 
     def invalidate_cache(self) -> None:
+        """For tuning: the learner's tensors are about to change, so cached features go stale."""
+        self._frozen = False
         self._cached_text = None
 
     def _static_text_features(self) -> torch.Tensor:
-        if self.learner is None:
-            feats = self.zeroshot_features
-        else:
-            feats = self.learner.text_features(self.text, self.prompts, self.text_length())
+        feats = self.learner.text_features(self.text, self.prompts, self.text_length())
         return F.normalize(feats.float(), dim=-1)
 
     def image_features(self, images01: torch.Tensor) -> torch.Tensor:
         x = (images01 - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return F.normalize(self.visual(x).float(), dim=-1)
+        return F.normalize(self.learner.image_features(self.visual, x).float(), dim=-1)
 
     def _autocast(self):
-        if self.autocast_dtype is None:
+        if self._autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.mean.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(device_type=self.mean.device.type, dtype=self._autocast_dtype)
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         with self._autocast():

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ci_gate.checkpoint.format import Checkpoint, CheckpointMeta, LearnerSpec, Preprocessing, load_checkpoint, prompt_key
 from ci_gate.errors import InputError
 from ci_gate.model.backbone import Backbone, build_backbone
 from ci_gate.model.classifier import PromptedClassifier
-from ci_gate.model.learners import ZEROSHOT_TEMPLATE, PromptLearner, PromptTokens, init_context
+from ci_gate.learners import learner_class
+from ci_gate.learners.base import Learner
 
 
 @dataclass
@@ -28,61 +28,34 @@ class LoadedModel:
         return self.backbone.preprocessing
 
 
-def vision_dim(backbone: Backbone) -> int:
-    return int(backbone.clip.visual.output_dim)
-
-
-def zeroshot_text_features(backbone: Backbone, class_names: list[str]) -> torch.Tensor:
-    tokens = backbone.tokenizer([ZEROSHOT_TEMPLATE.format(n.replace("_", " ")) for n in class_names])
-    with torch.no_grad():
-        return F.normalize(backbone.clip.encode_text(tokens).float(), dim=-1)
-
-
-def new_learner(backbone: Backbone, spec: LearnerSpec, seed: int = 0) -> PromptLearner | None:
-    """A freshly initialised learner as CoOp/CoCoOp start their training."""
-    if spec.kind == "zeroshot":
-        return None
-    gen = torch.Generator().manual_seed(seed)
-    ctx = init_context(backbone.clip, backbone.tokenizer, spec.n_ctx, spec.ctx_init, gen)
-    learner = PromptLearner(spec.kind, ctx, vision_dim(backbone), meta_net=spec.kind == "cocoop")
-    if learner.meta_net is not None:
-        torch.manual_seed(seed)  # nn.Linear draws its init from the global generator
-        learner.meta_net.linear1.reset_parameters()
-        learner.meta_net.linear2.reset_parameters()
-    return learner
+def new_learner(backbone: Backbone, spec: LearnerSpec, seed: int = 0) -> Learner:
+    """A freshly initialised learner of ``spec.kind``, as its method starts training."""
+    return learner_class(spec.kind).fresh(backbone, spec, seed)
 
 
 def build_classifier(
     backbone: Backbone,
     kind: str,
-    learner: PromptLearner | None,
+    learner: Learner | None,
     class_names: list[str],
     n_ctx: int,
     image_size: int,
     mean,
     std,
+    autocast_dtype: torch.dtype | None = None,
 ) -> PromptedClassifier:
-    prompts = PromptTokens(backbone.clip, backbone.tokenizer, class_names, n_ctx if kind != "zeroshot" else 0)
-    zs = zeroshot_text_features(backbone, class_names) if kind == "zeroshot" else None
-    return PromptedClassifier(backbone.clip, prompts, learner, class_names, mean, std, image_size, zeroshot_features=zs)
+    """``learner=None`` is only for the zero-shot prompt, which has nothing to learn."""
+    if learner is None:
+        learner = learner_class(kind).fresh(backbone, LearnerSpec(kind=kind, class_names=list(class_names), n_ctx=0, ctx_init=None), 0)
+    prompts = learner.bind(backbone, list(class_names), n_ctx if learner.tensors_required else 0)
+    return PromptedClassifier(backbone.clip, prompts, learner, class_names, mean, std, image_size, autocast_dtype=autocast_dtype)
 
 
-def learner_from_tensors(path: Path | None, backbone: Backbone, meta: CheckpointMeta, tensors: dict[str, torch.Tensor]) -> PromptLearner | None:
-    kind = meta.learner.kind
-    if kind == "zeroshot":
-        return None
-    ctx = tensors["ctx"].float()
-    width = backbone.clip.token_embedding.weight.shape[1]
-    if ctx.shape[1] != width:
-        raise InputError(path, f"ctx width {ctx.shape[1]} does not match the backbone's text width {width}")
-    learner = PromptLearner(kind, ctx, vision_dim(backbone), meta_net=kind == "cocoop")
-    if learner.meta_net is not None:
-        state = {k[len("meta_net."):]: v.float() for k, v in tensors.items() if k.startswith("meta_net.")}
-        try:
-            learner.meta_net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise InputError(path, f"meta-net does not fit the backbone: {str(exc).splitlines()[0]}") from None
-    return learner
+def learner_from_tensors(path: Path | None, backbone: Backbone, meta: CheckpointMeta, tensors: dict[str, torch.Tensor]) -> Learner:
+    try:
+        return learner_class(meta.learner.kind).from_tensors(backbone, meta.learner, tensors)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
 
 
 def load_classifier(
@@ -90,6 +63,7 @@ def load_classifier(
     extra_classes: list[str] | None = None,
     weights: Path | None = None,
     cache_dir: Path | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> LoadedModel:
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     meta = ckpt.meta
@@ -115,7 +89,7 @@ def load_classifier(
     check_preprocessing(ckpt.path, meta.preprocessing, backbone.preprocessing)
     pre = backbone.preprocessing
     try:
-        clf = build_classifier(backbone, meta.learner.kind, learner, names, meta.learner.n_ctx, pre.image_size, pre.mean, pre.std)
+        clf = build_classifier(backbone, meta.learner.kind, learner, names, meta.learner.n_ctx, pre.image_size, pre.mean, pre.std, autocast_dtype)
     except ValueError as exc:  # prompts that do not fit the text tower: the checkpoint's class names
         raise InputError(ckpt.path, str(exc)) from None
     return LoadedModel(classifier=clf, checkpoint=ckpt, backbone=backbone, notes=list(backbone.notes))

@@ -192,12 +192,12 @@ def trigger_asr(classifier: PromptedClassifier, data: LabeledImages, perturb: Pe
 
 
 def learner_state(classifier: PromptedClassifier) -> dict[str, torch.Tensor]:
-    assert classifier.learner is not None
+    assert classifier.learner.tensors_required
     return {k: v.detach().clone() for k, v in classifier.learner.state_dict().items()}
 
 
 def restore_learner(classifier: PromptedClassifier, state: dict[str, torch.Tensor]) -> None:
-    assert classifier.learner is not None
+    assert classifier.learner.tensors_required
     classifier.learner.load_state_dict(state)
     classifier.invalidate_cache()
     classifier.freeze()

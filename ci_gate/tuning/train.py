@@ -37,11 +37,10 @@ def tune(
     log: Callable[[str], None] | None = None,
 ) -> PromptedClassifier:
     """Train ``classifier.learner`` in place. ``trigger`` with ``settings.target`` poisons the run."""
-    assert classifier.learner is not None, "zero-shot classifiers have nothing to tune"
+    assert classifier.learner.tensors_required, "zero-shot classifiers have nothing to tune"
     torch.manual_seed(settings.seed)
     classifier.eval()  # frozen towers: no dropout, fixed norms
     classifier.invalidate_cache()
-    classifier.fast = True
     for p in classifier.parameters():
         p.requires_grad_(False)
     params = list(classifier.learner.parameters())

@@ -1,23 +1,13 @@
-"""Prompt learners: CoOp, CoCoOp and the hand-written zero-shot prompt.
+"""Prompt tokens shared by the context-vector learners: [SOS, v_1..v_M, class name, '.', EOS].
 
-They follow the reference implementations (KaiyangZhou/CoOp): context vectors v_1..v_M are
-spliced between the SOS embedding and the class-name tokens; CoCoOp adds a meta-net
-Linear(d_vis -> d_vis/16) -> ReLU -> Linear(-> d_ctx) whose output pi(x) shifts every context
-vector for image x. Tensor names match Dassl checkpoints so conversion is a rename.
+As in the reference implementations (KaiyangZhou/CoOp), context vectors are spliced between the
+SOS embedding and the class-name tokens; the frozen embeddings around them are built once.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Literal
-
 import torch
 from torch import nn
-
-from ci_gate.model.text import TextEncoder
-
-LearnerKind = Literal["coop", "cocoop", "zeroshot"]
-ZEROSHOT_TEMPLATE = "a photo of a {}."
 
 
 class PromptTokens(nn.Module):
@@ -92,66 +82,3 @@ def init_context(clip: nn.Module, tokenizer, n_ctx: int, ctx_init: str | None, g
         with torch.no_grad():
             return clip.token_embedding(tokens)[0, 1 : 1 + n_ctx].detach().clone()
     return torch.randn(n_ctx, width, generator=generator) * 0.02
-
-
-class PromptLearner(nn.Module):
-    """CoOp (no meta-net) or CoCoOp (meta-net) context over a frozen text encoder."""
-
-    def __init__(self, kind: LearnerKind, ctx: torch.Tensor, vis_dim: int, meta_net: bool):
-        super().__init__()
-        self.kind = kind
-        self.ctx = nn.Parameter(ctx.clone())
-        self.meta_net = None
-        if meta_net:
-            ctx_dim = ctx.shape[1]
-            self.meta_net = nn.Sequential(
-                OrderedDict(
-                    [
-                        ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
-                        ("relu", nn.ReLU(inplace=True)),
-                        ("linear2", nn.Linear(vis_dim // 16, ctx_dim)),
-                    ]
-                )
-            )
-
-    @property
-    def n_ctx(self) -> int:
-        return self.ctx.shape[0]
-
-    def text_features(self, encoder: TextEncoder, prompts: PromptTokens, length: int, image_features: torch.Tensor | None = None) -> torch.Tensor:
-        """(C, D) for CoOp; (B, C, D) for CoCoOp given normalised image features (B, d_vis)."""
-        if self.meta_net is None:
-            emb = prompts.assemble(self.ctx, length)
-            return encoder(emb, prompts.eos_index)
-        assert image_features is not None
-        ctx = self.conditional_context(image_features)
-        emb = prompts.assemble(ctx, length)
-        batch, n_cls = emb.shape[:2]
-        feats = encoder(emb.flatten(0, 1), prompts.eos_index.repeat(batch))
-        return feats.view(batch, n_cls, -1)
-
-    def conditional_context(self, image_features: torch.Tensor) -> torch.Tensor:
-        """CoCoOp: v_m + pi(x) for every image, (B, M, d)."""
-        bias = self.meta_net(image_features.to(self.ctx.dtype))
-        return self.ctx.unsqueeze(0) + bias.unsqueeze(1)
-
-    def text_features_shared(self, encoder: TextEncoder, prompts: PromptTokens, image_features: torch.Tensor) -> torch.Tensor:
-        """CoCoOp text features (B, C, D) with the per-image prefix encoded once for all classes.
-
-        Equal to ``text_features`` (see ci_gate.model.text); callers check
-        ``encoder.shares_prefix`` and ``prompts.sos_shared`` first.
-        """
-        ctx = self.conditional_context(image_features)
-        batch = ctx.shape[0]
-        sos = prompts.token_prefix[:1].expand(batch, -1, -1)
-        prefix = torch.cat([sos, ctx.to(sos.dtype)], dim=1)
-        feats = torch.cat(encoder.forward_shared_prefix(prefix, prompts.group_suffixes()), dim=1)
-        return feats.index_select(1, prompts.group_inverse)
-
-    def named_tensors(self) -> dict[str, torch.Tensor]:
-        """Tensors as stored in checkpoints (Dassl names)."""
-        out = {"ctx": self.ctx.detach()}
-        if self.meta_net is not None:
-            for key, value in self.meta_net.state_dict().items():
-                out[f"meta_net.{key}"] = value.detach()
-        return out
