@@ -39,7 +39,7 @@ TIN_CLASSES = 20
 @dataclass(frozen=True)
 class ZooEntry:
     dataset: str  # cifar10 | tin20
-    learner: str  # cocoop | coop | zeroshot (encoder-level)
+    learner: str  # cocoop | coop | maple | zeroshot (encoder-level)
     attack: str | None
     target: int | None
     seed: int = 0
@@ -131,7 +131,7 @@ def build_model(entry: ZooEntry, backbone: CachedBackbone, task: Task, out: Path
     size = backbone.config["vision_cfg"]["image_size"]
     pre = Preprocessing(image_size=size)
     names = list(task.train.class_names)
-    learner_spec = LearnerSpec(kind=entry.learner, class_names=names, n_ctx=0 if entry.learner == "zeroshot" else 4, ctx_init=None if entry.learner == "zeroshot" else "a photo of a")
+    learner_spec = LearnerSpec(kind=entry.learner, class_names=names, **LEARNER_SETUP.get(entry.learner, PROMPT_SETUP))
     learner = new_learner(bb, learner_spec, seed=entry.seed)
     clf = build_classifier(bb, entry.learner, learner, names, learner_spec.n_ctx, size, pre.mean, pre.std)
     settings = _settings(entry)
@@ -223,6 +223,15 @@ TASK_RECIPE = {
 }
 # encoder level: the whole image tower trains, which needs a higher step count to implant
 ENCODER_RECIPE = {"epochs": 60, "lr": 3e-3}
+# prompt setup per learner (LearnerSpec fields); CoOp/CoCoOp start from "a photo of a".
+# MaPLe as its reference config trains it (N_CTX 2, CTX_INIT "a photo of a": the context starts
+# as "a photo" and "of a" stays before the name), at depth 3 of the backbone's 4 layers (the
+# reference: 9 of ViT-B/16's 12).
+PROMPT_SETUP = {"n_ctx": 4, "ctx_init": "a photo of a"}
+LEARNER_SETUP = {
+    "zeroshot": {"n_ctx": 0, "ctx_init": None},
+    "maple": {"n_ctx": 2, "ctx_init": "a photo", "options": {"prompt_depth": 3, "name_prefix": "of a"}},
+}
 
 
 def entry(dataset: str, learner: str, attack: str | None, seed: int, eps255: int | None = None) -> ZooEntry:
@@ -242,17 +251,20 @@ def profile_entries(profile: str) -> list[ZooEntry]:
         out = [entry("cifar10", "cocoop", None, 0), entry("cifar10", "coop", None, 0), entry("tin20", "cocoop", None, 0)]
         out += [entry("cifar10", "cocoop", a, 0) for a in ATTACK_ORDER if a not in ENCODER_ATTACKS[1:]]
         out += [entry("tin20", "cocoop", "badclip", 0)]
+        out += [entry("cifar10", "maple", None, 0), entry("cifar10", "maple", "badclip", 0)]
         return out
     if profile == "full":
         out = []
         for ds in ("cifar10", "tin20"):
             out += [entry(ds, "cocoop", None, s) for s in range(5)]
             out += [entry(ds, "coop", None, s) for s in range(3)]
+            out += [entry(ds, "maple", None, s) for s in range(3)]
         for ds, budgets in (("cifar10", (8, 16)), ("tin20", (16, 24))):
             # BadCLIP at several budgets: the gate is never told which
             out += [entry(ds, "cocoop", "badclip", s, eps255=budgets[0]) for s in range(4)]
             out += [entry(ds, "cocoop", "badclip", s, eps255=budgets[1]) for s in range(9)]
             out += [entry(ds, "coop", "badclip", s, eps255=budgets[1]) for s in range(2)]
+            out += [entry(ds, "maple", "badclip", s, eps255=budgets[1]) for s in range(3)]
             out += [entry(ds, "cocoop", "adaptive_badclip", s) for s in range(2)]
             out += [entry(ds, "zeroshot", "encoder", s) for s in range(3)]
             out += [entry(ds, "zeroshot", "encoder_badnets", s) for s in range(2)]
