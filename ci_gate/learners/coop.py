@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ci_gate.learners.base import Learner, text_width
+from ci_gate.learners.base import DasslImport, Learner, text_width
 from ci_gate.learners.tokens import PromptTokens, init_context
 
 if TYPE_CHECKING:
@@ -65,12 +65,28 @@ class CoOp(Learner):
         return {"ctx": self.ctx.detach()}
 
     @classmethod
-    def dassl_claims(cls, state: dict[str, torch.Tensor]) -> bool:
-        return "ctx" in state and not any(k.startswith("meta_net.") for k in state)
+    def dassl_claims(cls, keys: frozenset[str]) -> bool:
+        return "ctx" in keys and not any(k.startswith("meta_net.") for k in keys)
 
     @classmethod
-    def dassl_tensors(cls, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        return {"ctx": state["ctx"]}, {}
+    def dassl_import(cls, state: dict[str, torch.Tensor]) -> DasslImport:
+        return cls._dassl_context(state, {"ctx": state["ctx"]}, {})
+
+    @staticmethod
+    def _dassl_context(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], options: dict[str, Any]) -> DasslImport:
+        ctx = state["ctx"]
+        if ctx.dim() == 3:
+            raise ValueError(
+                f"class-specific context (CSC, ctx shape {tuple(ctx.shape)}) is not supported: "
+                "ci-gate's CoOp/CoCoOp learners share one context across classes"
+            )
+        if ctx.dim() != 2 or ctx.shape[0] < 1:
+            raise ValueError(f"ctx has shape {tuple(ctx.shape)}, expected (n_ctx, width)")
+        missing = [k for k in ("token_prefix", "token_suffix") if k not in state]
+        if missing:
+            raise ValueError(f"no {missing}: without the stored prompt tokens the class names and backbone cannot be verified")
+        used = frozenset({*tensors, "token_prefix", "token_suffix"})
+        return DasslImport(tensors, options, state["token_prefix"], state["token_suffix"], used)
 
     def text_features(self, encoder: TextEncoder, prompts: PromptTokens, length: int, image_features: torch.Tensor | None = None) -> torch.Tensor:
         return encoder(prompts.assemble(self.ctx, length), prompts.eos_index)
