@@ -274,3 +274,94 @@ def test_verify_scans_a_maple_checkpoint_and_writes_its_report(tmp_path):
     assert result.model.learner == "maple" and len(result.classes) == 4
     assert all((tmp_path / "r" / c.trigger_png).is_file() for c in result.classes)
     assert ci_gate.load_result(tmp_path / "r" / "result.json").verdict == result.verdict
+
+
+# ---- the reference's checkpoints (MultiModalPromptLearner/model.pth.tar-N) ----------------------
+
+
+def reference_file_state(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], names, n_ctx: int) -> dict[str, torch.Tensor]:
+    """CustomCLIP.state_dict() as the reference saves it with PREC fp16: the prompt learner
+    (ctx and proj in fp16, the compound prompts in fp32), its frozen prompt tokens, and both
+    towers (open_clip names prefixed by the reference's submodules, linear weights in fp16)."""
+    import open_clip
+
+    tokens = open_clip.tokenizer.SimpleTokenizer(context_length=77)([f"{' '.join(['X'] * n_ctx)} {n.replace('_', ' ')}." for n in names])
+    embedding = F.embedding(tokens, state["token_embedding.weight"]).half()
+    out = {"prompt_learner.token_prefix": embedding[:, :1].clone(), "prompt_learner.token_suffix": embedding[:, 1 + n_ctx :].clone()}
+    for key, value in tensors.items():
+        out[f"prompt_learner.{key}"] = value.half() if key == "ctx" or key.startswith("proj.") else value.clone()
+    for key, value in state.items():
+        if key == "token_embedding.weight":
+            continue  # CustomCLIP does not hold it
+        fp32 = ".ln_" in f".{key}" or key.startswith("ln_") or key.rsplit(".", 1)[-1] in ("class_embedding", "positional_embedding", "logit_scale")
+        value = value.clone() if fp32 else value.half()
+        if key.startswith("visual."):
+            out["image_encoder." + key[len("visual."):]] = value
+        elif key == "logit_scale":
+            out[key] = value
+        else:
+            out["text_encoder." + key] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def pinned(state, tmp_path_factory):
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("pinned") / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def _convert(src, out, pinned):
+    from ci_gate.checkpoint.convert import BackboneSource, ConvertRequest, convert
+
+    return convert(ConvertRequest(source=src, class_names=NAMES, backbone=BackboneSource(config=copy.deepcopy(CONFIG), weights=pinned), out=out))
+
+
+def test_a_reference_checkpoint_converts_to_the_same_logits(state, pinned, images, tmp_path):
+    spec = _spec(2, 3)
+    tensors = _random_tensors(spec, seed=7)
+    src = tmp_path / "model.pth.tar-5"
+    torch.save({"state_dict": reference_file_state(state, tensors, NAMES, 2), "epoch": 5, "optimizer": None}, src)
+    done = _convert(src, tmp_path / "maple.safetensors", pinned)
+    meta = done.meta
+    assert meta.learner.kind == "maple" and meta.learner.n_ctx == 2 and meta.learner.options["prompt_depth"] == 3
+    assert not meta.backbone.embedded and "modified_towers" not in meta.provenance  # the towers are the pinned ones
+    loaded = load_classifier(done.out, weights=pinned)
+    stored = {k.removeprefix("prompt_learner."): v.float() for k, v in torch.load(src, weights_only=True)["state_dict"].items() if k.startswith("prompt_learner.")}
+    with torch.no_grad():
+        ref = reference_logits(loaded.backbone.clip, loaded.backbone.tokenizer, stored, NAMES, 2, 3, "", images)
+    torch.testing.assert_close(_clf_logits(loaded.classifier.freeze(), images, fast=True), ref, atol=LOGIT_ATOL, rtol=0)
+
+
+def test_a_reference_checkpoint_with_a_changed_image_tower_is_a_modified_encoder(state, pinned, tmp_path):
+    import ci_gate
+    from ci_gate.artifacts import write_png
+
+    spec = _spec(2, 3)
+    sd = reference_file_state(state, _random_tensors(spec, seed=7), NAMES, 2)
+    changed = "image_encoder.transformer.resblocks.0.mlp.c_fc.weight"
+    sd[changed] = (sd[changed].float() + 0.05).half()  # an encoder-level edit the learner file hides
+    src = tmp_path / "model.pth.tar-5"
+    torch.save({"state_dict": sd, "epoch": 5}, src)
+    done = _convert(src, tmp_path / "maple.safetensors", pinned)
+    assert done.meta.backbone.embedded and done.meta.provenance["modified_towers"] == ["visual.transformer.resblocks.0.mlp.c_fc.weight"]
+    assert any("differ from the pinned backbone" in n for n in done.notes)
+    # the scan runs the file's own tower, and the encoder check against the pinned one flags it
+    pool = tmp_path / "pool"
+    for i, img in enumerate(random_pool(8, 32, seed=1)):
+        write_png(pool / f"{i:03d}.png", img)
+    result = ci_gate.verify(done.out, "default", pool, reference_weights=pinned, pool__min_images=8, pool__max_images=8, inversion__batch_size=8, inversion__epochs=1, device="cpu")
+    assert result.encoder.modified and not ci_gate.gate_passes(result)
+    assert [c.name for c in result.encoder.changed] == ["visual.transformer.resblocks.0.mlp.c_fc.weight"]
+
+
+def test_a_reference_checkpoint_with_a_stray_key_is_refused(state, pinned, tmp_path):
+    sd = reference_file_state(state, _random_tensors(_spec(2, 2), seed=7), NAMES, 2)
+    sd["prompt_learner.VPT"] = torch.zeros(2, 48)
+    src = tmp_path / "model.pth.tar-5"
+    torch.save({"state_dict": sd, "epoch": 5}, src)
+    with pytest.raises(InputError, match="cannot convert .*prompt_learner.VPT"):
+        _convert(src, tmp_path / "maple.safetensors", pinned)
+    assert not (tmp_path / "maple.safetensors").exists()

@@ -25,13 +25,13 @@ reference checkpoints get the prompts they were trained with.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from torch import nn
 
-from ci_gate.learners.base import Learner, text_width
+from ci_gate.learners.base import DasslImport, Learner, text_width
 from ci_gate.learners.tokens import PromptTokens, init_context
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 TEXT_PREFIX = "compound_prompts_text."
 PROJ_PREFIX = "compound_prompt_projections."
+DASSL_PREFIX = "prompt_learner."
+# the reference's CustomCLIP submodules -> open_clip CLIP state-dict names
+_TOWER_PREFIXES = (("image_encoder.", "visual."), ("text_encoder.", ""))
 
 
 class MaPLeOptions(BaseModel):
@@ -49,6 +52,16 @@ class MaPLeOptions(BaseModel):
     # checkpoints record the depth their tensors have.
     prompt_depth: StrictInt = Field(2, ge=1, le=256)
     name_prefix: StrictStr = Field("", max_length=200)
+
+
+def _open_clip_name(key: str) -> str | None:
+    """open_clip's name for a tower tensor of the reference's CustomCLIP, None for other keys."""
+    if key == "logit_scale":
+        return key
+    for ours, theirs in _TOWER_PREFIXES:
+        if key.startswith(ours):
+            return theirs + key[len(ours):]
+    return None
 
 
 def _visual_width(visual: nn.Module) -> int:
@@ -173,23 +186,42 @@ class MaPLe(Learner):
     # ---- Dassl import -------------------------------------------------------------------------
 
     @classmethod
-    def dassl_claims(cls, state: dict[str, torch.Tensor]) -> bool:
-        return "ctx" in state and "proj.weight" in state
+    def dassl_claims(cls, keys: frozenset[str]) -> bool:
+        return any(k in keys for k in ("proj.weight", f"{DASSL_PREFIX}proj.weight")) and any(k in keys for k in ("ctx", f"{DASSL_PREFIX}ctx"))
 
     @classmethod
-    def dassl_tensors(cls, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        texts = sorted(int(k[len(TEXT_PREFIX):]) for k in state if k.startswith(TEXT_PREFIX) and k[len(TEXT_PREFIX):].isdigit())
+    def dassl_import(cls, state: dict[str, torch.Tensor]) -> DasslImport:
+        """The reference saves the whole CustomCLIP (``MultiModalPromptLearner/model.pth.tar-N``):
+        ``prompt_learner.*`` is the learner, ``image_encoder.*`` / ``text_encoder.*`` /
+        ``logit_scale`` the frozen towers, returned under open_clip's names for convert to
+        compare with the pinned backbone. A bare prompt-learner state dict is read too."""
+        whole = any(k.startswith(DASSL_PREFIX) for k in state)
+        own = {k.removeprefix(DASSL_PREFIX): v for k, v in state.items() if k.startswith(DASSL_PREFIX) or not whole}
+        towers: dict[str, torch.Tensor] = {}
+        tower_keys: set[str] = set()
+        if whole:
+            for key, value in state.items():
+                name = _open_clip_name(key)
+                if name is not None:
+                    towers[name] = value
+                    tower_keys.add(key)
+        texts = sorted(int(k[len(TEXT_PREFIX):]) for k in own if k.startswith(TEXT_PREFIX) and k[len(TEXT_PREFIX):].isdigit())
         depth = len(texts) + 1
         if texts != list(range(depth - 1)):
             raise ValueError(f"compound_prompts_text indices {texts} are not 0..{depth - 2}")
-        options = MaPLeOptions(prompt_depth=depth).model_dump(mode="json")
         names = ["ctx", "proj.weight", "proj.bias"]
         for i in range(depth - 1):
             names += [f"{TEXT_PREFIX}{i}", f"{PROJ_PREFIX}{i}.weight", f"{PROJ_PREFIX}{i}.bias"]
-        missing = [n for n in names if n not in state]
+        missing = [n for n in names + ["token_prefix", "token_suffix"] if n not in own]
         if missing:
             raise ValueError(f"incomplete MaPLe prompt learner: missing {missing[:5]}")
-        return {n: state[n] for n in names}, options
+        ctx = own["ctx"]
+        if ctx.dim() != 2 or ctx.shape[0] < 1:
+            raise ValueError(f"ctx has shape {tuple(ctx.shape)}, expected (n_ctx, width)")
+        prefix = DASSL_PREFIX if whole else ""
+        used = frozenset({*(prefix + n for n in names), prefix + "token_prefix", prefix + "token_suffix", *tower_keys})
+        options = MaPLeOptions(prompt_depth=depth).model_dump(mode="json")
+        return DasslImport({n: own[n] for n in names}, options, own["token_prefix"], own["token_suffix"], used, towers)
 
     # ---- forward ------------------------------------------------------------------------------
 
