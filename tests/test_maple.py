@@ -365,3 +365,18 @@ def test_a_reference_checkpoint_with_a_stray_key_is_refused(state, pinned, tmp_p
     with pytest.raises(InputError, match="cannot convert .*prompt_learner.VPT"):
         _convert(src, tmp_path / "maple.safetensors", pinned)
     assert not (tmp_path / "maple.safetensors").exists()
+
+
+def test_the_reference_default_prompt_words_are_read_off_the_stored_tokens(backbone, state):
+    # the reference's default config (CTX_INIT "a photo of a", N_CTX 2) trains "X X of a {name}."
+    from ci_gate.learners.maple import read_name_prefix
+
+    _, bb = backbone
+    default = reference_file_state(state, {}, [f"of a {n}" for n in NAMES], 2)["prompt_learner.token_suffix"]
+    plain = reference_file_state(state, {}, NAMES, 2)["prompt_learner.token_suffix"]
+    assert read_name_prefix(default, bb, NAMES, 2) == "of a"
+    assert read_name_prefix(plain, bb, NAMES, 2) == ""
+    assert read_name_prefix(plain, bb, list(reversed(NAMES)), 2) is None  # names out of training order
+    spec = _spec(2, 2, read_name_prefix(default, bb, NAMES, 2))
+    prompts = MAPLE.from_tensors(bb, spec, _random_tensors(spec, 0)).bind(bb, NAMES, 2)
+    torch.testing.assert_close(prompts.token_suffix.half(), default, atol=0, rtol=0)

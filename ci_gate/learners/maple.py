@@ -87,6 +87,27 @@ def _check_depth(backbone, depth: int) -> None:
         )
 
 
+def read_name_prefix(token_suffix: torch.Tensor, backbone, class_names: list[str], n_ctx: int, max_tokens: int = 8) -> str | None:
+    """The words a reference checkpoint's prompts keep between the context and each class name
+    (``name_prefix``), read off its stored ``token_suffix`` with the backbone's vocabulary: "of a"
+    for the reference's default config, "" for a random-init context. None when no prefix of up
+    to ``max_tokens`` tokens reproduces every stored row with these class names."""
+    table = backbone.clip.token_embedding.weight.detach().float()
+    lead = token_suffix[0, :max_tokens].float()
+    ids = torch.cdist(lead, table).argmin(dim=1).tolist()
+    info = torch.finfo(token_suffix.dtype)
+    for k in range(len(ids) + 1):
+        words = backbone.tokenizer.decode(ids[:k]).strip() if k else ""
+        try:
+            prompts = PromptTokens(backbone.clip, backbone.tokenizer, [f"{words} {n}" if words else n for n in class_names], n_ctx)
+        except ValueError:
+            return None
+        want = prompts.token_suffix.float()
+        if want.shape == token_suffix.shape and bool(((want - token_suffix.float()).abs() <= 2 * info.eps * want.abs() + info.smallest_normal).all()):
+            return words
+    return None
+
+
 class MaPLe(Learner):
     kind = "maple"
     title = "MaPLe"
