@@ -319,19 +319,23 @@ def _convert(src, out, pinned):
     return convert(ConvertRequest(source=src, class_names=NAMES, backbone=BackboneSource(config=copy.deepcopy(CONFIG), weights=pinned), out=out))
 
 
-def test_a_reference_checkpoint_converts_to_the_same_logits(state, pinned, images, tmp_path):
+# "of a": the reference's default config (CTX_INIT "a photo of a", N_CTX 2) trains "X X of a {name}."
+@pytest.mark.parametrize("words", ["", "of a"])
+def test_a_reference_checkpoint_converts_to_the_same_logits(state, pinned, images, tmp_path, words):
     spec = _spec(2, 3)
     tensors = _random_tensors(spec, seed=7)
     src = tmp_path / "model.pth.tar-5"
-    torch.save({"state_dict": reference_file_state(state, tensors, NAMES, 2), "epoch": 5, "optimizer": None}, src)
+    trained_on = [f"{words} {n}" if words else n for n in NAMES]
+    torch.save({"state_dict": reference_file_state(state, tensors, trained_on, 2), "epoch": 5, "optimizer": None}, src)
     done = _convert(src, tmp_path / "maple.safetensors", pinned)
     meta = done.meta
-    assert meta.learner.kind == "maple" and meta.learner.n_ctx == 2 and meta.learner.options["prompt_depth"] == 3
+    assert meta.learner.kind == "maple" and meta.learner.n_ctx == 2 and meta.learner.class_names == NAMES
+    assert meta.learner.options == {"prompt_depth": 3, "name_prefix": words}
     assert not meta.backbone.embedded and "modified_towers" not in meta.provenance  # the towers are the pinned ones
     loaded = load_classifier(done.out, weights=pinned)
     stored = {k.removeprefix("prompt_learner."): v.float() for k, v in torch.load(src, weights_only=True)["state_dict"].items() if k.startswith("prompt_learner.")}
     with torch.no_grad():
-        ref = reference_logits(loaded.backbone.clip, loaded.backbone.tokenizer, stored, NAMES, 2, 3, "", images)
+        ref = reference_logits(loaded.backbone.clip, loaded.backbone.tokenizer, stored, NAMES, 2, 3, words, images)
     torch.testing.assert_close(_clf_logits(loaded.classifier.freeze(), images, fast=True), ref, atol=LOGIT_ATOL, rtol=0)
 
 

@@ -25,7 +25,7 @@ reference checkpoints get the prompts they were trained with.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -244,10 +244,21 @@ class MaPLe(Learner):
         options = MaPLeOptions(prompt_depth=depth).model_dump(mode="json")
         return DasslImport({n: own[n] for n in names}, options, own["token_prefix"], own["token_suffix"], used, towers)
 
+    @classmethod
+    def dassl_prompt_options(cls, options: dict[str, Any], token_suffix: torch.Tensor, backbone, class_names: list[str], n_ctx: int) -> dict[str, Any]:
+        words = read_name_prefix(token_suffix, backbone, class_names, n_ctx)
+        # None: no reading fits these names; convert's token check then says which row differs
+        return options if words is None else {**options, "name_prefix": words}
+
+    @classmethod
+    def prompt_names(cls, options: dict[str, Any], class_names: list[str]) -> list[str]:
+        words = options.get("name_prefix", "")
+        return [f"{words} {n}" for n in class_names] if words else list(class_names)
+
     # ---- forward ------------------------------------------------------------------------------
 
     def bind(self, backbone, class_names: list[str], n_ctx: int) -> PromptTokens:
-        named = [f"{self.name_prefix} {n}" for n in class_names] if self.name_prefix else list(class_names)
+        named = self.prompt_names({"name_prefix": self.name_prefix}, class_names)
         return PromptTokens(backbone.clip, backbone.tokenizer, named, n_ctx)
 
     def text_features(self, encoder: TextEncoder, prompts: PromptTokens, length: int, image_features: torch.Tensor | None = None) -> torch.Tensor:
