@@ -18,8 +18,12 @@ reference's ``prompt_learner.*`` keys: ``ctx``, ``proj.{weight,bias}``,
 
 ``name_prefix``: the reference's default config (CTX_INIT "a photo of a", N_CTX 2) tokenizes
 "a photo of a {name}." and swaps only the first two tokens for the context, so its prompts keep
-"of a" between the context and the class name. That text is an option here, so converted
-reference checkpoints get the prompts they were trained with.
+"of a" between the context and the class name. That text is an option here, read off a
+converted file's stored prompt tokens (``read_name_prefix``), so converted reference
+checkpoints get the prompts they were trained with.
+
+Randomness: ``fresh`` draws everything from one seeded ``torch.Generator``; the global RNG is
+never touched.
 """
 
 from __future__ import annotations
@@ -62,6 +66,17 @@ def _open_clip_name(key: str) -> str | None:
         if key.startswith(ours):
             return theirs + key[len(ours):]
     return None
+
+
+def _linear(d_in: int, d_out: int, generator: torch.Generator) -> nn.Linear:
+    """nn.Linear with its default init (U(+-1/sqrt(d_in)) for weight and bias) drawn from
+    ``generator``; skip_init keeps the constructor off the global RNG."""
+    layer = nn.utils.skip_init(nn.Linear, d_in, d_out)
+    bound = d_in**-0.5
+    with torch.no_grad():
+        nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
+        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
 
 
 def _visual_width(visual: nn.Module) -> int:
@@ -115,18 +130,19 @@ class MaPLe(Learner):
     exportable = False  # the per-layer prompt replacement is not in ci_gate.export's graph
     dassl_signature = "MaPLe's coupling projection (prompt_learner.proj.*)"
 
-    def __init__(self, ctx: torch.Tensor, vision_width: int, depth: int, name_prefix: str = ""):
+    def __init__(self, ctx: torch.Tensor, vision_width: int, depth: int, generator: torch.Generator, name_prefix: str = ""):
+        """Initialised as the reference initialises (in its order), drawing from ``generator``
+        only: ``from_tensors`` overwrites it all, ``fresh`` passes a seeded one."""
         super().__init__()
         n_ctx, width = ctx.shape
         self.name_prefix = name_prefix
         self.ctx = nn.Parameter(ctx.clone())
-        # the order of creation is the reference's, so a seeded init draws in its order
-        self.proj = nn.Linear(width, vision_width)
+        self.proj = _linear(width, vision_width, generator)
         self.compound_prompts_text = nn.ParameterList(
-            [nn.Parameter(nn.init.normal_(torch.empty(n_ctx, width), std=0.02)) for _ in range(depth - 1)]
+            [nn.Parameter(nn.init.normal_(torch.empty(n_ctx, width), std=0.02, generator=generator)) for _ in range(depth - 1)]
         )
         # the reference clones one initialised layer (_get_clones), so all start equal
-        single = nn.Linear(width, vision_width)
+        single = _linear(width, vision_width, generator)
         self.compound_prompt_projections = nn.ModuleList([copy.deepcopy(single) for _ in range(depth - 1)])
 
     @property
@@ -176,11 +192,7 @@ class MaPLe(Learner):
         _check_depth(backbone, opts.prompt_depth)
         gen = torch.Generator().manual_seed(seed)
         ctx = init_context(backbone.clip, backbone.tokenizer, spec.n_ctx, spec.ctx_init, gen)
-        # nn.Linear and normal_ draw from the global generator: seed a forked copy so the
-        # caller's random state is left as it was
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return cls(ctx, _visual_width(backbone.clip.visual), opts.prompt_depth, opts.name_prefix)
+        return cls(ctx, _visual_width(backbone.clip.visual), opts.prompt_depth, gen, opts.name_prefix)
 
     @classmethod
     def from_tensors(cls, backbone, spec, tensors) -> "MaPLe":
@@ -191,8 +203,7 @@ class MaPLe(Learner):
         width, vision = text_width(backbone), _visual_width(backbone.clip.visual)
         if ctx.shape[1] != width:
             raise ValueError(f"ctx width {ctx.shape[1]} does not match the backbone's text width {width}")
-        with torch.random.fork_rng(devices=[]):  # the init is overwritten; keep the caller's RNG
-            learner = cls(ctx, vision, opts.prompt_depth, opts.name_prefix)
+        learner = cls(ctx, vision, opts.prompt_depth, torch.Generator(), opts.name_prefix)  # init overwritten below
         state = {k: v.float() for k, v in tensors.items() if k != "ctx"}
         try:
             learner.load_state_dict({"ctx": ctx, **state}, strict=True)
