@@ -141,3 +141,9 @@ def test_listing_the_formats_loads_no_renderer():
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_two_modules_claiming_one_format_name_are_refused(monkeypatch):
+    monkeypatch.setattr(formats_mod, "_MODULES", ("result_json", "report_html", "result_json"))
+    with pytest.raises(ValueError, match="result_json: Reporter name 'json' is taken"):
+        reporters()

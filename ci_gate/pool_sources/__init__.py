@@ -10,12 +10,11 @@ pixels (ci_gate/pool.py) are the same for every source.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from ci_gate.errors import InputError
-from ci_gate.pool_sources.base import IMAGE_SUFFIXES, MAX_FILE_BYTES, Entry, Listing, PoolSource, Skipped, display_name
-from ci_gate.pool_sources.glob_pattern import NOT_FOUND
+from ci_gate.plugins import registered
+from ci_gate.pool_sources.base import IMAGE_SUFFIXES, MAX_FILE_BYTES, NOT_FOUND, Entry, Listing, PoolSource, Skipped, display_name
 
 _MODULES = ("folder", "glob_pattern", "tar_archive")
 
@@ -26,11 +25,7 @@ __all__ = ["IMAGE_SUFFIXES", "MAX_FILE_BYTES", "NOT_A_POOL", "NOT_FOUND", "Entry
 
 def pool_sources() -> dict[str, PoolSource]:
     """Every registered source by name, in registry order."""
-    found: dict[str, PoolSource] = {}
-    for module in _MODULES:
-        source: PoolSource = importlib.import_module(f"{__name__}.{module}").SOURCE
-        found[source.name] = source
-    return found
+    return registered(__name__, _MODULES, "SOURCE", PoolSource)
 
 
 def open_source(spec: str, skipped: Skipped) -> Listing:

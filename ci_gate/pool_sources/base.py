@@ -8,6 +8,9 @@ from dataclasses import dataclass
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MAX_FILE_BYTES = 256 * 2**20  # an 8-bit RGB file this big is over ci_gate.pool.MAX_PIXELS even uncompressed
 
+# what a spec that names nothing is told, by the registry or by a glob that matches nothing
+NOT_FOUND = "pool not found (no such folder, tar or glob matches)"
+
 Skipped = list[tuple[str, str]]  # (display name, "kind: reason"), in the order found
 
 

@@ -7,10 +7,8 @@ import os
 from pathlib import Path
 
 from ci_gate.errors import InputError
-from ci_gate.pool_sources.base import IMAGE_SUFFIXES, Entry, PoolSource, Skipped, display_name
+from ci_gate.pool_sources.base import IMAGE_SUFFIXES, NOT_FOUND, Entry, PoolSource, Skipped, display_name
 from ci_gate.pool_sources.files import FileListing, check_file
-
-NOT_FOUND = "pool not found (no such folder, tar or glob matches)"
 
 
 def claims(spec: str) -> bool:

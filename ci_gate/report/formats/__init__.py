@@ -12,11 +12,12 @@ the formats, and a reporter's renderer (jinja2 for HTML) loads when it writes.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ci_gate.plugins import registered
 
 if TYPE_CHECKING:
     from ci_gate.report.markdown import SummaryLinks
@@ -45,11 +46,7 @@ class Reporter:
 
 def reporters() -> dict[str, Reporter]:
     """Every registered reporter by format name, in registry order."""
-    found: dict[str, Reporter] = {}
-    for module in _MODULES:
-        rep: Reporter = importlib.import_module(f"{__name__}.{module}").REPORTER
-        found[rep.name] = rep
-    return found
+    return registered(__name__, _MODULES, "REPORTER", Reporter)
 
 
 def format_names() -> tuple[str, ...]:
