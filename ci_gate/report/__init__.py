@@ -1,4 +1,4 @@
-"""Reporters: turn a Result into report files. Nothing here imports torch.
+"""Reporters: turn a Result into report files (one module per format in ci_gate/report/formats/). Nothing here imports torch.
 
 ``render`` is the one entry point the scan and ``ci-gate report`` call. The output folder is
 always a self-consistent bundle: when it differs from the result folder, the images the Result
