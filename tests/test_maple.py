@@ -384,3 +384,14 @@ def test_the_reference_default_prompt_words_are_read_off_the_stored_tokens(backb
     spec = _spec(2, 2, read_name_prefix(default, bb, NAMES, 2))
     prompts = MAPLE.from_tensors(bb, spec, _random_tensors(spec, 0)).bind(bb, NAMES, 2)
     torch.testing.assert_close(prompts.token_suffix.half(), default, atol=0, rtol=0)
+
+
+def test_the_detection_zoo_lists_clean_and_badclip_maple_models():
+    from ci_gate.bench.zoo import profile_entries
+
+    for profile in ("quick", "full"):
+        maple = [e for e in profile_entries(profile) if e.learner == "maple"]
+        assert {e.attack for e in maple} == {None, "badclip"}, profile
+        assert all(e.id.startswith(f"{e.dataset}-maple-") for e in maple)
+    full = [e for e in profile_entries("full") if e.learner == "maple"]
+    assert {e.dataset for e in full} == {"cifar10", "tin20"} and len({e.target for e in full if e.attack}) >= 3
