@@ -395,3 +395,13 @@ def test_the_detection_zoo_lists_clean_and_badclip_maple_models():
         assert all(e.id.startswith(f"{e.dataset}-maple-") for e in maple)
     full = [e for e in profile_entries("full") if e.learner == "maple"]
     assert {e.dataset for e in full} == {"cifar10", "tin20"} and len({e.target for e in full if e.attack}) >= 3
+
+
+def test_onnx_export_refuses_maple_naming_the_file(tmp_path):
+    from ci_gate.export.onnx import export_onnx
+    from tiny_scan import build
+
+    ckpt, _ = build(tmp_path, kind="maple")
+    with pytest.raises(InputError, match="ONNX export does not support MaPLe prompt learners") as info:
+        export_onnx(ckpt, tmp_path / "m.onnx", None, allow_unverified=True)
+    assert str(info.value.path) == str(ckpt) and not (tmp_path / "m.onnx").exists()
