@@ -380,7 +380,9 @@ def test_the_reference_default_prompt_words_are_read_off_the_stored_tokens(backb
     plain = reference_file_state(state, {}, NAMES, 2)["prompt_learner.token_suffix"]
     assert read_name_prefix(default, bb, NAMES, 2) == "of a"
     assert read_name_prefix(plain, bb, NAMES, 2) == ""
-    assert read_name_prefix(plain, bb, list(reversed(NAMES)), 2) is None  # names out of training order
+    # names out of training order: the words are still read (convert then names the wrong row)
+    assert read_name_prefix(default, bb, [NAMES[1], NAMES[0], *NAMES[2:]], 2) == "of a"
+    assert read_name_prefix(default, bb, ["zebra", "yak", "xylophone", "walrus", "vulture"], 2) is None
     spec = _spec(2, 2, read_name_prefix(default, bb, NAMES, 2))
     prompts = MAPLE.from_tensors(bb, spec, _random_tensors(spec, 0)).bind(bb, NAMES, 2)
     torch.testing.assert_close(prompts.token_suffix.half(), default, atol=0, rtol=0)
@@ -405,3 +407,15 @@ def test_onnx_export_refuses_maple_naming_the_file(tmp_path):
     with pytest.raises(InputError, match="ONNX export does not support MaPLe prompt learners") as info:
         export_onnx(ckpt, tmp_path / "m.onnx", None, allow_unverified=True)
     assert str(info.value.path) == str(ckpt) and not (tmp_path / "m.onnx").exists()
+
+
+def test_names_out_of_training_order_are_named_for_a_reference_default_file(state, pinned, tmp_path):
+    from ci_gate.checkpoint.convert import BackboneSource, ConvertRequest, convert
+
+    sd = reference_file_state(state, _random_tensors(_spec(2, 2), seed=7), [f"of a {n}" for n in NAMES], 2)
+    src = tmp_path / "model.pth.tar-5"
+    torch.save({"state_dict": sd, "epoch": 5}, src)
+    swapped = [NAMES[1], NAMES[0], *NAMES[2:]]
+    req = ConvertRequest(source=src, class_names=swapped, backbone=BackboneSource(config=copy.deepcopy(CONFIG), weights=pinned), out=tmp_path / "m.safetensors")
+    with pytest.raises(InputError, match=f"class name '{NAMES[1]}' .*row 1; that row matches '{NAMES[0]}': are the names in training order"):
+        convert(req)

@@ -105,22 +105,30 @@ def _check_depth(backbone, depth: int) -> None:
 def read_name_prefix(token_suffix: torch.Tensor, backbone, class_names: list[str], n_ctx: int, max_tokens: int = 8) -> str | None:
     """The words a reference checkpoint's prompts keep between the context and each class name
     (``name_prefix``), read off its stored ``token_suffix`` with the backbone's vocabulary: "of a"
-    for the reference's default config, "" for a random-init context. None when no prefix of up
-    to ``max_tokens`` tokens reproduces every stored row with these class names."""
+    for the reference's default config, "" for a random-init context.
+
+    The reading that reproduces the most stored rows with these class names wins, so names given
+    out of training order still get the right words (and convert's row check then names the
+    misplaced class); None when no reading of up to ``max_tokens`` tokens fits any row."""
     table = backbone.clip.token_embedding.weight.detach().float()
-    lead = token_suffix[0, :max_tokens].float()
-    ids = torch.cdist(lead, table).argmin(dim=1).tolist()
+    ids = torch.cdist(token_suffix[0, :max_tokens].float(), table).argmin(dim=1).tolist()
     info = torch.finfo(token_suffix.dtype)
+    stored = token_suffix.float()
+    best, best_rows = None, 0
     for k in range(len(ids) + 1):
         words = backbone.tokenizer.decode(ids[:k]).strip() if k else ""
         try:
-            prompts = PromptTokens(backbone.clip, backbone.tokenizer, [f"{words} {n}" if words else n for n in class_names], n_ctx)
-        except ValueError:
-            return None
-        want = prompts.token_suffix.float()
-        if want.shape == token_suffix.shape and bool(((want - token_suffix.float()).abs() <= 2 * info.eps * want.abs() + info.smallest_normal).all()):
-            return words
-    return None
+            want = PromptTokens(backbone.clip, backbone.tokenizer, [f"{words} {n}" if words else n for n in class_names], n_ctx).token_suffix.float()
+        except ValueError:  # too long for the context: longer readings are too
+            break
+        if want.shape != stored.shape:
+            continue
+        rows = int(((want - stored).abs() <= 2 * info.eps * want.abs() + info.smallest_normal).flatten(1).all(dim=1).sum())
+        if rows > best_rows:
+            best, best_rows = words, rows
+        if rows == len(class_names):
+            break
+    return best
 
 
 class MaPLe(Learner):
