@@ -396,7 +396,7 @@ def test_the_detection_zoo_lists_clean_and_badclip_maple_models():
         assert {e.attack for e in maple} == {None, "badclip"}, profile
         assert all(e.id.startswith(f"{e.dataset}-maple-") for e in maple)
     full = [e for e in profile_entries("full") if e.learner == "maple"]
-    assert {e.dataset for e in full} == {"cifar10", "tin20"} and len({e.target for e in full if e.attack}) >= 3
+    assert {e.dataset for e in full} == {"cifar10", "tin20"} and len({e.target for e in full if e.attack}) >= 2
 
 
 def test_onnx_export_refuses_maple_naming_the_file(tmp_path):

@@ -27,6 +27,7 @@ from ci_gate.attacks import PoisonSettings, attack_spec, build_trigger, poison_e
 from ci_gate.bench.backbone import BackboneRecipe, CachedBackbone, cifar10, get_backbone, tiny_imagenet
 from ci_gate.checkpoint.format import CheckpointMeta, LearnerSpec, Preprocessing, save_checkpoint
 from ci_gate.data import LabeledImages
+from ci_gate.learners import tuned_kinds
 from ci_gate.model.factory import build_classifier, new_learner
 from ci_gate.model.small import embedded_backbone
 from ci_gate.tuning.train import accuracy, attack_success_rate
@@ -39,7 +40,7 @@ TIN_CLASSES = 20
 @dataclass(frozen=True)
 class ZooEntry:
     dataset: str  # cifar10 | tin20
-    learner: str  # cocoop | coop | maple | zeroshot (encoder-level)
+    learner: str  # cocoop | coop | zeroshot (encoder-level)
     attack: str | None
     target: int | None
     seed: int = 0
@@ -251,20 +252,21 @@ def profile_entries(profile: str) -> list[ZooEntry]:
         out = [entry("cifar10", "cocoop", None, 0), entry("cifar10", "coop", None, 0), entry("tin20", "cocoop", None, 0)]
         out += [entry("cifar10", "cocoop", a, 0) for a in ATTACK_ORDER if a not in ENCODER_ATTACKS[1:]]
         out += [entry("tin20", "cocoop", "badclip", 0)]
-        out += [entry("cifar10", "maple", None, 0), entry("cifar10", "maple", "badclip", 0)]
+        # every other registered prompt learner: one clean and one BadCLIP model
+        out += [entry("cifar10", kind, a, 0) for kind in tuned_kinds() if kind not in ("coop", "cocoop") for a in (None, "badclip")]
         return out
     if profile == "full":
         out = []
         for ds in ("cifar10", "tin20"):
-            out += [entry(ds, "cocoop", None, s) for s in range(5)]
-            out += [entry(ds, "coop", None, s) for s in range(3)]
-            out += [entry(ds, "maple", None, s) for s in range(3)]
+            # every registered prompt learner: 3 clean models (CoCoOp, the paper's main one, 5)
+            out += [entry(ds, kind, None, s) for kind in tuned_kinds() for s in range(3)]
+            out += [entry(ds, "cocoop", None, s) for s in range(3, 5)]
         for ds, budgets in (("cifar10", (8, 16)), ("tin20", (16, 24))):
-            # BadCLIP at several budgets: the gate is never told which
+            # BadCLIP at several budgets: the gate is never told which. Every learner at the
+            # task's larger budget; CoCoOp with more seeds, the smaller budget and the adaptive attack
+            out += [entry(ds, kind, "badclip", s, eps255=budgets[1]) for kind in tuned_kinds() for s in range(2)]
             out += [entry(ds, "cocoop", "badclip", s, eps255=budgets[0]) for s in range(4)]
-            out += [entry(ds, "cocoop", "badclip", s, eps255=budgets[1]) for s in range(9)]
-            out += [entry(ds, "coop", "badclip", s, eps255=budgets[1]) for s in range(2)]
-            out += [entry(ds, "maple", "badclip", s, eps255=budgets[1]) for s in range(3)]
+            out += [entry(ds, "cocoop", "badclip", s, eps255=budgets[1]) for s in range(2, 9)]
             out += [entry(ds, "cocoop", "adaptive_badclip", s) for s in range(2)]
             out += [entry(ds, "zeroshot", "encoder", s) for s in range(3)]
             out += [entry(ds, "zeroshot", "encoder_badnets", s) for s in range(2)]
