@@ -7,6 +7,10 @@ must give the same logits on its fast path and on ``running(fast=False)`` to flo
 and the same comparison must catch a mutant (prompts replaced one layer late, depth off by one,
 vision prompts appended after ``ln_pre``). The towers have different widths (text 32, vision
 48) so a swapped projection cannot pass.
+
+The reference's checkpoints are fabricated as it writes them (torch.save of CustomCLIP's whole
+state dict, fp16 where its PREC fp16 run keeps fp16) and go through ``ci-gate convert``'s code:
+same logits after conversion, a changed image tower reported as a modified encoder by the scan.
 """
 
 from __future__ import annotations
@@ -241,7 +245,7 @@ def test_a_resnet_image_tower_is_refused_naming_the_file(tmp_path):
     assert str(info.value.path) == str(path)
 
 
-def test_a_zoo_maple_model_tunes_saves_and_scans_the_same(state, tmp_path):
+def test_a_zoo_maple_model_builds_with_the_zoo_recipe(state, tmp_path):
     # the detection zoo's own build step (ci_gate.bench.zoo), one epoch on a few random images
     from ci_gate.bench.backbone import CachedBackbone
     from ci_gate.bench.zoo import LEARNER_SETUP, Task, ZooEntry, build_model
@@ -262,18 +266,6 @@ def test_a_zoo_maple_model_tunes_saves_and_scans_the_same(state, tmp_path):
     start = new_learner(bb, spec, seed=0).named_tensors()
     trained = loaded.classifier.learner.named_tensors()
     assert set(trained) == set(start) and all(not torch.equal(trained[k], start[k]) for k in ("ctx", "proj.weight", "compound_prompts_text.1"))
-
-
-def test_verify_scans_a_maple_checkpoint_and_writes_its_report(tmp_path):
-    # the whole gate on a (random-weight) MaPLe model: inversion through both prompted towers
-    import ci_gate
-    from tiny_scan import build
-
-    ckpt, pool = build(tmp_path / "in", kind="maple")
-    result = ci_gate.verify(ckpt, "default", pool, out=tmp_path / "r", pool__min_images=8, pool__max_images=8, inversion__batch_size=8, inversion__epochs=1, device="cpu")
-    assert result.model.learner == "maple" and len(result.classes) == 4
-    assert all((tmp_path / "r" / c.trigger_png).is_file() for c in result.classes)
-    assert ci_gate.load_result(tmp_path / "r" / "result.json").verdict == result.verdict
 
 
 # ---- the reference's checkpoints (MultiModalPromptLearner/model.pth.tar-N) ----------------------
@@ -339,7 +331,7 @@ def test_a_reference_checkpoint_converts_to_the_same_logits(state, pinned, image
     torch.testing.assert_close(_clf_logits(loaded.classifier.freeze(), images, fast=True), ref, atol=LOGIT_ATOL, rtol=0)
 
 
-def test_a_reference_checkpoint_with_a_changed_image_tower_is_a_modified_encoder(state, pinned, tmp_path):
+def test_a_reference_checkpoint_with_a_changed_image_tower_is_a_modified_encoder_in_the_scan(state, pinned, tmp_path):
     import ci_gate
     from ci_gate.artifacts import write_png
 
@@ -356,9 +348,14 @@ def test_a_reference_checkpoint_with_a_changed_image_tower_is_a_modified_encoder
     pool = tmp_path / "pool"
     for i, img in enumerate(random_pool(8, 32, seed=1)):
         write_png(pool / f"{i:03d}.png", img)
-    result = ci_gate.verify(done.out, "default", pool, reference_weights=pinned, pool__min_images=8, pool__max_images=8, inversion__batch_size=8, inversion__epochs=1, device="cpu")
+    report = tmp_path / "report"
+    result = ci_gate.verify(done.out, "default", pool, out=report, reference_weights=pinned, pool__min_images=8, pool__max_images=8, inversion__batch_size=8, inversion__epochs=1, device="cpu")
     assert result.encoder.modified and not ci_gate.gate_passes(result)
     assert [c.name for c in result.encoder.changed] == ["visual.transformer.resblocks.0.mlp.c_fc.weight"]
+    # the whole gate ran through MaPLe's prompted towers: one inverted trigger per class, reported
+    assert result.model.learner == "maple" and len(result.classes) == len(NAMES)
+    assert all((report / c.trigger_png).is_file() for c in result.classes)
+    assert ci_gate.load_result(report / "result.json").encoder.modified
 
 
 def test_a_reference_checkpoint_with_a_stray_key_is_refused(state, pinned, tmp_path):
