@@ -54,8 +54,9 @@ class ScanOutput:
         raise KeyError(f"the scan has no trigger for class {index}")
 
     def delta(self, index: int) -> torch.Tensor:
-        """Class ``index``'s trigger, as a saved trigger file would give it back."""
-        return self.trigger(index).delta.float()
+        """Class ``index``'s trigger, as a saved trigger file would give it back: a float copy of
+        its own, so a caller that changes it cannot change what the folder is written from."""
+        return self.trigger(index).delta.detach().float().clone()
 
     def files(self) -> Iterator[tuple[str, bytes]]:
         """(path relative to the report folder, bytes) for every image and tensor the Result names,
