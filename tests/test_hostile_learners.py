@@ -1,0 +1,125 @@
+"""A hostile model provider against the learner registry, MaPLe and the Dassl import.
+
+Every file here is written the way an attacker would write it: Dassl pickles through
+``torch.save`` of plain tensors (what ``ci-gate convert`` reads), ci-gate checkpoints through
+``save_checkpoint``/safetensors. The reference implementations load a Dassl file with
+``load_state_dict(strict=False)`` and without stripping ``module.``, so a key the reference
+ignores must never decide what ci-gate scans, and a tower the reference runs must never be
+replaced by the pinned one when it differs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ci_gate.checkpoint.format import LearnerSpec
+from ci_gate.errors import InputError
+from test_maple import CONFIG, NAMES, _convert, _random_tensors, _spec, reference_file_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOWER = "image_encoder.transformer.resblocks.0.mlp.c_fc.weight"
+OPEN_CLIP_TOWER = "visual.transformer.resblocks.0.mlp.c_fc.weight"
+
+
+@pytest.fixture(scope="module")
+def state():
+    from ci_gate.model.small import random_clip_state
+
+    return random_clip_state(CONFIG, 0)
+
+
+@pytest.fixture(scope="module")
+def pinned(state, tmp_path_factory):
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("pinned") / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def _reference_state(state):
+    return reference_file_state(state, _random_tensors(_spec(2, 2), seed=7), NAMES, 2)
+
+
+def _save(tmp_path, sd):
+    src = tmp_path / "model.pth.tar-5"
+    torch.save({"state_dict": sd, "epoch": 5}, src)
+    return src
+
+
+# ---- a modified tower hidden behind a second key that maps to the same backbone tensor ---------
+
+
+@pytest.mark.parametrize("shadow", ["text_encoder.visual.transformer.resblocks.0.mlp.c_fc.weight", "module." + TOWER])
+def test_a_modified_tower_shadowed_by_a_pinned_copy_under_another_key_is_refused(state, pinned, tmp_path, shadow):
+    """The reference runs ``image_encoder.*`` (its text encoder has no ``visual``; Dassl's
+    load_model neither strips ``module.`` nor refuses unexpected keys). A pinned copy of the same
+    tensor under a second key must not replace the backdoored one in what ci-gate converts."""
+    sd = _reference_state(state)
+    sd[TOWER] = (sd[TOWER].float() + 0.05).half()  # the backdoored tower the reference runs
+    sd[shadow] = state[OPEN_CLIP_TOWER].half()  # a pinned copy, read after it
+    out = tmp_path / "maple.safetensors"
+    try:
+        done = _convert(_save(tmp_path, sd), out, pinned)
+    except InputError as exc:
+        assert "model.pth.tar-5" in str(exc.path) and exc.problem
+        assert not out.exists()
+    else:  # the only other acceptable outcome: the backdoored tower is what gets scanned
+        assert done.meta.provenance.get("modified_towers") == [OPEN_CLIP_TOWER], "backdoored tower silently dropped"
+
+
+def test_a_duplicate_key_after_stripping_module_is_refused_for_coop(tmp_path):
+    """CoOp: ``ctx`` (run by the reference) and ``module.ctx`` (ignored by it) must not let the
+    second decide the converted context."""
+    from ci_gate.checkpoint.dassl import read_dassl_checkpoint
+
+    ctx = torch.randn(2, 32)
+    sd = {"ctx": ctx, "module.ctx": torch.zeros(2, 32), "token_prefix": torch.zeros(5, 1, 32), "token_suffix": torch.zeros(5, 74, 32)}
+    src = _save(tmp_path, sd)
+    try:
+        got = read_dassl_checkpoint(src)
+    except InputError as exc:
+        assert "ctx" in exc.problem
+    else:
+        assert torch.equal(got.ctx, ctx), "the key the reference ignores decided the context"
+
+
+def test_an_unknown_text_encoder_key_is_refused(state, pinned, tmp_path):
+    """The reference's TextEncoder holds transformer, positional_embedding, ln_final and
+    text_projection; anything else under text_encoder.* is ignored by it, so it must not become
+    (say) the token embedding ci-gate scans with."""
+    sd = _reference_state(state)
+    sd["text_encoder.token_embedding.weight"] = (state["token_embedding.weight"] * 1.5).half()
+    with pytest.raises(InputError, match="text_encoder.token_embedding.weight"):
+        _convert(_save(tmp_path, sd), tmp_path / "maple.safetensors", pinned)
+
+
+# ---- the dtype rounding allowance as a hiding place ----------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,scale", [(torch.bfloat16, 1.012), (torch.float16, 1.0015)])
+def test_a_tower_edit_within_twice_the_dtype_rounding_is_a_modified_encoder(state, pinned, tmp_path, dtype, scale):
+    """An honest fp16/bf16 file holds exactly the pinned tensor cast to its dtype; an edit of
+    1.2 % (bf16) or 0.15 % (fp16) of every weight fit the old 2-eps allowance and was converted
+    as the pinned tower while the reference would run the edited one."""
+    sd = _reference_state(state)
+    for key in list(sd):
+        if key.startswith(("image_encoder.", "text_encoder.")):
+            sd[key] = sd[key].float().to(dtype)  # an honest low-precision copy: exact after the cast
+    sd[TOWER] = (state[OPEN_CLIP_TOWER] * scale).to(dtype)
+    done = _convert(_save(tmp_path, sd), tmp_path / "maple.safetensors", pinned)
+    assert done.meta.provenance.get("modified_towers") == [OPEN_CLIP_TOWER]
+    assert done.meta.backbone.embedded
+
+
+# ---- attacker-written options -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["of a\n::error::forged", "\x1b[2Jof a", "of\u202ea"])
+def test_a_control_character_in_maples_name_prefix_is_refused(prefix):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="control character"):
+        LearnerSpec(kind="maple", class_names=NAMES, n_ctx=2, ctx_init=None, options={"prompt_depth": 2, "name_prefix": prefix})
