@@ -105,9 +105,11 @@ def test_a_tower_edit_within_twice_the_dtype_rounding_is_a_modified_encoder(stat
     1.2 % (bf16) or 0.15 % (fp16) of every weight fit the old 2-eps allowance and was converted
     as the pinned tower while the reference would run the edited one."""
     sd = _reference_state(state)
-    for key in list(sd):
-        if key.startswith(("image_encoder.", "text_encoder.")):
-            sd[key] = sd[key].float().to(dtype)  # an honest low-precision copy: exact after the cast
+    for key in list(sd):  # an honest low-precision copy of every tower tensor: the pinned one, cast
+        if key.startswith("image_encoder."):
+            sd[key] = state["visual." + key.removeprefix("image_encoder.")].to(dtype)
+        elif key.startswith("text_encoder."):
+            sd[key] = state[key.removeprefix("text_encoder.")].to(dtype)
     sd[TOWER] = (state[OPEN_CLIP_TOWER] * scale).to(dtype)
     done = _convert(_save(tmp_path, sd), tmp_path / "maple.safetensors", pinned)
     assert done.meta.provenance.get("modified_towers") == [OPEN_CLIP_TOWER]

@@ -162,7 +162,12 @@ def _state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise InputError(path, f"state_dict entry {key!r} is not a tensor")
-        out[str(key).removeprefix("module.")] = value
+        name = str(key).removeprefix("module.")
+        # Dassl's load_model neither strips 'module.' nor refuses unexpected keys, so of 'ctx'
+        # and 'module.ctx' the reference runs one and ignores the other: never pick between them
+        if name in out:
+            raise InputError(path, f"state_dict holds {name!r} twice (with and without 'module.')")
+        out[name] = value
     return out
 
 

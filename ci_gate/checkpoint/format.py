@@ -150,7 +150,16 @@ class LearnerSpec(_Meta):
             return options
         # canonical form: what the learner's model accepts, defaults included, so two spellings
         # of the same settings compare equal
-        return learner_class(kind).Options.model_validate(options).model_dump(mode="json")
+        out = learner_class(kind).Options.model_validate(options).model_dump(mode="json")
+        # a learner's text options (MaPLe's name_prefix) reach prompts, logs and reports as the
+        # class names do: the same characters are refused in every learner's, in one place
+        for key, value in out.items():
+            if isinstance(value, str):
+                try:
+                    _safe_text(value)
+                except ValueError as exc:
+                    raise ValueError(f"options.{key} {exc}") from None
+        return out
 
 
 class BackboneSpec(_Meta):

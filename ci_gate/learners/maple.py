@@ -46,6 +46,10 @@ PROJ_PREFIX = "compound_prompt_projections."
 DASSL_PREFIX = "prompt_learner."
 # the reference's CustomCLIP submodules -> open_clip CLIP state-dict names
 _TOWER_PREFIXES = (("image_encoder.", "visual."), ("text_encoder.", ""))
+# what the reference's TextEncoder holds; it ignores any other text_encoder.* key on loading
+# (strict=False), so such a key must not become a backbone tensor here (text_encoder.visual.*
+# would shadow image_encoder.*, text_encoder.token_embedding.* the prompts' embedding)
+_TEXT_ENCODER_NAMES = ("transformer.", "positional_embedding", "ln_final.", "text_projection")
 
 
 class MaPLeOptions(BaseModel):
@@ -64,7 +68,10 @@ def _open_clip_name(key: str) -> str | None:
         return key
     for ours, theirs in _TOWER_PREFIXES:
         if key.startswith(ours):
-            return theirs + key[len(ours):]
+            rest = key[len(ours):]
+            if ours == "text_encoder." and not any(rest == n or (n.endswith(".") and rest.startswith(n)) for n in _TEXT_ENCODER_NAMES):
+                return None
+            return theirs + rest
     return None
 
 
