@@ -125,3 +125,16 @@ def test_a_control_character_in_maples_name_prefix_is_refused(prefix):
 
     with pytest.raises(ValidationError, match="control character"):
         LearnerSpec(kind="maple", class_names=NAMES, n_ctx=2, ctx_init=None, options={"prompt_depth": 2, "name_prefix": prefix})
+
+
+def test_prompt_words_read_off_a_file_with_a_bidi_override_are_refused_as_bad_input(state, pinned, tmp_path):
+    """The words before each class name are read off the attacker's stored prompt tokens; a
+    right-to-left override there must be a one-line input error naming the file (exit 2), not
+    an internal error nor a name_prefix that reorders every report line it is printed in."""
+    tensors = _random_tensors(_spec(2, 2), seed=7)
+    sd = reference_file_state(state, tensors, [f"\u202e {n}" for n in NAMES], 2)
+    src = _save(tmp_path, sd)
+    with pytest.raises(InputError, match="name_prefix.*control character U\\+202E") as caught:
+        _convert(src, tmp_path / "maple.safetensors", pinned)
+    assert str(caught.value.path) == str(src)
+    assert not (tmp_path / "maple.safetensors").exists()
