@@ -246,6 +246,16 @@ def _checkpoint_meta(
     )
 
 
+def _learner_spec(req: ConvertRequest, learner: DasslPromptLearner, names: list[str], options: dict[str, Any]) -> LearnerSpec:
+    try:
+        return LearnerSpec(kind=learner.kind, class_names=names, n_ctx=learner.n_ctx, ctx_init=req.ctx_init, options=options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        about_names = not err["loc"] or err["loc"][0] == "class_names"  # the model validator checks names
+        field = "class names" if about_names else ".".join(str(p) for p in err["loc"])
+        raise InputError(req.classes_ref if about_names else req.source, f"{field}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
 def convert(req: ConvertRequest) -> ConvertResult:
     """Verify and write; raises InputError (nothing written) on any mismatch."""
     source, out = req.source, req.out
@@ -261,20 +271,15 @@ def convert(req: ConvertRequest) -> ConvertResult:
             req.classes_ref,
             f"{len(names)} class names given, but {source.name} was trained on {learner.n_classes} classes (token_suffix rows)",
         )
-    try:
-        learner_spec = LearnerSpec(kind=learner.kind, class_names=names, n_ctx=learner.n_ctx, ctx_init=req.ctx_init, options=learner.options)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        about_names = not err["loc"] or err["loc"][0] == "class_names"  # the model validator checks names
-        field = "class names" if about_names else ".".join(str(p) for p in err["loc"])
-        raise InputError(req.classes_ref if about_names else source, f"{field}: {err['msg'].removeprefix('Value error, ')}") from None
+    learner_spec = _learner_spec(req, learner, names, learner.options)
 
     backbone, probe = _build(req.backbone)
     backbone_name = _backbone_name(req.backbone)
     options = learner_class(learner.kind).dassl_prompt_options(learner.options, learner.token_suffix, backbone, names, learner.n_ctx)
     if options != learner.options:
+        # read off the file's stored tokens (MaPLe's prompt words): attacker-written text
         learner = dataclasses.replace(learner, options=options)
-        learner_spec = LearnerSpec.model_validate({**learner_spec.model_dump(), "options": options})
+        learner_spec = _learner_spec(req, learner, names, options)
     verify_prompt_tokens(learner, backbone, names, backbone_name)
     _check_ctx_init(learner, backbone, req.ctx_init)
 

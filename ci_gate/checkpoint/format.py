@@ -158,7 +158,7 @@ class LearnerSpec(_Meta):
                 try:
                     _safe_text(value)
                 except ValueError as exc:
-                    raise ValueError(f"options.{key} {exc}") from None
+                    raise ValueError(f"{key} {exc}") from None
         return out
 
 
