@@ -138,3 +138,61 @@ def test_prompt_words_read_off_a_file_with_a_bidi_override_are_refused_as_bad_in
         _convert(src, tmp_path / "maple.safetensors", pinned)
     assert str(caught.value.path) == str(src)
     assert not (tmp_path / "maple.safetensors").exists()
+
+
+# ---- attacker-written LearnerSpec.options in a ci-gate checkpoint -------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_maple(tmp_path_factory):
+    from checkpoint_edit import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("maple") / "maple.safetensors", "maple", ["cat", "dog", "bird"])
+
+
+@pytest.fixture(scope="module")
+def tiny_coop(tmp_path_factory):
+    from checkpoint_edit import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("coop") / "coop.safetensors", "coop", ["cat", "dog", "bird"])
+
+
+_CONTROL = __import__("re").compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _refused(src, tmp_path, options, match):
+    from checkpoint_edit import rewrite_metadata
+
+    from ci_gate.model import load_classifier
+
+    def edit(meta):
+        meta["learner"]["options"] = options
+
+    path = rewrite_metadata(src, tmp_path / "edited.safetensors", edit)
+    with pytest.raises(InputError, match=match) as caught:
+        load_classifier(path)
+    assert str(caught.value.path) == str(path)
+    assert not _CONTROL.search(str(caught.value.problem)), "attacker text reached the error line raw"
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"prompt_depth": True}, "prompt_depth"),  # a bool is not a depth
+        ({"prompt_depth": 2.0}, "prompt_depth"),
+        ({"prompt_depth": "2"}, "prompt_depth"),
+        ({"prompt_depth": 10**12}, "prompt_depth"),
+        ({"prompt_depth": 1}, "compound_prompt"),  # the file's deep prompts would go unused
+        ({"prompt_depth": 200}, "compound_prompt|depth"),
+        ({"name_prefix": "of a\u202e"}, "control character U\\+202E"),
+        ({"name_prefix": ["of", "a"]}, "name_prefix"),
+        ({"name_prefix": "a " * 101}, "name_prefix"),
+        ({"prompt_depth": 2, "fast": False}, "fast"),  # no option may switch a mode of the scan
+    ],
+)
+def test_maple_options_an_attacker_writes_are_refused_naming_the_file(tiny_maple, tmp_path, options, match):
+    _refused(tiny_maple, tmp_path, options, match)
+
+
+def test_a_maple_option_on_a_coop_checkpoint_is_refused_without_echoing_control_characters(tiny_coop, tmp_path):
+    _refused(tiny_coop, tmp_path, {"prompt_depth": 2, "\x1b[2J\u202eevil": 1}, "options")
