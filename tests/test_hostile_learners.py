@@ -196,3 +196,44 @@ def test_maple_options_an_attacker_writes_are_refused_naming_the_file(tiny_maple
 
 def test_a_maple_option_on_a_coop_checkpoint_is_refused_without_echoing_control_characters(tiny_coop, tmp_path):
     _refused(tiny_coop, tmp_path, {"prompt_depth": 2, "\x1b[2J\u202eevil": 1}, "options")
+
+
+# ---- the classifier's modes, and MaPLe's fast path on hostile magnitudes --------------------------
+
+
+def test_running_restores_modes_and_the_cache_when_the_block_raises(tiny_maple):
+    from ci_gate.model import load_classifier
+
+    clf = load_classifier(tiny_maple).classifier.freeze()
+    cached = clf._cached_text
+    assert clf.fast and clf.autocast_dtype is None and cached is not None
+    with pytest.raises(RuntimeError, match="boom"):
+        with clf.running(fast=False, autocast_dtype=torch.bfloat16):
+            assert not clf.fast and clf.autocast_dtype is torch.bfloat16 and clf._cached_text is None
+            with clf.running(fast=True):
+                assert clf.fast and clf._cached_text is not None
+                raise RuntimeError("boom")
+    assert clf.fast and clf.autocast_dtype is None
+    assert clf._cached_text is not None and torch.equal(clf._cached_text, cached)
+
+
+def test_maple_fast_path_equals_the_reference_path_on_hostile_magnitudes(tiny_maple, tmp_path):
+    """Prompts 100x a trained model's scale (the checkpoint is the attacker's): the scan's fast
+    path (cached, truncated text) must still see what the straightforward path sees."""
+    from ci_gate.bench.speed_run import random_pool
+    from ci_gate.checkpoint.format import load_checkpoint, save_checkpoint
+    from ci_gate.model import load_classifier
+
+    ckpt = load_checkpoint(tiny_maple)
+    gen = torch.Generator().manual_seed(3)
+    loud = {k: torch.randn(v.shape, generator=gen) * 100 for k, v in ckpt.learner_tensors.items()}
+    path = tmp_path / "loud.safetensors"
+    save_checkpoint(path, ckpt.meta, loud, ckpt.backbone_tensors)
+    clf = load_classifier(path).classifier.freeze()
+    images = random_pool(4, 32, seed=2)
+    with torch.no_grad():
+        fast = clf(images)
+        with clf.running(fast=False):
+            slow = clf(images)
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, slow, atol=1e-3, rtol=1e-4)
