@@ -237,3 +237,39 @@ def test_maple_fast_path_equals_the_reference_path_on_hostile_magnitudes(tiny_ma
             slow = clf(images)
     assert torch.isfinite(fast).all()
     torch.testing.assert_close(fast, slow, atol=1e-3, rtol=1e-4)
+
+
+def test_ci_gate_convert_exits_2_with_one_line_for_a_shadowed_tower_and_writes_nothing(state, pinned, tmp_path, capsys):
+    import json
+
+    from test_convert import run_cli
+
+    sd = _reference_state(state)
+    sd[TOWER] = (sd[TOWER].float() + 0.05).half()
+    sd["text_encoder.visual.transformer.resblocks.0.mlp.c_fc.weight"] = state[OPEN_CLIP_TOWER].half()
+    src = _save(tmp_path, sd)
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(CONFIG))
+    out = tmp_path / "maple.safetensors"
+    code, _, stderr = run_cli(capsys, str(src), "--classes", ",".join(NAMES), "--config", str(cfg), "--backbone-weights", str(pinned), "--out", str(out))
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ci-gate: error: {src}") and "text_encoder.visual" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("image_encoder.VPT", torch.zeros(2, 48), "no counterpart|cannot convert"),  # another method's deep vision prompts
+        ("image_encoder.proj", torch.zeros(24, 49), "shape"),
+        ("image_encoder.conv1.weight", torch.full((48, 3, 8, 8), float("inf")), "NaN or Inf"),
+        ("logit_scale", torch.tensor(4.6, dtype=torch.float64).long(), "dtype"),
+    ],
+)
+def test_whole_model_tower_keys_that_cannot_be_the_pinned_backbones_are_refused(state, pinned, tmp_path, key, value, match):
+    sd = _reference_state(state)
+    sd[key] = value
+    with pytest.raises(InputError, match=match):
+        _convert(_save(tmp_path, sd), tmp_path / "maple.safetensors", pinned)
+    assert not (tmp_path / "maple.safetensors").exists()
