@@ -198,15 +198,16 @@ def _check_shapes(path: Path, state: dict[str, torch.Tensor], kind: str) -> tupl
         if not torch.isfinite(t).all():
             raise InputError(path, f"tensor {name!r} contains NaN or Inf")
     ctx, prefix, suffix = state["ctx"], state["token_prefix"], state["token_suffix"]
-    if ctx.dim() == 3:
+    # a 3-D ctx is class-specific context (CoOp's CSC): only a learner whose hook says so takes it
+    if ctx.dim() == 3 and not options.get("csc"):
         raise InputError(
             path,
-            f"class-specific context (CSC, ctx shape {tuple(ctx.shape)}) is not supported: "
-            "ci-gate's CoOp/CoCoOp learners share one context across classes",
+            f"class-specific context (CSC, ctx shape {tuple(ctx.shape)}) is not supported by {learner_class(kind).title}: "
+            "its reference implementation shares one context across classes",
         )
-    if ctx.dim() != 2 or ctx.shape[0] < 1:
+    if ctx.dim() not in (2, 3) or ctx.shape[-2] < 1:
         raise InputError(path, f"ctx has shape {tuple(ctx.shape)}, expected (n_ctx, width)")
-    width = ctx.shape[1]
+    width = ctx.shape[-1]
     if prefix.dim() != 3 or prefix.shape[1] != 1 or prefix.shape[2] != width:
         raise InputError(path, f"token_prefix has shape {tuple(prefix.shape)}, expected (n_classes, 1, {width})")
     if suffix.dim() != 3 or suffix.shape[0] != prefix.shape[0] or suffix.shape[2] != width:

@@ -12,11 +12,12 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import Field, StrictBool, ValidationInfo, field_validator
 from torch import nn
 
 from ci_gate.learners.base import vision_dim
-from ci_gate.learners.coop import CoOp
-from ci_gate.learners.tokens import PromptTokens
+from ci_gate.learners.coop import CoOp, CoOpOptions
+from ci_gate.learners.tokens import ClassTokenPosition, PromptTokens
 
 if TYPE_CHECKING:
     from ci_gate.model.text import TextEncoder
@@ -24,9 +25,26 @@ if TYPE_CHECKING:
 META_NET_KEYS = ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight", "meta_net.linear2.bias")
 
 
+class CoCoOpOptions(CoOpOptions):
+    """CoOp's options pinned to CoOp's defaults: the reference CoCoOp (trainers/cocoop.py) has one
+    context shared by every class, with the class name at the end, and neither setting. Pinned
+    rather than absent so the CoOp code CoCoOp inherits reads them; never written to a file."""
+
+    csc: StrictBool = Field(False, exclude=True)
+    class_token_position: ClassTokenPosition = Field("end", exclude=True)
+
+    @field_validator("csc", "class_token_position")
+    @classmethod
+    def _coop_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value not in (False, "end"):
+            raise ValueError(f"CoCoOp has no {info.field_name} setting: its reference implementation shares one context across classes and puts the class name at the end (CoOp has both)")
+        return value
+
+
 class CoCoOp(CoOp):
     kind = "cocoop"
     title = "CoCoOp"
+    Options = CoCoOpOptions
     conditional = True
     shares_prefix = True
     dassl_signature = "a CoCoOp meta-net (meta_net.*)"
