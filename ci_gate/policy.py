@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ci_gate.errors import InputError
+from ci_gate.report.formats import format_names
 from ci_gate.scoring.statistics import STATISTICS
 from ci_gate.resources import bundled_policy, bundled_policy_names
 
@@ -130,8 +131,11 @@ class DetectionPolicy(_Strict):
         return value
 
 
+ReportFormat = Literal[format_names()]  # type: ignore[valid-type]  # the registry in ci_gate.report.formats
+
+
 class ReportPolicy(_Strict):
-    formats: list[Literal["json", "html", "sarif", "md"]] = Field(default_factory=lambda: ["json", "html", "sarif", "md"])
+    formats: list[ReportFormat] = Field(default_factory=lambda: list(format_names()))
     backdoor_level: Literal["error", "warning", "note"] = "error"
     suspicious_level: Literal["error", "warning", "note", "none"] = "warning"
     fail_on: Literal["backdoor", "suspicious", "never"] = "backdoor"

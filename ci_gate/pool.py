@@ -19,9 +19,9 @@ What the loader guarantees, and why:
   page a viewer shows a transparent image on, rather than dropped: dropping alpha exposes
   whatever colour an encoder left under transparent pixels, often black. Animated GIF/WebP/PNG
   files contribute their first frame.
-- **List, sample, then read.** Sources are listed (names and sizes only) in sorted order, a seeded
-  permutation picks the order, and only as many files are read and decoded as it takes to collect
-  ``max_images`` usable ones. A tar's sampled members are read in archive order, so a compressed
+- **List, sample, then read.** Sources (ci_gate/pool_sources/, one module per kind) are listed
+  (names and sizes only) in sorted order, a seeded permutation picks the order, and only as many
+  files are read and decoded as it takes to collect ``max_images`` usable ones. A tar's sampled members are read in archive order, so a compressed
   tar is streamed rather than re-decompressed for each member.
 - **Bounded decoding.** JPEGs much larger than the model input are decoded at a reduced DCT scale
   (``Image.draft``); anything still above :data:`MAX_PIXELS` pixels, or a file above
@@ -38,15 +38,9 @@ What the loader guarantees, and why:
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
-import lzma
-import os
-import stat
-import tarfile
 import warnings
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,20 +50,19 @@ import torch
 from PIL import Image
 
 from ci_gate.errors import InputError
+from ci_gate.pool_sources import IMAGE_SUFFIXES, MAX_FILE_BYTES, Entry, Listing, display_name, open_source  # noqa: F401  (IMAGE_SUFFIXES: ci_gate.data reads it here)
 
 try:
     from PIL import ImageCms
 except ImportError:  # Pillow built without littlecms: CMYK falls back to Pillow's formula
     ImageCms = None
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 # Content sniffing is limited to the formats the suffixes name (a .jpg that is really a PNG is common
 # in scraped pools; JPEG covers MPO); plugins such as EPS would run external programs on untrusted files.
 _FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 
 MAX_PIXELS = 50_000_000  # decoded pixels per image; a 50 MP RGB decode is 150 MB
-MAX_FILE_BYTES = 256 * 2**20  # an 8-bit RGB file this big is over MAX_PIXELS even uncompressed
 ALPHA_BACKGROUND = (255, 255, 255)
 # A JPEG is decoded at 1/2, 1/4 or 1/8 scale only while its short side stays >= this many times
 # the model input: the antialiased bicubic resize then sees enough pixels that the result matches a
@@ -101,25 +94,6 @@ class Pool:
 
 class _Refused(ValueError):
     """An image that decodes but whose pixels have no agreed meaning (the reason is the message)."""
-
-
-def display_name(name: str | bytes) -> str:
-    """A printable one-line form of a file name: bytes that are not UTF-8 become ``\\xNN`` escapes,
-    control characters (a newline in a name) their backslash escapes.
-
-    Linux hands non-UTF-8 names to Python as lone surrogates (PEP 383), which cannot be written to
-    a UTF-8 report or hashed; the escaped form can, keeps messages on one line, and still tells the
-    user which file it was.
-    """
-    if isinstance(name, str):
-        try:
-            name = name.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:  # a surrogate no file system produced: keep it visible
-            name = name.encode("utf-8", "backslashreplace")
-    text = name.decode("utf-8", "backslashreplace")
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def _bit_depth(img: Image.Image, arr: np.ndarray) -> tuple[int, bool]:
@@ -206,123 +180,6 @@ def to_model_input(img: Image.Image, size: int, interpolation: str = "bicubic") 
     return np.asarray(img, dtype=np.uint8)
 
 
-# -- listing --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Entry:
-    name: str  # display name (escaped), also the sort key and what Pool.names reports
-    ref: object  # a filesystem path (str) or a tarfile.TarInfo
-    order: int = 0  # read order inside a batch (a tar member's offset)
-
-
-def _inside(path: str, root: str) -> bool:
-    try:
-        return os.path.commonpath([path, root]) == root
-    except ValueError:
-        return False
-
-
-def _check_file(full: str, shown: str, real_root: str, skipped: list[tuple[str, str]], resolve: bool) -> _Entry | None:
-    """A listed path becomes an entry when it is a regular file inside the pool.
-
-    A symlinked file counts when it resolves inside the pool; ``resolve`` also checks files that
-    are not links themselves (a glob's ``*/`` steps through a symlinked folder).
-    """
-    try:
-        if resolve or os.path.islink(full):
-            if not _inside(os.path.realpath(full), real_root):
-                skipped.append((shown, "link: symbolic link leads outside the pool, not read"))
-                return None
-        st = os.stat(full)
-    except OSError as exc:
-        skipped.append((shown, f"unreadable: {exc.strerror or type(exc).__name__}"))
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        skipped.append((shown, "unreadable: not a regular file"))
-        return None
-    if st.st_size > MAX_FILE_BYTES:
-        skipped.append((shown, f"too large: {st.st_size / 2**20:.0f} MiB file exceeds the {MAX_FILE_BYTES // 2**20} MiB cap"))
-        return None
-    return _Entry(shown, full)
-
-
-def _list_folder(root: Path, skipped: list[tuple[str, str]]) -> list[_Entry]:
-    real_root = os.path.realpath(root)
-    entries = []
-
-    def unreadable_folder(exc: OSError) -> None:
-        where = os.path.relpath(exc.filename, root) if exc.filename else "."
-        skipped.append((display_name(Path(where).as_posix()), f"unreadable: folder ({exc.strerror or type(exc).__name__})"))
-
-    # os.walk does not descend into symlinked folders (followlinks=False): no cycles, no escape.
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable_folder, followlinks=False):
-        dirnames.sort()
-        for d in dirnames:
-            full = os.path.join(dirpath, d)
-            if os.path.islink(full):
-                skipped.append((display_name(Path(os.path.relpath(full, root)).as_posix()), "link: symbolic link to a folder, not followed"))
-        for fname in sorted(filenames):
-            if os.path.splitext(fname)[1].lower() not in IMAGE_SUFFIXES:
-                continue
-            full = os.path.join(dirpath, fname)
-            shown = display_name(Path(os.path.relpath(full, root)).as_posix())
-            entry = _check_file(full, shown, real_root, skipped, resolve=False)
-            if entry is not None:
-                entries.append(entry)
-    return entries
-
-
-def _list_glob(spec: str, skipped: list[tuple[str, str]]) -> list[_Entry] | None:
-    """Match ``spec`` without following symlinked folders on ``**`` (glob.glob does, into cycles).
-
-    Returns None when nothing at all matches.
-    """
-    parts = Path(spec).parts
-    magic = next((i for i, p in enumerate(parts) if glob.has_magic(p)), None)
-    if magic is None:
-        return None
-    root = Path(*parts[:magic]) if magic else Path(".")
-    pattern = "/".join(parts[magic:])
-    if not root.is_dir():
-        return None
-    real_root = os.path.realpath(root)
-    explicit_hidden = any(p.startswith(".") for p in parts[magic:])
-    try:
-        matches = sorted(root.glob(pattern))
-    except ValueError as exc:  # pathlib refuses e.g. `**x`; glob.glob would have read it as `*x`
-        raise InputError(display_name(spec), f"invalid glob pattern ({exc})") from None
-    entries = []
-    for p in matches:
-        rel = p.relative_to(root).parts
-        # glob.glob's `*` skips dot files; keep that unless the pattern names one
-        if not explicit_hidden and any(r.startswith(".") for r in rel):
-            continue
-        if p.suffix.lower() not in IMAGE_SUFFIXES or p.is_dir():
-            continue
-        entry = _check_file(str(p), display_name(p.as_posix()), real_root, skipped, resolve=True)
-        if entry is not None:
-            entries.append(entry)
-    return entries if matches else None
-
-
-def _list_tar(tar: tarfile.TarFile, skipped: list[tuple[str, str]]) -> list[_Entry]:
-    entries = []
-    for member in tar.getmembers():
-        if Path(member.name).suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        shown = display_name(member.name)
-        if not member.isfile():
-            if member.issym() or member.islnk():
-                skipped.append((shown, "link: tar member is a link, not read"))
-            continue
-        if member.size > MAX_FILE_BYTES:
-            skipped.append((shown, f"too large: {member.size / 2**20:.0f} MiB member exceeds the {MAX_FILE_BYTES // 2**20} MiB cap"))
-            continue
-        entries.append(_Entry(shown, member, member.offset_data))
-    return entries
-
-
 # -- decoding -------------------------------------------------------------------------------------
 
 
@@ -396,56 +253,18 @@ def load_pool(
     shown_spec = display_name(spec)
     if not spec.strip():
         raise InputError("pool", "the pool path is empty")  # Path("") is the working directory
-    path = Path(spec)
     skipped: list[tuple[str, str]] = []
-    tar: tarfile.TarFile | None = None
-    if path.is_file():
-        try:
-            is_tar = tarfile.is_tarfile(path)
-        except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # is_tarfile lets a corrupt compressed stream's errors through
-            raise InputError(shown_spec, f"unreadable ({type(exc).__name__})") from None
-        if not is_tar:
-            if any(s in (".tar", ".tgz", ".tbz2", ".txz") for s in path.suffixes):
-                raise InputError(shown_spec, "unreadable tar (not a tar archive: damaged or truncated?)")
-            raise InputError(shown_spec, "pool must be a folder, a glob or a .tar of images")
-        try:
-            tar = tarfile.open(path)
-            entries = _list_tar(tar, skipped)
-        except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as exc:
-            if tar is not None:
-                tar.close()
-            raise InputError(shown_spec, f"unreadable tar ({type(exc).__name__})") from None
-    elif path.is_dir():
-        entries = _list_folder(path, skipped)
-    else:
-        listed = _list_glob(spec, skipped)
-        if listed is None:
-            raise InputError(shown_spec, "pool not found (no such folder, tar or glob matches)")
-        entries = listed
-    try:
-        return _collect(tar, entries, skipped, shown_spec, image_size, min_images, max_images, interpolation, seed, max_pixels)
-    finally:
-        if tar is not None:
-            tar.close()
+    with open_source(spec, skipped) as listing:  # ci_gate.pool_sources: a folder, a glob, a tar...
+        return _collect(listing, skipped, shown_spec, image_size, min_images, max_images, interpolation, seed, max_pixels)
 
 
-def _read(tar: tarfile.TarFile | None, entry: _Entry) -> bytes | str:
-    try:
-        if tar is None:
-            with open(entry.ref, "rb") as fh:  # type: ignore[arg-type]
-                return fh.read(MAX_FILE_BYTES + 1)
-        fh = tar.extractfile(entry.ref)  # type: ignore[arg-type]
-        if fh is None:
-            return "unreadable: not a regular tar member"
-        return fh.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        return f"unreadable: {exc.strerror or type(exc).__name__}"
-    except (tarfile.TarError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
-        return f"unreadable: {type(exc).__name__}"
+def _read(listing: Listing, entry: Entry) -> bytes | str:
+    # one place every read goes through, whatever the source (tests count the reads here)
+    return listing.read(entry)
 
 
-def _collect(tar, entries, skipped, shown_spec, image_size, min_images, max_images, interpolation, seed, max_pixels) -> Pool:
-    entries.sort(key=lambda e: e.name)
+def _collect(listing: Listing, skipped, shown_spec, image_size, min_images, max_images, interpolation, seed, max_pixels) -> Pool:
+    entries = sorted(listing.entries, key=lambda e: e.name)
     order = list(range(len(entries)))
     if len(entries) > max_images:
         order = [int(i) for i in np.random.default_rng(seed).permutation(len(entries))]
@@ -464,7 +283,7 @@ def _collect(tar, entries, skipped, shown_spec, image_size, min_images, max_imag
         # read in storage order (a compressed tar streams forward), accept in permutation order
         outcome: dict[int, tuple[str, np.ndarray | str]] = {}
         for i in sorted(batch, key=lambda i: (entries[i].order, i)):
-            data = _read(tar, entries[i])
+            data = _read(listing, entries[i])
             if isinstance(data, str):
                 outcome[i] = ("", data)
                 continue

@@ -90,11 +90,12 @@ def test_dassl_import_keeps_exactly_the_learners_tensors(backbone, kind):
     spec = _spec(kind)
     tensors = new_learner(backbone, spec, seed=0).named_tensors()
     state = {**{k: v.half() for k, v in tensors.items()}, "token_prefix": torch.zeros(5, 1, 8), "token_suffix": torch.zeros(5, 3, 8)}
-    claimed = [k for k in DASSL_KINDS if learner_class(k).dassl_claims(state)]
+    claimed = [k for k in DASSL_KINDS if learner_class(k).dassl_claims(frozenset(state))]
     assert claimed[-1] == kind, claimed  # auto-detection picks this learner
-    kept, options = cls.dassl_tensors(state)
-    assert set(kept) == cls.expected_tensors(spec.model_copy(update={"options": options}))
-    assert cls.Options.model_validate(options) is not None and cls.dassl_signature
+    got = cls.dassl_import(state)
+    assert set(got.tensors) == cls.expected_tensors(spec.model_copy(update={"options": got.options}))
+    assert set(got.used) == set(state) and got.token_suffix.shape == (5, 3, 8)
+    assert cls.Options.model_validate(got.options) is not None and cls.dassl_signature
 
 
 @pytest.mark.parametrize("kind", KINDS)

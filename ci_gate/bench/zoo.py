@@ -27,6 +27,7 @@ from ci_gate.attacks import PoisonSettings, attack_spec, build_trigger, poison_e
 from ci_gate.bench.backbone import BackboneRecipe, CachedBackbone, cifar10, get_backbone, tiny_imagenet
 from ci_gate.checkpoint.format import CheckpointMeta, LearnerSpec, Preprocessing, save_checkpoint
 from ci_gate.data import LabeledImages
+from ci_gate.learners import tuned_kinds
 from ci_gate.model.factory import build_classifier, new_learner
 from ci_gate.model.small import embedded_backbone
 from ci_gate.tuning.train import accuracy, attack_success_rate
@@ -246,13 +247,15 @@ def profile_entries(profile: str) -> list[ZooEntry]:
     if profile == "full":
         out = []
         for ds in ("cifar10", "tin20"):
-            out += [entry(ds, "cocoop", None, s) for s in range(5)]
-            out += [entry(ds, "coop", None, s) for s in range(3)]
+            # every registered prompt learner: 3 clean models (CoCoOp, the paper's main one, 5)
+            out += [entry(ds, kind, None, s) for kind in tuned_kinds() for s in range(3)]
+            out += [entry(ds, "cocoop", None, s) for s in range(3, 5)]
         for ds, budgets in (("cifar10", (8, 16)), ("tin20", (16, 24))):
-            # BadCLIP at several budgets: the gate is never told which
+            # BadCLIP at several budgets: the gate is never told which. Every learner at the
+            # task's larger budget; CoCoOp with more seeds, the smaller budget and the adaptive attack
+            out += [entry(ds, kind, "badclip", s, eps255=budgets[1]) for kind in tuned_kinds() for s in range(2)]
             out += [entry(ds, "cocoop", "badclip", s, eps255=budgets[0]) for s in range(4)]
-            out += [entry(ds, "cocoop", "badclip", s, eps255=budgets[1]) for s in range(9)]
-            out += [entry(ds, "coop", "badclip", s, eps255=budgets[1]) for s in range(2)]
+            out += [entry(ds, "cocoop", "badclip", s, eps255=budgets[1]) for s in range(2, 9)]
             out += [entry(ds, "cocoop", "adaptive_badclip", s) for s in range(2)]
             out += [entry(ds, "zeroshot", "encoder", s) for s in range(3)]
             out += [entry(ds, "zeroshot", "encoder_badnets", s) for s in range(2)]

@@ -303,10 +303,35 @@ def convert(req: ConvertRequest) -> ConvertResult:
     verify_prompt_tokens(learner, backbone, names, backbone_name)
     _check_ctx_init(learner, backbone, req.ctx_init)
 
-    embedded = {k: v.detach().clone() for k, v in backbone.clip.state_dict().items()} if req.backbone.embed else None
+    pinned = {k: v.detach().clone() for k, v in backbone.clip.state_dict().items()}
+    modified = modified_towers(learner, pinned)
+    notes = list(backbone.notes)
+    if modified:
+        # the file's own towers are what a deployment of it runs: scan those, as an embedded
+        # backbone, so the encoder check names them in every report
+        for name in modified:
+            pinned[name] = learner.towers[name].to(pinned[name].dtype)
+        notes.append(f"{source.name} carries {len(modified)} backbone tensors that differ from the pinned backbone (e.g. {', '.join(modified[:3])}); they are embedded as a modified encoder")
+    embedded = pinned if (req.backbone.embed or modified) else None
     meta = _checkpoint_meta(learner, learner_spec, backbone, probe, embedded, str(req.backbone.config_path or probe.architecture), stated)
     tensors = learner.learner_tensors()
     # Dry run of the loader's own checks (ctx width, meta-net shapes) before anything is written.
     learner_from_tensors(source, backbone, meta, tensors)
+    if modified:
+        meta.provenance["modified_towers"] = modified[:20]
     digest = save_checkpoint(out, meta, tensors, embedded)
-    return ConvertResult(out=out, sha256=digest, meta=meta, notes=list(backbone.notes))
+    return ConvertResult(out=out, sha256=digest, meta=meta, notes=notes)
+
+
+def modified_towers(learner: DasslPromptLearner, pinned: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the backbone tensors a whole-model Dassl file carries that differ from the pinned
+    backbone's (beyond the rounding of the file's dtype); InputError for one the backbone lacks."""
+    out = []
+    for name, tensor in sorted(learner.towers.items()):
+        if name not in pinned:
+            raise InputError(learner.path, f"backbone tensor {name!r} in the file has no counterpart in the pinned backbone")
+        if tuple(tensor.shape) != tuple(pinned[name].shape):
+            raise InputError(learner.path, f"backbone tensor {name!r} has shape {tuple(tensor.shape)}, the pinned backbone's is {tuple(pinned[name].shape)}: tuned on a different backbone")
+        if not _fp_close(pinned[name].reshape(1, -1), tensor.reshape(1, -1)).all():
+            out.append(name)
+    return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ import torch
 from ci_gate.errors import InputError
 from ci_gate.io import sha256_bytes
 from ci_gate.learners import DASSL_KINDS, learner_class
+from ci_gate.learners.base import DasslImport
 from ci_gate.model.backbone import is_torchscript_archive
 
-TOKEN_KEYS = ("token_prefix", "token_suffix")
 
 
 class _InertRecord:
@@ -86,10 +86,12 @@ class DasslPromptLearner:
     sha256: str
     kind: str
     tensors: dict[str, torch.Tensor]  # the learner's own, as ci-gate stores them (Dassl names)
-    options: dict[str, Any]  # LearnerSpec.options read off the tensors (e.g. CoOp's CSC)
+    options: dict[str, Any]  # LearnerSpec.options the tensors imply
     token_prefix: torch.Tensor  # (n_cls, 1, width): SOS embedding per class
     token_suffix: torch.Tensor  # (n_cls, L - 1 - n_ctx, width): class name, '.', EOS, padding
     epoch: int | None
+    # backbone tensors the file carries (open_clip names), to compare with the pinned backbone
+    towers: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def ctx(self) -> torch.Tensor:
@@ -101,7 +103,7 @@ class DasslPromptLearner:
 
     @property
     def width(self) -> int:
-        return int(self.ctx.shape[-1])
+        return int(self.token_prefix.shape[-1])
 
     @property
     def n_classes(self) -> int:
@@ -153,7 +155,8 @@ def load_pickled_safely(path: Path) -> tuple[Any, str]:
 
 def _state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
     state = obj.get("state_dict") if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) else obj
-    if not isinstance(state, dict) or not any(str(k).removeprefix("module.") == "ctx" for k in state):
+    keys = frozenset(str(n).removeprefix("module.") for n in state) if isinstance(state, dict) else frozenset()
+    if not any(learner_class(k).dassl_claims(keys) for k in DASSL_KINDS):
         raise InputError(path, "not a Dassl prompt-learner checkpoint (expected a 'state_dict' holding 'ctx')")
     out = {}
     for key, value in state.items():
@@ -167,7 +170,7 @@ def _detect_kind(path: Path, state: dict[str, torch.Tensor], requested: str) -> 
     kinds = DASSL_KINDS
     if requested != "auto" and requested not in kinds:
         raise InputError(None, f"unknown learner kind {requested!r} (auto, {', '.join(kinds)})")
-    claimed = [k for k in kinds if learner_class(k).dassl_claims(state)]
+    claimed = [k for k in kinds if learner_class(k).dassl_claims(frozenset(state))]
     if requested == "auto":
         if not claimed:
             raise InputError(path, "no registered prompt learner recognises this checkpoint's tensors")
@@ -180,39 +183,28 @@ def _detect_kind(path: Path, state: dict[str, torch.Tensor], requested: str) -> 
     return requested
 
 
-def _check_shapes(path: Path, state: dict[str, torch.Tensor], kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _import(path: Path, state: dict[str, torch.Tensor], kind: str) -> DasslImport:
+    """The learner's own reading, then what every prompt learner shares."""
     try:
-        tensors, options = learner_class(kind).dassl_tensors(state)
+        got = learner_class(kind).dassl_import(state)
     except ValueError as exc:
         raise InputError(path, str(exc)) from None
-    known = {*tensors, *TOKEN_KEYS}
-    unknown = sorted(set(state) - known)
+    unknown = sorted(set(state) - got.used)
     if unknown:
         raise InputError(path, f"tensors ci-gate cannot convert (another prompt-learning method?): {unknown[:5]}")
-    missing = [k for k in TOKEN_KEYS if k not in state]
-    if missing:
-        raise InputError(path, f"no {missing}: without the stored prompt tokens the class names and backbone cannot be verified")
-    for name, t in state.items():
+    for name in sorted(got.used):
+        t = state[name]
         if not t.is_floating_point():
             raise InputError(path, f"tensor {name!r} has dtype {t.dtype}, expected floating point")
         if not torch.isfinite(t).all():
             raise InputError(path, f"tensor {name!r} contains NaN or Inf")
-    ctx, prefix, suffix = state["ctx"], state["token_prefix"], state["token_suffix"]
-    # a 3-D ctx is class-specific context (CoOp's CSC): only a learner whose hook says so takes it
-    if ctx.dim() == 3 and not options.get("csc"):
-        raise InputError(
-            path,
-            f"class-specific context (CSC, ctx shape {tuple(ctx.shape)}) is not supported by {learner_class(kind).title}: "
-            "its reference implementation shares one context across classes",
-        )
-    if ctx.dim() not in (2, 3) or ctx.shape[-2] < 1:
-        raise InputError(path, f"ctx has shape {tuple(ctx.shape)}, expected (n_ctx, width)")
-    width = ctx.shape[-1]
+    prefix, suffix = got.token_prefix, got.token_suffix
+    width = got.tensors["ctx"].shape[-1]
     if prefix.dim() != 3 or prefix.shape[1] != 1 or prefix.shape[2] != width:
         raise InputError(path, f"token_prefix has shape {tuple(prefix.shape)}, expected (n_classes, 1, {width})")
     if suffix.dim() != 3 or suffix.shape[0] != prefix.shape[0] or suffix.shape[2] != width:
         raise InputError(path, f"token_suffix has shape {tuple(suffix.shape)}, expected ({prefix.shape[0]}, length, {width})")
-    return tensors, options
+    return got
 
 
 def read_dassl_checkpoint(path: str | Path, kind: str = "auto") -> DasslPromptLearner:
@@ -221,15 +213,16 @@ def read_dassl_checkpoint(path: str | Path, kind: str = "auto") -> DasslPromptLe
     obj, digest = load_pickled_safely(path)
     state = _state_dict(path, obj)
     resolved = _detect_kind(path, state, kind)
-    tensors, options = _check_shapes(path, state, resolved)
+    got = _import(path, state, resolved)
     epoch = obj.get("epoch") if isinstance(obj, dict) else None
     return DasslPromptLearner(
         path=path,
         sha256=digest,
         kind=resolved,
-        tensors=tensors,
-        options=options,
-        token_prefix=state["token_prefix"],
-        token_suffix=state["token_suffix"],
+        tensors=got.tensors,
+        options=got.options,
+        token_prefix=got.token_prefix,
+        token_suffix=got.token_suffix,
+        towers=got.towers,
         epoch=epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
     )

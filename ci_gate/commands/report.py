@@ -9,19 +9,17 @@ from pathlib import Path
 import typer
 
 from ci_gate.errors import InputError
+from ci_gate.report.formats import format_names, unknown_formats
 
-# Same as ci_gate.report.FORMATS (tests check): spelled out so that building the CLI does not
-# import the reporters (jinja2, pydantic); they load when the command runs.
-FORMATS_HELP = "json,html,sarif,md"
+# The registry lists names without loading the renderers (jinja2): they load when the command runs.
+FORMATS_HELP = ",".join(format_names())
 
 
 def parse_formats(spec: str) -> list[str]:
-    from ci_gate.report import FORMATS, unknown_formats
-
     formats = [f.strip().lower() for f in spec.split(",") if f.strip()]
     bad = unknown_formats(formats)
     if not formats or bad:
-        raise InputError("--format", f"unknown format(s) {', '.join(bad) or repr(spec)}; choose from {','.join(FORMATS)}")
+        raise InputError("--format", f"unknown format(s) {', '.join(bad) or repr(spec)}; choose from {FORMATS_HELP}")
     return formats
 
 

@@ -16,6 +16,7 @@ live in ``LearnerSpec.options`` and are validated by the learner's own ``Options
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -32,6 +33,21 @@ if TYPE_CHECKING:
 
 class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+@dataclass(frozen=True)
+class DasslImport:
+    """What a learner takes from a Dassl state dict (``module.`` stripped)."""
+
+    tensors: dict[str, torch.Tensor]  # the learner's own, named as ci-gate stores them
+    options: dict[str, Any]  # LearnerSpec.options that the tensors imply (e.g. CoOp's CSC)
+    token_prefix: torch.Tensor  # (n_cls, 1, d): the stored SOS embedding per class
+    token_suffix: torch.Tensor  # (n_cls, L - 1 - n_ctx, d): class name, '.', EOS, padding
+    used: frozenset[str]  # every state key read; any other key is refused as unknown
+    # backbone tensors the file carries (whole-model checkpoints such as MaPLe's), in open_clip
+    # state-dict names: convert compares them with the pinned backbone, and a difference makes
+    # the converted checkpoint carry them as a modified (embedded) encoder
+    towers: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def vision_dim(backbone: "Backbone") -> int:
@@ -91,14 +107,15 @@ class Learner(nn.Module):
     dassl_signature: ClassVar[str] = ""
 
     @classmethod
-    def dassl_claims(cls, state: dict[str, torch.Tensor]) -> bool:
-        """Whether a Dassl state dict (``module.`` stripped) is this learner's."""
+    def dassl_claims(cls, keys: frozenset[str]) -> bool:
+        """Whether a Dassl state dict with these keys (``module.`` stripped) is this learner's."""
         return False
 
     @classmethod
-    def dassl_tensors(cls, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """(learner tensors as ci-gate stores them, LearnerSpec options) from a claimed state dict;
-        ValueError names what does not fit."""
+    def dassl_import(cls, state: dict[str, torch.Tensor]) -> DasslImport:
+        """The learner's tensors from a claimed state dict; ValueError names what does not fit
+        (shapes that cannot be this learner's). dtypes, finiteness, unknown keys and the token
+        shapes are checked by ci_gate.checkpoint.dassl for every learner."""
         raise NotImplementedError
 
     # ---- forward --------------------------------------------------------------------------

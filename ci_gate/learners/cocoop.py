@@ -15,7 +15,7 @@ import torch
 from pydantic import Field, StrictBool, ValidationInfo, field_validator
 from torch import nn
 
-from ci_gate.learners.base import vision_dim
+from ci_gate.learners.base import DasslImport, vision_dim
 from ci_gate.learners.coop import CoOp, CoOpOptions
 from ci_gate.learners.tokens import ClassTokenPosition, PromptTokens
 
@@ -111,15 +111,15 @@ class CoCoOp(CoOp):
         return out
 
     @classmethod
-    def dassl_claims(cls, state: dict[str, torch.Tensor]) -> bool:
-        return "ctx" in state and any(k.startswith("meta_net.") for k in state)
+    def dassl_claims(cls, keys: frozenset[str]) -> bool:
+        return "ctx" in keys and any(k.startswith("meta_net.") for k in keys)
 
     @classmethod
-    def dassl_tensors(cls, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def dassl_import(cls, state: dict[str, torch.Tensor]) -> DasslImport:
         missing = sorted(set(META_NET_KEYS) - set(state))
         if missing:
             raise ValueError(f"incomplete CoCoOp meta-net: missing {missing}")
-        return {"ctx": state["ctx"], **{k: state[k] for k in META_NET_KEYS}}, {}
+        return cls._dassl_context(state, {"ctx": state["ctx"], **{k: state[k] for k in META_NET_KEYS}}, {})
 
     def conditional_context(self, image_features: torch.Tensor) -> torch.Tensor:
         """v_m + pi(x) for every image, (B, M, d)."""

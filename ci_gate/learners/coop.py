@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import StrictBool
 
-from ci_gate.learners.base import Learner, NoOptions, text_width
+from ci_gate.learners.base import DasslImport, Learner, NoOptions, text_width
 from ci_gate.learners.tokens import ClassTokenPosition, PromptTokens, init_context
 
 if TYPE_CHECKING:
@@ -102,20 +102,33 @@ class CoOp(Learner):
         return {"ctx": self.ctx.detach()}
 
     @classmethod
-    def dassl_claims(cls, state: dict[str, torch.Tensor]) -> bool:
-        return "ctx" in state and not any(k.startswith("meta_net.") for k in state)
+    def dassl_claims(cls, keys: frozenset[str]) -> bool:
+        return "ctx" in keys and not any(k.startswith("meta_net.") for k in keys)
 
     @classmethod
-    def dassl_tensors(cls, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def dassl_import(cls, state: dict[str, torch.Tensor]) -> DasslImport:
+        # CSC is read off the tensor, so a user cannot contradict it; the class token position is
+        # a training setting the file does not record (convert's --learner-option states it)
         ctx = state["ctx"]
+        return cls._dassl_context(state, {"ctx": ctx}, {"csc": ctx.dim() == 3})
+
+    @classmethod
+    def _dassl_context(cls, state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], options: dict[str, Any]) -> DasslImport:
+        ctx = state["ctx"]
+        if ctx.dim() == 3 and not options.get("csc"):
+            raise ValueError(
+                f"class-specific context (CSC, ctx shape {tuple(ctx.shape)}) is not supported by {cls.title}: "
+                "its reference implementation shares one context across classes"
+            )
         if ctx.dim() not in (2, 3) or ctx.shape[-2] < 1:
             raise ValueError(f"ctx has shape {tuple(ctx.shape)}, expected (n_ctx, width), or (n_classes, n_ctx, width) for class-specific context")
-        prefix = state.get("token_prefix")
-        if ctx.dim() == 3 and prefix is not None and prefix.shape[0] != ctx.shape[0]:
-            raise ValueError(f"class-specific ctx holds {ctx.shape[0]} classes, token_prefix {prefix.shape[0]}")
-        # the class token position is a training setting the file does not record: convert's
-        # --learner-option states it; CSC is read off the tensor, so the user cannot contradict it
-        return {"ctx": ctx}, {"csc": ctx.dim() == 3}
+        missing = [k for k in ("token_prefix", "token_suffix") if k not in state]
+        if missing:
+            raise ValueError(f"no {missing}: without the stored prompt tokens the class names and backbone cannot be verified")
+        if ctx.dim() == 3 and ctx.shape[0] != state["token_prefix"].shape[0]:
+            raise ValueError(f"class-specific ctx holds {ctx.shape[0]} classes, token_prefix {state['token_prefix'].shape[0]}")
+        used = frozenset({*tensors, "token_prefix", "token_suffix"})
+        return DasslImport(tensors, options, state["token_prefix"], state["token_suffix"], used)
 
     def bind(self, backbone, class_names: list[str], n_ctx: int) -> PromptTokens:
         if self.csc and len(class_names) != self.ctx.shape[0]:

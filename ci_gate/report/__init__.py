@@ -1,4 +1,4 @@
-"""Reporters: turn a Result into report files. Nothing here imports torch.
+"""Reporters: turn a Result into report files (one module per format in ci_gate/report/formats/). Nothing here imports torch.
 
 ``render`` is the one entry point the scan and ``ci-gate report`` call. The output folder is
 always a self-consistent bundle: when it differs from the result folder, the images the Result
@@ -9,21 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ci_gate.io import atomic_write_bytes, atomic_write_text
+from ci_gate.io import atomic_write_bytes
 from ci_gate.report import artifacts
-from ci_gate.report.html import render_html
-from ci_gate.report.markdown import SummaryLinks, summary_markdown
-from ci_gate.report.sarif import SarifLimitError, render_sarif
+from ci_gate.report.formats import ReportInputs, file_names, format_names, reporters, unknown_formats
+from ci_gate.report.markdown import SummaryLinks
+from ci_gate.report.sarif import SarifLimitError
 from ci_gate.result import Result
 
-FILE_NAMES = {"json": "result.json", "html": "report.html", "sarif": "report.sarif", "md": "summary.md"}
-FORMATS = tuple(FILE_NAMES)
+# The registry in ci_gate.report.formats, one module per format.
+FILE_NAMES = file_names()
+FORMATS = format_names()
 
 __all__ = ["FILE_NAMES", "FORMATS", "SarifLimitError", "SummaryLinks", "render", "unknown_formats"]
-
-
-def unknown_formats(formats: list[str]) -> list[str]:
-    return [f for f in formats if f not in FILE_NAMES]
 
 
 def render(
@@ -49,17 +46,13 @@ def render(
     if out_dir.resolve() != result_dir.resolve():
         _copy_artifacts(result, result_dir, out_dir)
 
+    inputs = ReportInputs(result_dir=result_dir, links=links, source_root=source_root)
+    known = reporters()
     written: dict[str, Path] = {}
     for fmt in dict.fromkeys(formats):
-        path = out_dir / FILE_NAMES[fmt]
-        if fmt == "json":
-            result.save(path)
-        elif fmt == "html":
-            atomic_write_text(path, render_html(result, result_dir))
-        elif fmt == "sarif":
-            atomic_write_bytes(path, render_sarif(result, source_root))
-        elif fmt == "md":
-            atomic_write_text(path, summary_markdown(result, links))
+        rep = known[fmt]
+        path = out_dir / rep.file_name
+        rep.write(result, inputs, path)
         written[fmt] = path
     return written
 

@@ -33,12 +33,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ci_gate.errors import InputError
+from ci_gate.report.formats import file_names
 
 MARKER = ".ci-gate-report"
 MARKER_TEXT = "ci-gate report folder: the next run replaces this folder as a whole\n"
 # What ci-gate itself puts in a report folder (verify, report, canary). A folder holding anything
 # else is not ours to replace: the swap would delete it.
-OWN_ENTRIES = frozenset({MARKER, "result.json", "report.html", "report.sarif", "summary.md", "triggers", "examples",
+OWN_ENTRIES = frozenset({MARKER, *file_names().values(), "triggers", "examples",
                          "canary.json", "canary.safetensors", "scan",
                          # action.yml puts the repaired model and its re-verification in the report folder
                          "repaired", "repaired-report",
