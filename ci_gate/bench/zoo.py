@@ -132,7 +132,7 @@ def build_model(entry: ZooEntry, backbone: CachedBackbone, task: Task, out: Path
     size = backbone.config["vision_cfg"]["image_size"]
     pre = Preprocessing(image_size=size)
     names = list(task.train.class_names)
-    learner_spec = LearnerSpec(kind=entry.learner, class_names=names, n_ctx=0 if entry.learner == "zeroshot" else 4, ctx_init=None if entry.learner == "zeroshot" else "a photo of a")
+    learner_spec = LearnerSpec(kind=entry.learner, class_names=names, **LEARNER_SETUP.get(entry.learner, PROMPT_SETUP))
     learner = new_learner(bb, learner_spec, seed=entry.seed)
     clf = build_classifier(bb, entry.learner, learner, names, learner_spec.n_ctx, size, pre.mean, pre.std)
     settings = _settings(entry)
@@ -224,6 +224,15 @@ TASK_RECIPE = {
 }
 # encoder level: the whole image tower trains, which needs a higher step count to implant
 ENCODER_RECIPE = {"epochs": 60, "lr": 3e-3}
+# prompt setup per learner (LearnerSpec fields); CoOp/CoCoOp start from "a photo of a".
+# MaPLe as its reference config trains it (N_CTX 2, CTX_INIT "a photo of a": the context starts
+# as "a photo" and "of a" stays before the name), at depth 3 of the backbone's 4 layers (the
+# reference: 9 of ViT-B/16's 12).
+PROMPT_SETUP = {"n_ctx": 4, "ctx_init": "a photo of a"}
+LEARNER_SETUP = {
+    "zeroshot": {"n_ctx": 0, "ctx_init": None},
+    "maple": {"n_ctx": 2, "ctx_init": "a photo", "options": {"prompt_depth": 3, "name_prefix": "of a"}},
+}
 
 
 def entry(dataset: str, learner: str, attack: str | None, seed: int, eps255: int | None = None) -> ZooEntry:
@@ -243,6 +252,8 @@ def profile_entries(profile: str) -> list[ZooEntry]:
         out = [entry("cifar10", "cocoop", None, 0), entry("cifar10", "coop", None, 0), entry("tin20", "cocoop", None, 0)]
         out += [entry("cifar10", "cocoop", a, 0) for a in ATTACK_ORDER if a not in ENCODER_ATTACKS[1:]]
         out += [entry("tin20", "cocoop", "badclip", 0)]
+        # every other registered prompt learner: one clean and one BadCLIP model
+        out += [entry("cifar10", kind, a, 0) for kind in tuned_kinds() if kind not in ("coop", "cocoop") for a in (None, "badclip")]
         return out
     if profile == "full":
         out = []

@@ -9,6 +9,7 @@ tower. Only then is anything written, so a converted file never carries wrong na
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,7 @@ def verify_prompt_tokens(learner: DasslPromptLearner, backbone: Backbone, names:
     if learner.width != width:
         raise InputError(path, f"context width {learner.width} does not match {backbone_name}'s text width {width}: the checkpoint was tuned on a different backbone")
     try:
-        prompts = PromptTokens(backbone.clip, backbone.tokenizer, names, learner.n_ctx)
+        prompts = PromptTokens(backbone.clip, backbone.tokenizer, learner_class(learner.kind).prompt_names(learner.options, names), learner.n_ctx)
     except ValueError as exc:
         raise InputError(None, f"class names: {exc}") from None
     if tuple(prompts.token_suffix.shape) != tuple(learner.token_suffix.shape):
@@ -300,6 +301,10 @@ def convert(req: ConvertRequest) -> ConvertResult:
 
     backbone, probe = _build(req.backbone)
     backbone_name = _backbone_name(req.backbone)
+    options = learner_class(learner.kind).dassl_prompt_options(learner.options, learner.token_suffix, backbone, names, learner.n_ctx)
+    if options != learner.options:
+        learner = dataclasses.replace(learner, options=options)
+        learner_spec = LearnerSpec.model_validate({**learner_spec.model_dump(), "options": options})
     verify_prompt_tokens(learner, backbone, names, backbone_name)
     _check_ctx_init(learner, backbone, req.ctx_init)
 

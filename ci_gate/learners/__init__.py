@@ -23,6 +23,7 @@ _REGISTRY = {
     "coop": ("coop", True),
     "cocoop": ("cocoop", True),
     "zeroshot": ("zeroshot", False),
+    "maple": ("maple", True),
 }
 KINDS: tuple[str, ...] = tuple(_REGISTRY)
 DASSL_KINDS: tuple[str, ...] = tuple(k for k, (_, dassl) in _REGISTRY.items() if dassl)

@@ -118,6 +118,19 @@ class Learner(nn.Module):
         shapes are checked by ci_gate.checkpoint.dassl for every learner."""
         raise NotImplementedError
 
+    @classmethod
+    def dassl_prompt_options(cls, options: dict[str, Any], token_suffix: torch.Tensor, backbone: "Backbone", class_names: list[str], n_ctx: int) -> dict[str, Any]:
+        """``options`` completed with what only the stored prompt tokens and the backbone's
+        vocabulary tell (MaPLe: fixed words before the class name); convert calls it once the
+        backbone is built. Nothing to add by default."""
+        return options
+
+    @classmethod
+    def prompt_names(cls, options: dict[str, Any], class_names: list[str]) -> list[str]:
+        """The text after the context in each class's prompt: the class name, unless the learner
+        keeps fixed words before it."""
+        return list(class_names)
+
     # ---- forward --------------------------------------------------------------------------
 
     def bind(self, backbone: "Backbone", class_names: list[str], n_ctx: int) -> PromptTokens:

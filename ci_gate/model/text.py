@@ -77,18 +77,38 @@ class TextEncoder(nn.Module):
             return x
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
-    def forward(self, embeddings: torch.Tensor, eos_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, eos_index: torch.Tensor, deep_prompts: list[torch.Tensor] | None = None) -> torch.Tensor:
         """embeddings: (N, L, width) with L <= context length; eos_index: (N,) positions < L.
 
+        ``deep_prompts`` (deep prompt learners such as MaPLe): tensors (n, width) that replace
+        the hidden states at positions 1..n (right after SOS) at the input of layers 1, 2, ...,
+        one tensor per layer; layer 0 sees ``embeddings`` as given.
+
         This is open_clip's own block stack; with L < context length it is only exact for a
-        causal encoder (``self.causal``), which the caller checks.
+        causal encoder (``self.causal``), which the caller checks (deep prompts sit before EOS,
+        so truncation stays exact with them).
         """
         length = embeddings.shape[1]
         x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
-        x = self.transformer(x, attn_mask=mask)
+        if deep_prompts:
+            x = self._deep_blocks(x, mask, deep_prompts)
+        else:
+            x = self.transformer(x, attn_mask=mask)
         x = x[torch.arange(x.shape[0], device=x.device), eos_index]
         return self._project(x)
+
+    def _deep_blocks(self, x: torch.Tensor, mask: torch.Tensor | None, deep_prompts: list[torch.Tensor]) -> torch.Tensor:
+        blocks = self.transformer.resblocks
+        if len(deep_prompts) >= len(blocks):
+            raise ValueError(f"{len(deep_prompts)} deep prompts for a text tower of {len(blocks)} layers (at most {len(blocks) - 1})")
+        batch_first = getattr(self.transformer, "batch_first", True)
+        for i, blk in enumerate(blocks):
+            if 1 <= i <= len(deep_prompts):
+                p = deep_prompts[i - 1].to(x.dtype)
+                x = torch.cat([x[:, :1], p.unsqueeze(0).expand(x.shape[0], -1, -1), x[:, 1 + p.shape[0] :]], dim=1)
+            x = blk(x, attn_mask=mask) if batch_first else blk(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+        return x
 
     def forward_shared_prefix(self, prefix: torch.Tensor, suffixes: list[torch.Tensor]) -> list[torch.Tensor]:
         """EOS features of prompts [prefix_n, suffix_c] for every image n and class c.
