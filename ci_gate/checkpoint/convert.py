@@ -291,6 +291,7 @@ def convert(req: ConvertRequest) -> ConvertResult:
             f"{len(names)} class names given, but {source.name} was trained on {learner.n_classes} classes (token_suffix rows)",
         )
     options, stated = learner_options(learner.kind, learner.options, req.learner_options)
+    learner = dataclasses.replace(learner, options=options)
     try:
         learner_spec = LearnerSpec(kind=learner.kind, class_names=names, n_ctx=learner.n_ctx, ctx_init=req.ctx_init, options=options)
     except ValidationError as exc:
