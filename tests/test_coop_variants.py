@@ -244,3 +244,17 @@ def test_onnx_export_folds_the_variant_text_features(backbone, images, tmp_path)
     bb = backbone[1]
     want = coop_reference.logits(bb.clip, bb.tokenizer, NAMES, tensors["ctx"], "middle", images, OPENAI_MEAN, OPENAI_STD)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def test_dassl_import_reads_csc_off_the_tensor_and_checks_its_classes():
+    coop, cocoop = learner_class("coop"), learner_class("cocoop")
+    tokens = {"token_prefix": torch.zeros(5, 1, 8), "token_suffix": torch.zeros(5, 3, 8)}
+    assert coop.dassl_import({"ctx": torch.zeros(5, 4, 8), **tokens}).options == {"csc": True}
+    assert coop.dassl_import({"ctx": torch.zeros(4, 8), **tokens}).options == {"csc": False}
+    with pytest.raises(ValueError, match="class-specific ctx holds 6 classes, token_prefix 5"):
+        coop.dassl_import({"ctx": torch.zeros(6, 4, 8), **tokens})
+    with pytest.raises(ValueError, match=r"ctx has shape \(2, 5, 4, 8\)"):
+        coop.dassl_import({"ctx": torch.zeros(2, 5, 4, 8), **tokens})
+    meta_net = {k: torch.zeros(1) for k in ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight", "meta_net.linear2.bias")}
+    with pytest.raises(ValueError, match="not supported by CoCoOp"):
+        cocoop.dassl_import({"ctx": torch.zeros(5, 4, 8), **tokens, **meta_net})
