@@ -40,7 +40,7 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     return struct.pack("<Q", len(text)) + text + raw[8 + n :]
 
 
-def _png_bytes(image01: torch.Tensor) -> bytes:
+def png_bytes(image01: torch.Tensor) -> bytes:
     arr = (image01.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     img = Image.fromarray(arr)
     side = img.size[0]
@@ -59,7 +59,7 @@ def save_image(path: Path, image: Image.Image) -> None:
 
 
 def write_png(path: Path, image01: torch.Tensor) -> None:
-    atomic_write_bytes(path, _png_bytes(image01))
+    atomic_write_bytes(path, png_bytes(image01))
 
 
 def amplify(delta: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -68,8 +68,28 @@ def amplify(delta: torch.Tensor, epsilon: float) -> torch.Tensor:
     return delta * trigger_gain(epsilon) + 0.5
 
 
-def write_trigger(out_dir: Path, index: int, name: str, delta: torch.Tensor, epsilon: float) -> tuple[str, str]:
+def trigger_paths(index: int, name: str) -> tuple[str, str]:
+    """Where a class's trigger PNG and tensor sit in a report folder (relative paths)."""
     base = f"triggers/{slug(index, name)}"
-    write_png(out_dir / f"{base}.png", amplify(delta, epsilon))
-    atomic_write_bytes(out_dir / f"{base}.safetensors", safetensors_bytes({"delta": delta.contiguous()}, {"class": name, "epsilon": repr(epsilon)}))
     return f"{base}.png", f"{base}.safetensors"
+
+
+def example_paths(index: int, name: str, i: int) -> tuple[str, str]:
+    """The i-th clean/triggered example pair of a class (relative paths)."""
+    base = f"examples/{slug(index, name)}_{i}"
+    return f"{base}_clean.png", f"{base}_triggered.png"
+
+
+def trigger_png_bytes(delta: torch.Tensor, epsilon: float) -> bytes:
+    return png_bytes(amplify(delta, epsilon))
+
+
+def trigger_tensor_bytes(delta: torch.Tensor, name: str, epsilon: float) -> bytes:
+    return safetensors_bytes({"delta": delta.contiguous()}, {"class": name, "epsilon": repr(epsilon)})
+
+
+def write_trigger(out_dir: Path, index: int, name: str, delta: torch.Tensor, epsilon: float) -> tuple[str, str]:
+    png, tensor = trigger_paths(index, name)
+    atomic_write_bytes(out_dir / png, trigger_png_bytes(delta, epsilon))
+    atomic_write_bytes(out_dir / tensor, trigger_tensor_bytes(delta, name, epsilon))
+    return png, tensor

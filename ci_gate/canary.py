@@ -27,10 +27,11 @@ from ci_gate.checkpoint.format import CheckpointMeta, load_checkpoint, save_chec
 from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text, sha256_file
 from ci_gate.model import load_classifier
-from ci_gate.policy import Policy
 from ci_gate.repair.core import clean_accuracy, load_clean_data, split_holdout, trigger_asr
 from ci_gate.repair.flow import ScanSummary, scan_summary
-from ci_gate.scan import ScanRequest, pick_device, run_scan
+from ci_gate.report.folder import write_scan_files
+from ci_gate.scan import pick_device, scan
+from ci_gate.scan_inputs import ScanInputs
 
 Status = Literal["caught", "wrong_target", "missed", "inconclusive"]
 
@@ -65,16 +66,12 @@ class CanarySummary(BaseModel):
 
 @dataclass(frozen=True)
 class CanaryRequest:
-    checkpoint: Path
+    scan: ScanInputs  # the user's checkpoint; the canary copy is scanned with the same inputs
     data: Path
-    policy: Policy
-    pool: str
-    out: Path
+    out: Path | None  # canary.json, scan/ (and canary.safetensors); None: nothing is written
     attack: str = "badclip"
     target: str | None = None
     keep_model: bool = False
-    backbone_weights: Path | None = None
-    display_path: str | None = None
 
 
 def _target_index(name: str | None, class_names: list[str], seed: int) -> int:
@@ -92,7 +89,8 @@ def _target_index(name: str | None, class_names: list[str], seed: int) -> int:
 def run_canary(req: CanaryRequest, log=None) -> CanarySummary:
     t0 = time.perf_counter()
     say = log or (lambda _m: None)
-    pol, cp = req.policy, req.policy.canary
+    inputs = req.scan
+    pol, cp = inputs.policy, inputs.policy.canary
     if req.attack not in ATTACKS:
         raise InputError("--attack", f"unknown attack {req.attack!r}; choose from {', '.join(prompt_attacks())}")
     spec = attack_spec(req.attack)
@@ -103,24 +101,26 @@ def run_canary(req: CanaryRequest, log=None) -> CanarySummary:
     spec = spec.with_epsilon(pol.canary.epsilon)
     if spec.level != "prompt":
         raise InputError("--attack", f"{req.attack!r} is an encoder-level attack; a canary re-tunes the prompt learner, choose from {', '.join(prompt_attacks())}")
-    if req.out.exists() and not req.out.is_dir():
+    if req.out is not None and req.out.exists() and not req.out.is_dir():
         raise InputError(req.out, "output path exists and is not a folder")
-    sha_before = sha256_file(req.checkpoint) if req.checkpoint.is_file() else None
-    ckpt = load_checkpoint(req.checkpoint)
+    if req.keep_model and req.out is None:
+        raise InputError("--keep-model", "needs an output folder to keep the canary model in")
+    sha_before = sha256_file(inputs.checkpoint) if inputs.checkpoint.is_file() else None
+    ckpt = load_checkpoint(inputs.checkpoint)
     meta = ckpt.meta
     if meta.learner.kind == "zeroshot":
-        raise InputError(req.checkpoint, "a zero-shot (encoder-level) checkpoint has no prompt learner to plant a canary in")
+        raise InputError(inputs.checkpoint, "a zero-shot (encoder-level) checkpoint has no prompt learner to plant a canary in")
     names = list(meta.learner.class_names)
     size = meta.preprocessing.image_size
     target = _target_index(req.target, names, pol.seed)
     data = load_clean_data(req.data, size, names)
     train, held = split_holdout(data, cp.holdout, pol.seed)
-    display = req.display_path or str(req.checkpoint)
+    display = inputs.shown_path
 
     device = pick_device(pol.device)
     torch.manual_seed(pol.seed)
     # the learner is built from tensors read into memory: re-tuning it cannot reach the file
-    clf = load_classifier(ckpt, weights=req.backbone_weights).classifier.to(device)
+    clf = load_classifier(ckpt, weights=inputs.backbone_weights).classifier.to(device)
     clf.freeze()
     acc_original = clean_accuracy(clf, held)
     trigger = build_trigger(spec, size, seed=pol.seed + 1)
@@ -142,7 +142,8 @@ def run_canary(req: CanaryRequest, log=None) -> CanarySummary:
         natural_rate=natural,
         settings={**cp.model_dump(mode="json"), "attack": req.attack, "poison_rate": spec.poison_rate, "trigger": spec.trigger_kwargs, "seed": pol.seed, "policy": pol.name, "policy_sha256": pol.sha256()},
     )
-    req.out.mkdir(parents=True, exist_ok=True)
+    if req.out is not None:
+        req.out.mkdir(parents=True, exist_ok=True)
     canary_model = None
     if planted_asr < cp.min_attack_asr:
         status: Status = "inconclusive"
@@ -159,9 +160,12 @@ def run_canary(req: CanaryRequest, log=None) -> CanarySummary:
             path = Path(tmp) / "canary.safetensors"
             save_checkpoint(path, canary_meta, tensors, backbone)
             say("scanning the backdoored copy with the policy")
-            result = run_scan(ScanRequest(checkpoint=path, policy=pol, pool=req.pool, out_dir=req.out / "scan",
-                                          backbone_weights=req.backbone_weights, display_path=f"canary of {display}"))
-            assert result is not None
+            # the user's inputs (published reference weights included) with the copy in place of the model
+            found = scan(replace(inputs, checkpoint=path, display_path=f"canary of {display}"))
+            assert found is not None  # single-process scan
+            result = found.result
+            if req.out is not None:
+                write_scan_files(found, req.out / "scan")
             if req.keep_model:
                 canary_model = str(req.out / "canary.safetensors")
                 save_checkpoint(canary_model, canary_meta, tensors, backbone)
@@ -172,7 +176,7 @@ def run_canary(req: CanaryRequest, log=None) -> CanarySummary:
             status, message = "wrong_target", f"the gate flagged the model but named {predicted!r}, not the planted target {names[target]!r}"
         else:
             status, message = "missed", f"the gate passed a model with a working {req.attack} backdoor (held-out ASR {planted_asr:.1%})"
-    sha_after = sha256_file(req.checkpoint)
+    sha_after = sha256_file(inputs.checkpoint)
     summary = CanarySummary(
         status=status,
         passed=status == "caught",
@@ -184,5 +188,6 @@ def run_canary(req: CanaryRequest, log=None) -> CanarySummary:
         seconds=time.perf_counter() - t0,
         **common,
     )
-    atomic_write_text(req.out / "canary.json", summary.model_dump_json(indent=2) + "\n")
+    if req.out is not None:
+        atomic_write_text(req.out / "canary.json", summary.model_dump_json(indent=2) + "\n")
     return summary

@@ -1,8 +1,9 @@
 """One scan, end to end: policy + checkpoint + pool -> model -> inversion -> scoring -> Result.
 
 This is the only module that knows the order of the stages; each stage is called through its
-own small interface, and everything a reporter needs ends up in the Result and the files next
-to it.
+own small interface. The scan reads its inputs and writes nothing: it returns a
+:class:`~ci_gate.scan_output.ScanOutput` (the Result and the trigger and example tensors its image
+paths name), and writing the report folder is a separate step (ci_gate.report.folder).
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ci_gate import __version__
-from ci_gate.artifacts import slug, write_png, write_trigger
+from ci_gate.artifacts import example_paths, trigger_paths
 from ci_gate.distributed import SINGLE, Shard, gather_triggers, process_group, rank_device, shard_classes
 from ci_gate.errors import InputError
 from ci_gate.inversion import InversionSettings, base_rates, invert
@@ -39,26 +39,13 @@ from ci_gate.result import (
 )
 from ci_gate.encoder_check import encoder_info
 from ci_gate.reference import reference_backbone, reference_stats
+from ci_gate.scan_inputs import ScanInputs
+from ci_gate.scan_output import ExampleImages, ScanOutput, TriggerImage
 from ci_gate.scoring import STATISTICS, ClassStats, decide_ladder
 
 Progress = Callable[[int, int, int], None]  # see ci_gate.inversion.optimize.Progress
 N_EXAMPLES = 4
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ScanRequest:
-    checkpoint: Path
-    policy: Policy
-    pool: str
-    out_dir: Path
-    policy_path: Path | None = None
-    backbone_weights: Path | None = None
-    # the published backbone for the clean reference (ref_* statistics) when the checkpoint
-    # embeds its own: an encoder-level backdoor in the embedded tower would cancel out otherwise
-    reference_weights: Path | None = None
-    display_path: str | None = None  # how reports name the checkpoint (repository-relative in CI)
-    shard: Shard = SINGLE  # this process's share of the candidate classes under torchrun
 
 
 def pick_device(setting: str) -> torch.device:
@@ -77,17 +64,17 @@ def inversion_settings(policy: Policy) -> InversionSettings:
     )
 
 
-def run_scan(req: ScanRequest, progress: Progress | None = None) -> Result | None:
-    """The Result on rank 0 (and in a single-process scan); None on the other ranks of a sharded
-    scan, which only invert their classes and write nothing."""
-    device = rank_device(req.shard, pick_device(req.policy.device))
-    with process_group(req.shard, device):
-        return _scan(req, device, progress)
+def scan(req: ScanInputs, progress: Progress | None = None, shard: Shard = SINGLE) -> ScanOutput | None:
+    """What the scan found, in memory, on rank 0 (and in a single-process scan); None on the other
+    ranks of a sharded scan (``shard``: this process's share of the candidate classes under
+    torchrun), which only invert their classes. Writes no file."""
+    device = rank_device(shard, pick_device(req.policy.device))
+    with process_group(shard, device):
+        return _scan(req, shard, device, progress)
 
 
-def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> Result | None:
+def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progress | None) -> ScanOutput | None:
     policy = req.policy
-    shard = req.shard
     t0 = time.perf_counter()
     torch.manual_seed(policy.seed)
     loaded = load_classifier(
@@ -118,7 +105,7 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     class_batch = inv.class_batch if inv.class_batch != "auto" else choose_class_batch(clf, inv.batch_size, max(1, len(mine)), device)
     local = invert(clf, pool.images, settings, classes=mine, class_batch=class_batch, progress=progress if shard.is_main else None)
     triggers = gather_triggers(local, shard, pool.images.shape[-1], device, settings.rungs)
-    if triggers is None:  # not rank 0: rank 0 scores and writes
+    if triggers is None:  # not rank 0: rank 0 scores
         return None
     rates, clean_losses = base_rates(clf, pool.images)
     published = reference_backbone(loaded, req.reference_weights)
@@ -165,16 +152,18 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     _refuse_non_finite(req.checkpoint, rung_stats, statistic)
     decision = decide_ladder(rung_stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme)
 
-    out = req.out_dir
     n_ckpt = len(meta.learner.class_names)
     classes: list[ClassResult] = []
     examples: list[Example] = []
+    trigger_images: list[TriggerImage] = []
+    example_images: list[ExampleImages] = []
     for c, trig in enumerate(triggers):
         name = clf.class_names[trig.index]
         best = decision.rung[c]
         rung = trig.rungs[best]
         status = decision.status[c]
-        png, tensor = write_trigger(out, trig.index, name, rung.delta, rung.epsilon)
+        png, tensor = trigger_paths(trig.index, name)
+        trigger_images.append(TriggerImage(trig.index, name, rung.delta.detach().cpu(), rung.epsilon, png, tensor))
         classes.append(
             ClassResult(
                 index=trig.index,
@@ -203,7 +192,9 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
             )
         )
         if status != "ok":
-            examples.extend(_examples(clf, pool.images[:N_EXAMPLES], rung.delta, trig.index, name, out, device))
+            rows, images = _examples(clf, pool.images[:N_EXAMPLES], rung.delta, trig.index, name, device)
+            examples.extend(rows)
+            example_images.extend(images)
 
     target = decision.target
     shown = decision.rung[target] if target is not None else len(settings.rungs) - 1
@@ -214,7 +205,7 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
         target_class=None if target is None else clf.class_names[target],
         target_index=target,
         model=ModelInfo(
-            path=req.display_path or str(req.checkpoint),
+            path=req.shown_path,
             sha256=loaded.checkpoint.sha256,
             format_version=meta.format_version,
             learner=meta.learner.kind,
@@ -248,8 +239,7 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
         seed=policy.seed,
         warnings=warnings,
     )
-    result.save(out / "result.json")
-    return result
+    return ScanOutput(result, tuple(trigger_images), tuple(example_images))
 
 
 def _refuse_non_finite(path: Path, rung_stats: list[list[ClassStats]], statistic: str) -> None:
@@ -262,23 +252,23 @@ def _refuse_non_finite(path: Path, rung_stats: list[list[ClassStats]], statistic
                 raise InputError(path, f"the scan produced a non-finite '{statistic}' statistic (the model's logits are NaN or infinite on the pool); refusing to give a verdict")
 
 
-def _examples(clf, images: torch.Tensor, delta: torch.Tensor, index: int, name: str, out: Path, device: torch.device) -> list[Example]:
+def _examples(clf, images: torch.Tensor, delta: torch.Tensor, index: int, name: str, device: torch.device) -> tuple[list[Example], list[ExampleImages]]:
     triggered = (images + delta).clamp(0, 1)
     with torch.no_grad():
         pred_clean = clf(images.to(device)).argmax(1).tolist()
         pred_trig = clf(triggered.to(device)).argmax(1).tolist()
-    rows = []
+    rows, pairs = [], []
     for i in range(images.shape[0]):
-        base = f"examples/{slug(index, name)}_{i}"
-        write_png(out / f"{base}_clean.png", images[i])
-        write_png(out / f"{base}_triggered.png", triggered[i])
+        clean_png, triggered_png = example_paths(index, name, i)
+        # a copy: a view would keep the whole pool alive as long as the output
+        pairs.append(ExampleImages(index, images[i].clone(), triggered[i], clean_png, triggered_png))
         rows.append(
             Example(
                 class_name=name,
-                clean_png=f"{base}_clean.png",
-                triggered_png=f"{base}_triggered.png",
+                clean_png=clean_png,
+                triggered_png=triggered_png,
                 predicted_clean=clf.class_names[pred_clean[i]],
                 predicted_triggered=clf.class_names[pred_trig[i]],
             )
         )
-    return rows
+    return rows, pairs

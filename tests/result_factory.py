@@ -113,30 +113,48 @@ def saved_result(folder: Path, **kwargs) -> Path:
     return make_result(folder, **kwargs).save(folder / "result.json")
 
 
+class FactoryScan:
+    """What ``ci_gate.scan.scan`` returns, as far as writing a report folder goes (a ScanOutput's
+    ``result`` and ``files()``): a factory Result and the PNG bytes it names."""
+
+    def __init__(self, result: Result, files: list[tuple[str, bytes]]):
+        self.result = result
+        self._files = files
+
+    def files(self):
+        return iter(self._files)
+
+
+def factory_scan(**kwargs) -> FactoryScan:
+    """make_result's Result and images, held in memory as a scan's output is."""
+    import tempfile
+
+    from ci_gate.report.artifacts import referenced_paths
+
+    with tempfile.TemporaryDirectory(prefix="factory-scan-") as tmp:
+        result = make_result(Path(tmp), **kwargs)
+        return FactoryScan(result, [(rel, (Path(tmp) / rel).read_bytes()) for rel in referenced_paths(result)])
+
+
 def stub_scan(monkeypatch, verdict: str = "clean") -> dict:
-    """Replace ``ci_gate.scan`` with a stand-in whose run_scan writes a factory Result under the
-    request's policy (``seen["verdict"]`` overrides ``verdict``) and reports progress as
-    invert() does: steps done, steps in all, classes. Returns ``seen``: the request's policy and
-    progress callback."""
+    """Replace ``ci_gate.scan`` with a stand-in whose scan returns a factory Result (and its
+    images) under the inputs' policy (``seen["verdict"]`` overrides ``verdict``) and reports
+    progress as invert() does: steps done, steps in all, classes. Returns ``seen``: the inputs'
+    policy and progress callback."""
     import sys
     import types
 
     seen: dict = {}
 
-    class ScanRequest:
-        def __init__(self, **kwargs):
-            self.__dict__.update(kwargs)
-
-    def run_scan(req, progress=None):
-        seen["policy"], seen["progress"] = req.policy, progress
+    def scan(inputs, progress=None, shard=None):
+        seen["policy"], seen["progress"] = inputs.policy, progress
         if progress is not None:
             for done in (10, 20, 30, 40):
                 progress(done, 40, 4)
-        result = make_result(req.out_dir, verdict=seen.get("verdict", verdict), report=req.policy.report.model_dump(mode="json"))
-        result.policy.settings = req.policy.model_dump(mode="json")
-        result.policy.sha256 = req.policy.sha256()
-        result.save(req.out_dir / "result.json")
-        return result
+        found = factory_scan(verdict=seen.get("verdict", verdict), report=inputs.policy.report.model_dump(mode="json"))
+        found.result.policy.settings = inputs.policy.model_dump(mode="json")
+        found.result.policy.sha256 = inputs.policy.sha256()
+        return found
 
-    monkeypatch.setitem(sys.modules, "ci_gate.scan", types.SimpleNamespace(ScanRequest=ScanRequest, run_scan=run_scan))
+    monkeypatch.setitem(sys.modules, "ci_gate.scan", types.SimpleNamespace(scan=scan))
     return seen

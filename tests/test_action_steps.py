@@ -149,6 +149,7 @@ def test_pull_request_with_backdoor_repair_and_auto_commit(tmp_path):
     assert repair_args[:2] == ["repair", "models/coop.safetensors"] and "--clean-data" in repair_args
     assert repair_args[repair_args.index("--backbone-weights") + 1] == "/weights/vit-b-16.safetensors"
     assert "report.fail_on=suspicious" in repair_args
+    assert "detection.k=2.5" in repair_args  # extra-args reach repair's scans as verify's
     # the repaired model is verified again, under the same gate settings, before it is committed
     repaired = outputs["repair"]["candidate"]
     reverify_args = (tmp_path / "log.reverify").read_text().split("\n")

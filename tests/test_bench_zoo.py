@@ -80,16 +80,16 @@ def test_summary_breakdown_and_flips_are_pure_functions():
 
 
 def test_ci_scan_reuses_a_saved_result_only_for_the_same_policy_and_pool(tmp_path, monkeypatch):
-    from result_factory import saved_result
+    from result_factory import FactoryScan, saved_result
 
     import ci_gate.scan as scan
     from ci_gate.result import load_result
 
     calls = []
 
-    def fake_run_scan(req, progress=None):
+    def fake_scan(req, progress=None, shard=None):
         calls.append(req)
-        path = saved_result(req.out_dir, verdict="clean", with_images=False)
+        path = saved_result(tmp_path / "made" / str(len(calls)), verdict="clean", with_images=False)
         res = json.loads(path.read_text())
         res["policy"]["sha256"] = req.policy.sha256()
         res["policy"]["settings"] = req.policy.model_dump(mode="json")
@@ -100,9 +100,9 @@ def test_ci_scan_reuses_a_saved_result_only_for_the_same_policy_and_pool(tmp_pat
             c["ref_clean_loss"] = 2.0
             c["rungs"] = [{"epsilon": 4 / 255, "asr": c["asr"], "final_loss": c["final_loss"], "ref_asr": 0.1, "ref_final_loss": 1.0, "statistic": 0.0, "anomaly": 0.0}]
         path.write_text(json.dumps(res))
-        return load_result(path)
+        return FactoryScan(load_result(path), [])
 
-    monkeypatch.setattr(scan, "run_scan", fake_run_scan)
+    monkeypatch.setattr(scan, "scan", fake_scan)
     policy, _ = load_policy("default")
     model = _model(tmp_path)
     published = tmp_path / "pub.safetensors"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ci_gate.cli import main
-from result_factory import make_result, saved_result
+from result_factory import factory_scan, make_result, saved_result
 
 
 def _cli(capsys, argv) -> tuple[int, str, str]:
@@ -50,20 +50,14 @@ def assert_refused(code: int, err: str, *needles: str) -> None:
 
 @pytest.fixture
 def stub_scan(monkeypatch):
-    """run_scan writes what a scan writes (result.json, trigger and example PNGs) into out_dir."""
+    """scan returns what a scan returns (a Result with trigger and example PNGs), for verify to write."""
     calls = []
 
-    class ScanRequest:
-        def __init__(self, **kwargs):
-            self.__dict__.update(kwargs)
+    def scan(inputs, progress=None, shard=None):
+        calls.append(inputs)
+        return factory_scan(verdict="backdoor", report=inputs.policy.report.model_dump(mode="json"))
 
-    def run_scan(req, progress=None):
-        calls.append(req)
-        result = make_result(req.out_dir, verdict="backdoor", report=req.policy.report.model_dump(mode="json"))
-        result.save(req.out_dir / "result.json")
-        return result
-
-    monkeypatch.setitem(sys.modules, "ci_gate.scan", types.SimpleNamespace(ScanRequest=ScanRequest, run_scan=run_scan))
+    monkeypatch.setitem(sys.modules, "ci_gate.scan", types.SimpleNamespace(scan=scan))
     return calls
 
 
@@ -197,16 +191,19 @@ def test_a_failing_scan_leaves_the_earlier_report_untouched(monkeypatch, inputs,
     saved_result(out)
     before = _hashes(out)
 
-    class ScanRequest:
-        def __init__(self, **kwargs):
-            self.__dict__.update(kwargs)
+    class HalfWritten:
+        """A scan output whose files fail half way through being written."""
 
-    def run_scan(req, progress=None):
-        (req.out_dir / "triggers").mkdir()
-        (req.out_dir / "triggers" / "half.png").write_bytes(b"\x89PNG")
-        raise InputError(ckpt, "truncated")
+        result = factory_scan(verdict="backdoor").result
 
-    monkeypatch.setitem(sys.modules, "ci_gate.scan", types.SimpleNamespace(ScanRequest=ScanRequest, run_scan=run_scan))
+        def files(self):
+            yield "triggers/half.png", b"\x89PNG"
+            raise InputError(ckpt, "truncated")
+
+    def scan(inputs, progress=None, shard=None):
+        return HalfWritten()
+
+    monkeypatch.setitem(sys.modules, "ci_gate.scan", types.SimpleNamespace(scan=scan))
     code, _, err = _cli(capsys, _verify(ckpt, pool, out))
     assert_refused(code, err, str(ckpt), "truncated")
     assert _hashes(out) == before

@@ -257,7 +257,7 @@ def _canary_stub(monkeypatch, fail: bool = False):
         kept = req.out / "canary.safetensors"
         kept.write_bytes(b"backdoored copy")
         s = canary_mod.CanarySummary(
-            status="missed", passed=False, message="the gate passed it", checkpoint=str(req.checkpoint), checkpoint_sha256="ab" * 32,
+            status="missed", passed=False, message="the gate passed it", checkpoint=str(req.scan.checkpoint), checkpoint_sha256="ab" * 32,
             checkpoint_unchanged=True, attack="badclip", planted_target="ship", clean_accuracy_original=0.9,
             clean_accuracy_canary=0.88, planted_asr=0.9, natural_rate=0.05, canary_model=str(kept),
         )

@@ -2,7 +2,7 @@
 
 Builds or reuses the zoo (ci_gate.bench.zoo) and scans every model with
 
-- CLIP-Inspector exactly as ``ci-gate verify`` runs it: ``run_scan`` with the bundled default
+- CLIP-Inspector exactly as ``ci-gate verify`` runs it: ``scan`` with the bundled default
   policy, unchanged (no per-task, per-attack or per-budget setting: the defender knows none of
   them), in two reference modes: ``published`` (``--reference-weights`` with the published
   backbone, as a user who downloaded it would) and ``none`` (no published weights: embedded towers
@@ -68,9 +68,12 @@ def scan_key(policy: Policy) -> dict:
 
 
 def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, seed: int, published: Path, cached_only: bool = False) -> Result | None:
-    """One CI scan through ``run_scan``. A saved result.json whose scan settings and pool match is
-    re-decided under ``policy`` instead of scanned again; ``cached_only``: None instead of a scan."""
-    from ci_gate.scan import ScanRequest, run_scan
+    """One CI scan through ``ci_gate.scan.scan``, its folder (result.json, triggers) saved under
+    ``out``. A saved result.json whose scan settings and pool match is re-decided under
+    ``policy`` instead of scanned again; ``cached_only``: None instead of a scan."""
+    from ci_gate.report.folder import write_scan_files
+    from ci_gate.scan import scan
+    from ci_gate.scan_inputs import ScanInputs
 
     pol = policy.model_copy(update={"seed": seed})
     dst = out / "scans" / model.id / f"{mode}-s{seed}"
@@ -86,9 +89,10 @@ def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, se
     if cached_only:
         return None
     ref = published if mode in ("published", "today") else None
-    res = run_scan(ScanRequest(checkpoint=Path(model.path), policy=pol, pool=pool, out_dir=dst, reference_weights=ref))
-    assert res is not None
-    return res
+    found = scan(ScanInputs(checkpoint=Path(model.path), policy=pol, pool=pool, reference_weights=ref))
+    assert found is not None  # single-process scan
+    write_scan_files(found, dst)
+    return found.result
 
 
 def baselines(model: ZooModel, images: torch.Tensor, profile: dict, out: Path) -> dict:

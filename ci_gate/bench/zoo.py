@@ -226,12 +226,12 @@ TASK_RECIPE = {
 ENCODER_RECIPE = {"epochs": 60, "lr": 3e-3}
 # prompt setup per learner (LearnerSpec fields); CoOp/CoCoOp start from "a photo of a".
 # MaPLe as its reference config trains it (N_CTX 2, CTX_INIT "a photo of a": the context starts
-# as "a photo" and "of a" stays before the name), at depth 3 of the backbone's 4 layers (the
-# reference: 9 of ViT-B/16's 12).
+# as "a photo" and "of a" stays before the name), at depth 2: deep prompts at every layer of the
+# benchmark backbone's 2 (the reference: 9 of ViT-B/16's 12).
 PROMPT_SETUP = {"n_ctx": 4, "ctx_init": "a photo of a"}
 LEARNER_SETUP = {
     "zeroshot": {"n_ctx": 0, "ctx_init": None},
-    "maple": {"n_ctx": 2, "ctx_init": "a photo", "options": {"prompt_depth": 3, "name_prefix": "of a"}},
+    "maple": {"n_ctx": 2, "ctx_init": "a photo", "options": {"prompt_depth": 2, "name_prefix": "of a"}},
 }
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ci_gate.commands import options
 from ci_gate.errors import GateFailure
 
 
@@ -13,12 +14,13 @@ def repair(
     checkpoint: Path = typer.Argument(..., help="ci-gate checkpoint (.safetensors); never modified."),
     clean_data: Path = typer.Option(..., "--clean-data", help="Labeled clean images, one sub-folder per class of the checkpoint."),
     out: str = typer.Option(..., "--out", "-o", help="Repaired checkpoint (written atomically, only when the repair re-verifies)."),
-    policy: str = typer.Option("default", "--policy", "-p", help="Policy file or bundled name; it must allow repair (repair.allowed)."),
-    pool: str = typer.Option(None, "--pool", help="OOD image pool: folder, glob or .tar (overrides pool.path)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override one policy field, e.g. --set repair.epochs=30"),
+    policy: str = options.policy_option("Policy file or bundled name; it must allow repair (repair.allowed)."),
+    pool: str = options.pool_option(),
+    overrides: list[str] = options.set_option("repair.epochs=30"),
     summary: str = typer.Option(None, "--summary", help="Where to write the JSON summary (default: repair.json next to --out)."),
-    backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local backbone weights file (instead of the pretrained tag)."),
-    display_path: str = typer.Option(None, "--display-path", help="Checkpoint path as the summary should name it (repository-relative)."),
+    backbone_weights: Path = options.backbone_weights_option(),
+    reference_weights: Path = options.reference_weights_option(),
+    display_path: str = options.display_path_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final line."),
 ) -> None:
     """Verify CHECKPOINT; if the gate fails, fine-tune its prompt learner on the clean data plus the
@@ -28,36 +30,22 @@ def repair(
     (nothing to repair, nothing written). Exit 1: repair refused, the repaired model still fails
     the gate or lost more clean accuracy than the policy allows (nothing written). Exit 2: bad input.
     """
-    from ci_gate.commands.verify import resolve_pool
-    from ci_gate.policy import load_policy
     from ci_gate.repair.flow import RepairRequest, require_allowed, run_repair
     from ci_gate.report.folder import check_out_file, output_errors
     from ci_gate.report.sanitize import plain, quoted
 
-    pol, policy_dir = load_policy(policy, overrides)
-    policy_path = None if policy_dir is None else Path(policy)
-    require_allowed(pol, policy_path)
+    inputs = options.scan_inputs_from_cli(checkpoint, policy, pool, overrides, backbone_weights, reference_weights, display_path,
+                                          require=require_allowed)
     # never over an input, also not through a hard or symbolic link (flow.check_output compares
     # resolved paths only); refused before any compute
-    inputs = [("checkpoint", checkpoint), ("policy", policy_path), ("backbone weights", backbone_weights)]
-    check_out_file(out, "--out", inputs=inputs)
+    check_out_file(out, "--out", inputs=inputs.files)
     if summary is not None:
-        check_out_file(summary, "--summary", inputs=inputs)
+        check_out_file(summary, "--summary", inputs=inputs.files)
     else:
-        check_out_file(Path(out).parent / "repair.json", "--out", inputs=inputs)
+        check_out_file(Path(out).parent / "repair.json", "--out", inputs=inputs.files)
     # the paths as given: the summary and the log name them the way the user wrote them
     out_path, summary_path = Path(out), None if summary is None else Path(summary)
-    req = RepairRequest(
-        checkpoint=checkpoint,
-        clean_data=clean_data,
-        out=out_path,
-        policy=pol,
-        pool=resolve_pool(pool, pol, policy_dir),
-        summary=summary_path,
-        policy_path=policy_path,
-        backbone_weights=backbone_weights,
-        display_path=display_path,
-    )
+    req = RepairRequest(inputs, clean_data=clean_data, out=out_path, summary=summary_path)
     log = None if quiet else (lambda msg: typer.echo(f"ci-gate repair: {msg}", err=True))
     with output_errors(out_path):  # a full disk or read-only folder is exit 2 naming the file
         outcome = run_repair(req, log=log)

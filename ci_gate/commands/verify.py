@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ci_gate.api import resolve_pool  # noqa: F401  (repair and canary import it from here)
+from ci_gate.commands import options
 from ci_gate.commands import registry as registry_cli
 from ci_gate.errors import InputError
 from ci_gate.registry import is_models_uri
@@ -16,18 +16,18 @@ from ci_gate.registry import is_models_uri
 
 def verify(
     checkpoint: Path = typer.Argument(..., help="ci-gate checkpoint (.safetensors), or an MLflow model version: models:/NAME/VERSION or models:/NAME@ALIAS."),
-    policy: str = typer.Option("default", "--policy", "-p", help="Policy file or bundled name (default, strict, permissive)."),
-    pool: str = typer.Option(None, "--pool", help="OOD image pool: folder, glob or .tar (overrides pool.path)."),
+    policy: str = options.policy_option(),
+    pool: str = options.pool_option(),
     out: str = typer.Option("ci-gate-report", "--out", "-o", help="Folder for result.json, reports and triggers (replaced as a whole, atomically)."),
     # machine-readable output and progress (issue 15, CLI conventions): see ci_gate/result_output.py
     output_format: str = typer.Option("text", "--format", help="text: a summary for people; json: the result document (result.json's text) for scripts, human lines then go to stderr."),
     output: str = typer.Option(None, "--output", help="With --format json: '-' (stdout, the default) or a file written atomically."),
     progress_interval: float = typer.Option(5.0, "--progress-interval", min=0.0, help="Seconds between progress lines on stderr when it is not a terminal (a CI log)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override one policy field, e.g. --set detection.k=2.5"),
-    backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local backbone weights file (instead of the pretrained tag)."),
-    reference_weights: Path = typer.Option(None, "--reference-weights", help="Published backbone weights for the clean reference of the ref_* statistics (use with checkpoints that embed their backbone)."),
+    overrides: list[str] = options.set_option(),
+    backbone_weights: Path = options.backbone_weights_option(),
+    reference_weights: Path = options.reference_weights_option(),
     fail_on: str = typer.Option(None, "--fail-on", help="What fails the gate: backdoor, suspicious or never; same as --set report.fail_on=VALUE (default from policy)."),
-    display_path: str = typer.Option(None, "--display-path", help="Checkpoint path as reports should name it (repository-relative)."),
+    display_path: str = options.display_path_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line of output, no progress bar (for CI logs)."),
     tracking_uri: str = registry_cli.tracking_option(),
 ) -> None:
@@ -37,7 +37,7 @@ def verify(
     checkpoint is downloaded and scanned, and the verdict is written back as version tags."""
     if is_models_uri(str(checkpoint)):  # every argument of this call, passed on unchanged
         return registry_cli.verify_registered(verify, dict(locals()))
-    from ci_gate.api import plan_verify, run_verify
+    from ci_gate.api import VerifyPlan, checked_out_folder, run_verify
     from ci_gate.console import one_line, print_summary, scan_progress
     from ci_gate.distributed import Shard
     from ci_gate.report.sanitize import terminal
@@ -49,10 +49,10 @@ def verify(
     # result.json and the reports (policy settings and hash), so they show what failed the gate.
     if fail_on is not None:
         overrides = [*overrides, f"report.fail_on={fail_on}"]
-    plan = plan_verify(checkpoint, policy, pool, out=out, backbone_weights=backbone_weights, reference_weights=reference_weights,
-                       display_path=display_path, set_=overrides, out_flag="--out")
-    pol, out_dir = plan.policy, plan.out_dir
-    json_file = check_output_args(output_format, output, out_dir, plan.inputs, pool=plan.pool)
+    inputs = options.scan_inputs_from_cli(checkpoint, policy, pool, overrides, backbone_weights, reference_weights, display_path)
+    plan = VerifyPlan(inputs, checked_out_folder(out, "--out", inputs))
+    pol, out_dir = inputs.policy, plan.out_dir
+    json_file = check_output_args(output_format, output, out_dir, inputs.files, pool=inputs.pool)
     machine = output_format == "json"  # stdout then carries the JSON document and nothing else
     console = Console(stderr=machine)
     # Under `torchrun --nproc-per-node N -m ci_gate verify ...` the candidate classes are sharded

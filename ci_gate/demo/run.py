@@ -21,7 +21,9 @@ from ci_gate.io import atomic_write_bytes
 from ci_gate.model.small import embedded_backbone, small_config
 from ci_gate.policy import load_policy
 from ci_gate.result import Result
-from ci_gate.scan import ScanRequest, run_scan
+from ci_gate.report.folder import write_scan_files
+from ci_gate.scan import scan
+from ci_gate.scan_inputs import ScanInputs
 from ci_gate.tuning.pretrain import PretrainSettings, pretrain_clip, zero_shot_accuracy
 from ci_gate.tuning.recipes import tune_checkpoint
 from ci_gate.tuning.train import TuneSettings, accuracy, attack_success_rate
@@ -99,7 +101,9 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> li
         acc = accuracy(tuned.classifier, held_out)
         asr = attack_success_rate(tuned.classifier, held_out, tuned.trigger, target) if tuned.trigger is not None else None
         log(f"    clean accuracy {acc:.1%}" + (f", attack success {asr:.1%}" if asr is not None else ""))
-        result = run_scan(ScanRequest(checkpoint=tuned.path, policy=policy, pool=str(pool_dir), out_dir=model_dir / "report", reference_weights=published))
-        outcomes.append(DemoOutcome(name, "clean" if attack is None else "backdoor", result, model_dir / "report", acc, asr))
+        found = scan(ScanInputs(checkpoint=tuned.path, policy=policy, pool=str(pool_dir), reference_weights=published))
+        assert found is not None  # single-process scan
+        write_scan_files(found, model_dir / "report")
+        outcomes.append(DemoOutcome(name, "clean" if attack is None else "backdoor", found.result, model_dir / "report", acc, asr))
     log(f"4/4 done in {time.perf_counter() - t0:.0f}s")
     return outcomes

@@ -28,7 +28,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,9 @@ from ci_gate.repair.core import (
 )
 from ci_gate.repair.flow import gate_fails, learner_tensors_like, repair_rounds
 from ci_gate.result import Result
-from ci_gate.scan import ScanRequest, inversion_settings, pick_device, run_scan
+from ci_gate.scan import pick_device, scan
+from ci_gate.scan_inputs import ScanInputs
+from ci_gate.scan_output import ScanOutput
 
 VARIANTS = ("reconstructed", "single_trigger", "clean_only", "random_noise", "wrong_class")
 
@@ -135,17 +137,25 @@ def evaluate_repair(
     rp = policy.repair
     parent = load_checkpoint(checkpoint)
     names = list(parent.meta.learner.class_names)
+    inputs = ScanInputs(checkpoint=checkpoint, policy=policy, pool=pool, backbone_weights=backbone_weights)
+
+    def scan_file(path: Path) -> ScanOutput:
+        found = scan(replace(inputs, checkpoint=path))
+        assert found is not None  # single-process scan
+        return found
+
+    # a folder for the repaired candidates only: the scans write nothing
     with tempfile.TemporaryDirectory(prefix="ci-gate-repair-eval-") as tmp_name:
         tmp = Path(tmp_name)
-        scan = run_scan(ScanRequest(checkpoint=checkpoint, policy=policy, pool=pool, out_dir=tmp / "scan", backbone_weights=backbone_weights))
-        assert scan is not None
-        detected = scan.verdict == "backdoor"
-        repair_cls = next(c for c in scan.classes if c.index == scan.target_index) if detected else max(scan.classes, key=lambda c: c.anomaly)
-        deltas = {c.index: _delta(tmp / "scan", c.trigger_tensor) for c in scan.classes}
+        first = scan_file(checkpoint)
+        scan_result = first.result
+        detected = scan_result.verdict == "backdoor"
+        repair_cls = next(c for c in scan_result.classes if c.index == scan_result.target_index) if detected else max(scan_result.classes, key=lambda c: c.anomaly)
+        deltas = {c.index: first.delta(c.index) for c in scan_result.classes}
         # a wrong class: seeded, neither the true nor the repaired target
-        others = [c.index for c in scan.classes if c.index not in (target, repair_cls.index) and c.index < len(names)]
+        others = [c.index for c in scan_result.classes if c.index not in (target, repair_cls.index) and c.index < len(names)]
         wrong = int(np.random.default_rng(policy.seed).choice(others))
-        say(f"scan: {scan.verdict}, predicted target {scan.target_class!r} (true {names[target]!r}); wrong-class control uses {names[wrong]!r}")
+        say(f"scan: {scan_result.verdict}, predicted target {scan_result.target_class!r} (true {names[target]!r}); wrong-class control uses {names[wrong]!r}")
 
         recon = AdditiveTrigger(deltas[repair_cls.index], f"reconstructed:{repair_cls.name}")
         noise_eps = repair_cls.epsilon or policy.inversion.max_epsilon  # the control's noise at the trigger's own budget
@@ -166,14 +176,12 @@ def evaluate_repair(
         ft = FineTuneSettings(epochs=rp.epochs, lr=rp.lr, batch_size=rp.batch_size, seed=policy.seed, trigger_fraction=rp.trigger_fraction)
         meta = parent.meta
 
-        def rescan(model, r: int) -> tuple[Path, Result, Path]:
+        def rescan(model, r: int) -> tuple[Path, ScanOutput]:
             path = tmp / f"repaired-{r}.safetensors"
             save_checkpoint(path, CheckpointMeta(learner=meta.learner, backbone=meta.backbone, preprocessing=meta.preprocessing),
                             learner_tensors_like(model, parent),
                             parent.backbone_tensors if meta.backbone.embedded else None)
-            res = run_scan(ScanRequest(checkpoint=path, policy=policy, pool=pool, out_dir=tmp / f"reverify-{r}", backbone_weights=backbone_weights))
-            assert res is not None
-            return path, res, tmp / f"reverify-{r}"
+            return path, scan_file(path)
 
         results = []
         for name in variants:
@@ -194,12 +202,12 @@ def evaluate_repair(
     return RepairEvaluation(
         checkpoint=str(checkpoint),
         true_target=names[target],
-        predicted_target=scan.target_class,
+        predicted_target=scan_result.target_class,
         repair_class=repair_cls.name,
         detected=detected,
-        target_correct=detected and scan.target_index == target,
+        target_correct=detected and scan_result.target_index == target,
         wrong_class=names[wrong],
-        scan=_scan_dict(scan, policy),
+        scan=_scan_dict(scan_result, policy),
         before=before,
         variants=results,
         settings={**asdict(ft), "policy": policy.name, "policy_settings": policy.model_dump(mode="json")},
@@ -208,9 +216,3 @@ def evaluate_repair(
         seconds=time.perf_counter() - t0,
     )
 
-
-def _delta(folder: Path, rel: str | None) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    assert rel is not None
-    return load_file(str(folder / rel))["delta"].float()

@@ -7,7 +7,8 @@
 3. Fine-tune only the prompt learner on the training part plus triggered copies that keep their
    true labels (:mod:`ci_gate.repair.core`); between blocks of epochs the target's trigger is
    reconstructed again against the model being repaired (``repair.refresh_blocks``).
-4. Save the candidate to a temporary file and scan it with the same policy. When the re-scan
+4. Save the candidate to a temporary file and scan it with the same inputs (policy, pool,
+   backbone and published reference weights). When the re-scan
    still flags a class and rounds remain, that class's new trigger joins the set and fine-tuning
    continues from the current learner (the paper stops after one round; later rounds only run
    when the gate would still fail).
@@ -28,7 +29,6 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file
 
 from ci_gate import __version__
 from ci_gate.checkpoint.format import Checkpoint, CheckpointMeta, backbone_digest, load_checkpoint, save_checkpoint
@@ -50,7 +50,9 @@ from ci_gate.repair.core import (
     trigger_refresher,
 )
 from ci_gate.result import ClassResult, Result
-from ci_gate.scan import ScanRequest, inversion_settings, pick_device, run_scan
+from ci_gate.scan import inversion_settings, pick_device, scan
+from ci_gate.scan_inputs import ScanInputs
+from ci_gate.scan_output import ScanOutput
 
 SUMMARY_SCHEMA_VERSION = "1.0"
 # Accuracies are fractions of a finite held-out set; without a little slack, a drop of exactly
@@ -111,15 +113,10 @@ class RepairSummary(_Model):
 
 @dataclass(frozen=True)
 class RepairRequest:
-    checkpoint: Path
+    scan: ScanInputs  # the delivered checkpoint and what every scan of the repair reads with it
     clean_data: Path
     out: Path
-    policy: Policy
-    pool: str
     summary: Path | None = None  # default: repair.json next to ``out``
-    policy_path: Path | None = None
-    backbone_weights: Path | None = None
-    display_path: str | None = None
 
     @property
     def summary_path(self) -> Path:
@@ -187,11 +184,6 @@ def _data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _load_delta(result_dir: Path, cls: ClassResult) -> torch.Tensor:
-    assert cls.trigger_tensor is not None, "the scan writes every class's trigger tensor"
-    return load_file(str(result_dir / cls.trigger_tensor))["delta"].float()
-
-
 def learner_tensors_like(clf, parent: Checkpoint) -> dict[str, torch.Tensor]:
     """The learner's tensors in the parent's dtypes (a converted fp16 learner stays fp16), for the
     candidates and the written file alike, so the re-verification scans exactly these values."""
@@ -207,7 +199,7 @@ def require_allowed(policy: Policy, policy_path: Path | None) -> None:
         )
 
 
-Rescan = Callable[[PromptedClassifier, int], tuple[Path, Result, Path]]  # (model, round) -> (candidate file, its scan, the scan's folder)
+Rescan = Callable[[PromptedClassifier, int], tuple[Path, ScanOutput]]  # (model, round) -> (candidate file, its scan)
 
 
 @dataclass
@@ -215,8 +207,11 @@ class Round:
     number: int
     triggers: list[str]  # classes whose reconstructed triggers were in the fine-tuning set
     candidate: Path
-    result: Result
-    result_dir: Path
+    scan: ScanOutput
+
+    @property
+    def result(self) -> Result:
+        return self.scan.result
 
 
 def repair_rounds(clf: PromptedClassifier, train: LabeledImages, target: ClassResult, trigger: Perturb, policy: Policy, rescan: Rescan) -> list[Round]:
@@ -236,13 +231,13 @@ def repair_rounds(clf: PromptedClassifier, train: LabeledImages, target: ClassRe
         ft = FineTuneSettings(epochs=rp.epochs, lr=rp.lr, batch_size=rp.batch_size, seed=policy.seed + r - 1, trigger_fraction=rp.trigger_fraction, refresh_blocks=rp.refresh_blocks)
         refresh = trigger_refresher(train, focus, replace(inversion_settings(policy), epsilon=budget, ladder=(), eval_images=None))
         fine_tune(clf, train, list(triggers.values()), ft, refresh=refresh)
-        candidate, result, result_dir = rescan(clf, r)
-        rounds.append(Round(r, list(triggers), candidate, result, result_dir))
-        if not gate_fails(result, policy) or r == rp.rounds:
+        candidate, found = rescan(clf, r)
+        rounds.append(Round(r, list(triggers), candidate, found))
+        if not gate_fails(found.result, policy) or r == rp.rounds:
             break
-        nxt = _target(result)
+        nxt = _target(found.result)
         key = nxt.name if nxt.name not in triggers else f"{nxt.name}#{r + 1}"
-        triggers[key] = AdditiveTrigger(_load_delta(result_dir, nxt), f"reconstructed:{key}")
+        triggers[key] = AdditiveTrigger(found.delta(nxt.index), f"reconstructed:{key}")
         if nxt.index not in focus:
             focus.append(nxt.index)
         budget = max(budget, nxt.epsilon or budget)
@@ -252,31 +247,35 @@ def repair_rounds(clf: PromptedClassifier, train: LabeledImages, target: ClassRe
 def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
     t0 = time.perf_counter()
     say = log or (lambda _msg: None)
-    pol, rp = req.policy, req.policy.repair
-    require_allowed(pol, req.policy_path)
-    check_output(req.checkpoint, req.out, req.summary_path)
-    parent = load_checkpoint(req.checkpoint)
+    inputs = req.scan
+    pol, rp = inputs.policy, inputs.policy.repair
+    require_allowed(pol, inputs.policy_path)
+    check_output(inputs.checkpoint, req.out, req.summary_path)
+    parent = load_checkpoint(inputs.checkpoint)
     meta = parent.meta
     if meta.learner.kind == "zeroshot":
-        raise InputError(req.checkpoint, "a zero-shot (encoder-level) checkpoint has no prompt learner to repair")
+        raise InputError(inputs.checkpoint, "a zero-shot (encoder-level) checkpoint has no prompt learner to repair")
     data = load_clean_data(req.clean_data, meta.preprocessing.image_size, list(meta.learner.class_names))
     train, held = split_holdout(data, rp.holdout, pol.seed)
-    display = req.display_path or str(req.checkpoint)
+    display = inputs.shown_path
     settings = {**rp.model_dump(mode="json"), "seed": pol.seed, "policy": pol.name, "policy_sha256": pol.sha256()}
     clean_info = {"path": str(req.clean_data), "sha256": _data_digest(data.images, data.labels), "n_train": len(train), "n_held_out": len(held)}
     base = dict(checkpoint=display, checkpoint_sha256=parent.sha256, clean_data=clean_info, settings=settings)
 
+    # the candidates are files (a scan reads a checkpoint file); the scans themselves write nothing
     with tempfile.TemporaryDirectory(prefix="ci-gate-repair-") as tmp_name:
         tmp = Path(tmp_name)
 
-        def scan(path: Path, name: str) -> Result:
-            req_scan = ScanRequest(checkpoint=path, policy=pol, pool=req.pool, out_dir=tmp / name, backbone_weights=req.backbone_weights, display_path=display)
-            result = run_scan(req_scan)
-            assert result is not None  # single-process scan
-            return result
+        def scan_file(path: Path) -> ScanOutput:
+            # the delivered checkpoint's own inputs, reference weights included: a candidate that
+            # embeds the delivered tower is re-verified against the published one, not against itself
+            found = scan(replace(inputs, checkpoint=path, display_path=display))
+            assert found is not None  # single-process scan
+            return found
 
         say("verifying the delivered checkpoint")
-        before_scan = scan(req.checkpoint, "before")
+        first = scan_file(inputs.checkpoint)
+        before_scan = first.result
         verify = scan_summary(before_scan, pol)
         if not gate_fails(before_scan, pol):
             summary = RepairSummary(status="clean", message="the gate passes this checkpoint: nothing to repair, nothing written", verify=verify, seconds=time.perf_counter() - t0, **base)
@@ -286,20 +285,20 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
         say(f"backdoor target {target.name!r}: fine-tuning the prompt learner with its reconstructed trigger")
         device = pick_device(pol.device)
         torch.manual_seed(pol.seed)
-        clf = load_classifier(parent, extra_classes=pol.candidates.extra_classes, weights=req.backbone_weights).classifier.to(device)
+        clf = load_classifier(parent, extra_classes=pol.candidates.extra_classes, weights=inputs.backbone_weights).classifier.to(device)
         clf.freeze()
-        primary = AdditiveTrigger(_load_delta(tmp / "before", target), f"reconstructed:{target.name}")
+        primary = AdditiveTrigger(first.delta(target.index), f"reconstructed:{target.name}")
         before = _held_out(clf, held, primary, target.index)
         held_outs: list[HeldOut] = []
 
-        def rescan(model, r: int) -> tuple[Path, Result, Path]:
+        def rescan(model, r: int) -> tuple[Path, ScanOutput]:
             candidate = tmp / f"candidate-{r}.safetensors"
             save_checkpoint(candidate, CheckpointMeta(learner=meta.learner, backbone=meta.backbone, preprocessing=meta.preprocessing,
                                                       provenance={"producer": "ci-gate repair (candidate)"}),
                             learner_tensors_like(model, parent), parent.backbone_tensors if meta.backbone.embedded else None)
             say(f"round {r}: re-verifying the repaired model")
             held_outs.append(_held_out(model, held, primary, target.index))
-            return candidate, scan(candidate, f"after-{r}"), tmp / f"after-{r}"
+            return candidate, scan_file(candidate)
 
         steps = repair_rounds(clf, train, target, primary, pol, rescan)
         rounds = [RoundRecord(round=st.number, triggers=st.triggers, reverify=scan_summary(st.result, pol), held_out=h) for st, h in zip(steps, held_outs)]
@@ -329,7 +328,7 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
             "repair": {
                 "settings": settings,
                 "clean_data": clean_info,
-                "pool": {"source": str(req.pool), "sha256": before_scan.pool.sha256},
+                "pool": {"source": str(inputs.pool), "sha256": before_scan.pool.sha256},
                 "summary": summary.model_dump(mode="json", include={"target_class", "verify", "before", "after", "clean_accuracy_drop", "rounds"}),
                 # the file that was re-verified differs from this one only in this metadata
                 "verified_file_sha256": verified_sha,

@@ -31,9 +31,13 @@ import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ci_gate.errors import InputError
 from ci_gate.report.formats import file_names
+
+if TYPE_CHECKING:
+    from ci_gate.scan_output import ScanOutput
 
 MARKER = ".ci-gate-report"
 MARKER_TEXT = "ci-gate report folder: the next run replaces this folder as a whole\n"
@@ -299,3 +303,27 @@ def check_out_file(raw: str | os.PathLike | None, flag: str = "--out", *, inputs
         if out.is_dir():
             raise _problem(flag, out, "is a folder; give a file path")
     return out
+
+
+def write_scan_files(output: ScanOutput, folder: Path) -> Path:
+    """A scan's part of a report folder: triggers/, examples/ and result.json (each file atomic,
+    result.json last), into ``folder`` as it is; returns result.json's path."""
+    from ci_gate.io import atomic_write_bytes
+
+    folder = Path(folder)
+    for rel, data in output.files():
+        atomic_write_bytes(folder / rel, data)
+    return output.result.save(folder / "result.json")
+
+
+def write_report_folder(output: ScanOutput, out_dir: Path, formats: Iterable[str]) -> dict[str, Path]:
+    """The whole report folder ``ci-gate verify --out`` leaves: the scan's files and the rendered
+    ``formats``, built in a staging folder and swapped in as one unit (:func:`staged_folder`).
+    Returns format -> file where it is once in place (result.json always)."""
+    from ci_gate.report import render
+
+    out_dir = Path(os.path.abspath(out_dir))
+    with staged_folder(out_dir) as stage:
+        write_scan_files(output, stage)
+        staged = render(output.result, stage, [f for f in formats if f != "json"])
+    return {"json": out_dir / "result.json"} | {fmt: out_dir / p.relative_to(stage) for fmt, p in staged.items()}
