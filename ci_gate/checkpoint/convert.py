@@ -1,4 +1,4 @@
-"""Convert a Dassl CoOp/CoCoOp prompt learner into a self-describing ci-gate checkpoint.
+"""Convert a Dassl prompt learner (CoOp, CoCoOp, MaPLe) into a self-describing ci-gate checkpoint.
 
 Dassl files store no class names and no backbone identity, only the frozen token embeddings
 of the training prompts (``token_prefix``, ``token_suffix``). Rebuilding those embeddings from

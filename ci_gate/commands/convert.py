@@ -1,4 +1,4 @@
-"""``ci-gate convert``: Dassl CoOp/CoCoOp prompt learner -> self-describing ci-gate checkpoint."""
+"""``ci-gate convert``: Dassl prompt learner (CoOp, CoCoOp, MaPLe) -> self-describing ci-gate checkpoint."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def convert_command(
         help="A learner setting the file does not record, e.g. class_token_position=middle for CoOp (repeatable; validated by the learner, recorded in the checkpoint).",
     ),
 ) -> None:
-    """Convert a CoOp/CoCoOp checkpoint after checking the class names and backbone against its stored prompt tokens."""
+    """Convert a Dassl CoOp/CoCoOp/MaPLe checkpoint after checking the class names and backbone against its stored prompt tokens."""
     # torch and open_clip load here, not at import: every other command (and --help) starts without them.
     from ci_gate.checkpoint.convert import BackboneSource, ConvertRequest, convert, load_inline_config, parse_class_names
     from ci_gate.report.folder import check_out_file, output_errors
