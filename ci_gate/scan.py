@@ -209,6 +209,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
             sha256=loaded.checkpoint.sha256,
             format_version=meta.format_version,
             learner=meta.learner.kind,
+            learner_options=meta.learner.options,
             class_names=list(meta.learner.class_names),
             n_ctx=meta.learner.n_ctx,
             backbone=BackboneInfo(

@@ -258,3 +258,22 @@ def test_dassl_import_reads_csc_off_the_tensor_and_checks_its_classes():
     meta_net = {k: torch.zeros(1) for k in ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight", "meta_net.linear2.bias")}
     with pytest.raises(ValueError, match="not supported by CoCoOp"):
         cocoop.dassl_import({"ctx": torch.zeros(5, 4, 8), **tokens, **meta_net})
+
+
+def test_reports_name_the_learners_settings(tmp_path):
+    # a CSC / middle CoOp model is a different model from a shared-context one: every report says which
+    from ci_gate.report.html import render_html
+    from ci_gate.report.markdown import summary_markdown
+    from ci_gate.result import Result
+    from result_factory import make_result
+
+    plain = make_result(tmp_path / "a")
+    assert plain.model.learner_label == "coop" and "coop, 10 classes" in summary_markdown(plain)
+    data = plain.model_dump(mode="json")
+    data["model"]["learner_options"] = {"csc": True, "class_token_position": "middle|<b>"}
+    res = Result.model_validate(data)
+    assert res.model.learner_label == "coop (class_token_position=middle|<b>, csc=True)"
+    md = summary_markdown(res)
+    assert "csc=True" in md and "middle\\|" in md and "<b>" not in md  # no table break, no HTML
+    html = render_html(res, tmp_path / "a")
+    assert "csc=True" in html and "middle|&lt;b&gt;" in html
