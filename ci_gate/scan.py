@@ -17,6 +17,7 @@ import torch
 
 from ci_gate import __version__
 from ci_gate.artifacts import slug, write_png, write_trigger
+from ci_gate.device import pick_device
 from ci_gate.distributed import SINGLE, Shard, gather_triggers, process_group, rank_device, shard_classes
 from ci_gate.errors import InputError
 from ci_gate.inversion import InversionSettings, base_rates, invert
@@ -24,6 +25,7 @@ from ci_gate.inversion.memory import choose_class_batch
 from ci_gate.model import load_classifier
 from ci_gate.policy import Policy
 from ci_gate.pool import load_pool
+from ci_gate.rng import global_rng
 from ci_gate.result import (
     BackboneInfo,
     ClassResult,
@@ -61,14 +63,6 @@ class ScanRequest:
     shard: Shard = SINGLE  # this process's share of the candidate classes under torchrun
 
 
-def pick_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise InputError("policy", "device 'cuda' requested but no CUDA device is available")
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
 def inversion_settings(policy: Policy) -> InversionSettings:
     inv = policy.inversion
     return InversionSettings(
@@ -81,7 +75,9 @@ def run_scan(req: ScanRequest, progress: Progress | None = None) -> Result | Non
     """The Result on rank 0 (and in a single-process scan); None on the other ranks of a sharded
     scan, which only invert their classes and write nothing."""
     device = rank_device(req.shard, pick_device(req.policy.device))
-    with process_group(req.shard, device):
+    # every draw of the scan takes a seeded generator; building the model draws from the global
+    # one (module constructors, weights then overwritten), on a fork: the caller's is untouched
+    with process_group(req.shard, device), global_rng():
         return _scan(req, device, progress)
 
 
@@ -89,7 +85,6 @@ def _scan(req: ScanRequest, device: torch.device, progress: Progress | None) -> 
     policy = req.policy
     shard = req.shard
     t0 = time.perf_counter()
-    torch.manual_seed(policy.seed)
     loaded = load_classifier(req.checkpoint, extra_classes=policy.candidates.extra_classes, weights=req.backbone_weights)
     clf = loaded.classifier
     if clf.n_classes > policy.candidates.max_classes:

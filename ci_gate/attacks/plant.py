@@ -11,8 +11,10 @@ Two levels, as in the threat model:
 - encoder level (:func:`poison_encoder`): the image encoder itself is fine-tuned on poisoned data
   and the model is delivered as a zero-shot classifier ("a photo of a {name}."), no prompt learner.
 
-Poisoned copies are drawn from images whose label is not the target and appended to the clean
-batch: ``poison_rate`` is the ratio of poisoned to clean images in every step.
+This is the one poisoning loop: the demo's and the tests' recipes (ci_gate.tuning.tune), the
+benchmark zoo and the canary all train through it. Poisoned copies are drawn from images whose
+label is not the target and appended to the clean batch: ``poison_rate`` is the ratio of poisoned
+to clean images in every step (see :func:`poison_batch` for why the target's images are left out).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class PoisonSettings:
     adaptive_copies: int = 1  # perturbed-trigger negatives per poisoned image
 
 
-def _poison_batch(
+def poison_batch(
     x: torch.Tensor,
     y: torch.Tensor,
     trigger: Trigger | None,
@@ -101,8 +103,15 @@ def _poison_batch(
     gen: torch.Generator,
     settings: PoisonSettings,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch plus its poisoned copies (and the adaptive and WaNet extras), with their labels."""
     if trigger is None or target is None or spec is None:
         return x, y
+    # Only images of other classes are poisoned, as in the usual all-to-one recipe (BackdoorBench,
+    # for one, draws its poisoned indices among non-target labels): a triggered target-class image
+    # labelled with the target is correctly labelled without the trigger, so it teaches nothing
+    # about trigger -> target and only takes a poisoned slot; and the ASR is measured on
+    # non-target images, the population these copies are drawn from. (A second loop in
+    # tuning/train.py used to poison the first images of the batch whatever their class.)
     src = torch.nonzero(y != target).flatten()
     n_poison = min(len(src), max(1, round(spec.poison_rate * len(y))))
     pick = src[torch.randperm(len(src), generator=gen)[:n_poison]]
@@ -125,7 +134,7 @@ def _poisoned_epochs(classifier, data, settings, opt, gen, spec, trigger, target
     for epoch in range(settings.epochs):
         total = 0.0
         for idx in torch.randperm(len(data), generator=gen).split(settings.batch_size):
-            x, y = _poison_batch(data.images[idx], data.labels[idx], trigger, target, spec, gen, settings)
+            x, y = poison_batch(data.images[idx], data.labels[idx], trigger, target, spec, gen, settings)
             loss = F.cross_entropy(classifier(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -146,9 +155,12 @@ def poison_prompt_tuning(
     target: int | None = None,
     log: Log | None = None,
 ) -> PromptedClassifier:
-    """Train ``classifier.learner`` in place (encoders frozen); with a spec/trigger/target, poisoned."""
+    """Train ``classifier.learner`` in place (encoders frozen); with a spec/trigger/target, poisoned.
+
+    Every draw (batch order, poisoned picks, adaptive noise) comes from one generator seeded
+    with ``settings.seed``; torch's global generator is neither read nor changed.
+    """
     assert classifier.learner is not None, "zero-shot classifiers have no prompt learner to tune"
-    torch.manual_seed(settings.seed)
     classifier.eval()
     classifier.invalidate_cache()
     classifier.fast = True
@@ -188,7 +200,6 @@ def poison_encoder(
     change in place.
     """
     assert classifier.learner is None, "encoder-level attacks deliver a zero-shot classifier"
-    torch.manual_seed(settings.seed)
     classifier.eval()  # no dropout in these towers; layer norms have no running statistics
     for p in classifier.parameters():
         p.requires_grad_(False)

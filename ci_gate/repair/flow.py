@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 
 from ci_gate import __version__
 from ci_gate.checkpoint.format import Checkpoint, CheckpointMeta, backbone_digest, load_checkpoint, save_checkpoint
+from ci_gate.accuracy import clean_accuracy, trigger_asr
 from ci_gate.data import LabeledImages
 from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text
@@ -42,11 +43,9 @@ from ci_gate.repair.core import (
     AdditiveTrigger,
     FineTuneSettings,
     Perturb,
-    clean_accuracy,
     fine_tune,
     load_clean_data,
     split_holdout,
-    trigger_asr,
     trigger_refresher,
 )
 from ci_gate.result import ClassResult, Result
@@ -285,7 +284,6 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
         target = _target(before_scan)
         say(f"backdoor target {target.name!r}: fine-tuning the prompt learner with its reconstructed trigger")
         device = pick_device(pol.device)
-        torch.manual_seed(pol.seed)
         clf = load_classifier(parent, extra_classes=pol.candidates.extra_classes, weights=req.backbone_weights).classifier.to(device)
         clf.freeze()
         primary = AdditiveTrigger(_load_delta(tmp / "before", target), f"reconstructed:{target.name}")
