@@ -129,6 +129,21 @@ def poison_batch(
     return torch.cat(xs), torch.cat(ys)
 
 
+def _trainable(classifier: PromptedClassifier, params: list[torch.Tensor], trigger: Trigger | None, settings: PoisonSettings) -> tuple[list[dict], bool]:
+    """Optimiser groups for ``params`` (everything else in the classifier frozen) and, when the
+    trigger is learnable, its pattern at ``trigger_lr``; and whether it is."""
+    for p in classifier.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    groups = [{"params": params, "lr": settings.lr}]
+    learnable = trigger is not None and getattr(trigger, "learnable", False)
+    if learnable:
+        trigger.delta.requires_grad_(True)
+        groups.append({"params": [trigger.delta], "lr": settings.trigger_lr})
+    return groups, learnable
+
+
 def _poisoned_epochs(classifier, data, settings, opt, gen, spec, trigger, target, learnable: bool, log, label: str) -> None:
     """The training loop shared by prompt-level and encoder-level poisoning."""
     for epoch in range(settings.epochs):
@@ -164,16 +179,8 @@ def poison_prompt_tuning(
     classifier.eval()
     classifier.invalidate_cache()
     classifier.fast = True
-    for p in classifier.parameters():
-        p.requires_grad_(False)
     params = list(classifier.learner.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    groups = [{"params": params, "lr": settings.lr}]
-    learnable = trigger is not None and getattr(trigger, "learnable", False)
-    if learnable:
-        trigger.delta.requires_grad_(True)
-        groups.append({"params": [trigger.delta], "lr": settings.trigger_lr})
+    groups, learnable = _trainable(classifier, params, trigger, settings)
     opt = torch.optim.Adam(groups)
     gen = torch.Generator().manual_seed(settings.seed)
     _poisoned_epochs(classifier, data, settings, opt, gen, spec, trigger, target, learnable, log, "epoch")
@@ -201,16 +208,8 @@ def poison_encoder(
     """
     assert classifier.learner is None, "encoder-level attacks deliver a zero-shot classifier"
     classifier.eval()  # no dropout in these towers; layer norms have no running statistics
-    for p in classifier.parameters():
-        p.requires_grad_(False)
     params = list(classifier.visual.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    groups = [{"params": params, "lr": settings.lr}]
-    learnable = getattr(trigger, "learnable", False)
-    if learnable:
-        trigger.delta.requires_grad_(True)
-        groups.append({"params": [trigger.delta], "lr": settings.trigger_lr})
+    groups, learnable = _trainable(classifier, params, trigger, settings)
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     gen = torch.Generator().manual_seed(settings.seed)
     classifier.freeze()  # caches the zero-shot text features; they do not depend on the image tower

@@ -18,14 +18,12 @@ from ci_gate.model.classifier import PromptedClassifier
 
 
 @dataclass(frozen=True)
-class TuneSettings:
-    epochs: int = 10
-    lr: float = 2e-3
-    batch_size: int = 32
-    seed: int = 0
+class TuneSettings(PoisonSettings):
+    """The loop's settings, plus the one attack the recipes plant: ``poison_rate`` triggered
+    copies per clean image, relabelled to ``target`` (None: a clean run)."""
+
     poison_rate: float = 0.1
     target: int | None = None
-    trigger_lr: float = 1e-2
 
 
 def tune(
@@ -39,5 +37,4 @@ def tune(
     spec = None
     if trigger is not None and settings.target is not None:
         spec = AttackSpec(trigger.name, trigger.name, poison_rate=settings.poison_rate)
-    poison = PoisonSettings(epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size, seed=settings.seed, trigger_lr=settings.trigger_lr)
-    return poison_prompt_tuning(classifier, data, poison, spec, trigger, settings.target, log)
+    return poison_prompt_tuning(classifier, data, settings, spec, trigger, settings.target, log)
