@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file
 
 from ci_gate import __version__
-from ci_gate.checkpoint.format import Checkpoint, CheckpointMeta, backbone_digest, load_checkpoint, save_checkpoint
 from ci_gate.accuracy import clean_accuracy, trigger_asr
+from ci_gate.checkpoint.format import Checkpoint, CheckpointMeta, backbone_digest, load_checkpoint, save_checkpoint
 from ci_gate.data import LabeledImages
 from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text
