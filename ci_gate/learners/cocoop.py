@@ -18,6 +18,7 @@ from torch import nn
 from ci_gate.learners.base import DasslImport, vision_dim
 from ci_gate.learners.coop import CoOp, CoOpOptions
 from ci_gate.learners.tokens import ClassTokenPosition, PromptTokens
+from ci_gate.rng import global_rng
 
 if TYPE_CHECKING:
     from ci_gate.model.text import TextEncoder
@@ -87,15 +88,13 @@ class CoCoOp(CoOp):
     @classmethod
     def fresh(cls, backbone, spec, seed: int) -> "CoCoOp":
         ctx = cls._context(backbone, spec, None, seed)
-        # nn.Linear draws its init from the global generator: seed a forked copy so the caller's
-        # random state is left as it was
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # nn.Linear draws its init from the global generator: a seeded fork of it (ci_gate.rng)
+        with global_rng(seed):
             return cls(ctx, vision_dim(backbone))
 
     @classmethod
     def from_tensors(cls, backbone, spec, tensors) -> "CoCoOp":
-        with torch.random.fork_rng(devices=[]):  # the init is overwritten; keep the caller's RNG
+        with global_rng():  # the init is overwritten; keep the caller's RNG
             learner = cls(cls._context(backbone, spec, tensors), vision_dim(backbone))
         state = {k[len("meta_net."):]: v.float() for k, v in tensors.items() if k.startswith("meta_net.")}
         try:
