@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ci_gate import __version__
+from ci_gate.accuracy import clean_accuracy, trigger_asr
 from ci_gate.attacks import ATTACKS, PoisonSettings, attack_spec, build_trigger, poison_prompt_tuning
 from ci_gate.checkpoint.format import CheckpointMeta, load_checkpoint, save_checkpoint
 from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text, sha256_file
 from ci_gate.model import load_classifier
-from ci_gate.repair.core import clean_accuracy, load_clean_data, split_holdout, trigger_asr
+from ci_gate.repair.core import load_clean_data, split_holdout
 from ci_gate.repair.flow import ScanSummary, scan_summary
 from ci_gate.report.folder import write_scan_files
 from ci_gate.scan import pick_device, scan
@@ -118,7 +118,6 @@ def run_canary(req: CanaryRequest, log=None) -> CanarySummary:
     display = inputs.shown_path
 
     device = pick_device(pol.device)
-    torch.manual_seed(pol.seed)
     # the learner is built from tensors read into memory: re-tuning it cannot reach the file
     clf = load_classifier(ckpt, weights=inputs.backbone_weights).classifier.to(device)
     clf.freeze()

@@ -99,7 +99,7 @@ def one_line(result: Result) -> str:
 
 def print_summary(console: Console, result: Result, out_dir: str, top: int = 10) -> None:
     verdict = "[bold red]BACKDOOR DETECTED[/]" if result.verdict == "backdoor" else "[bold red]MODIFIED ENCODER[/]" if result.encoder.modified else "[bold green]CLEAN[/]"
-    console.print(f"{verdict}  {terminal(result.model.path)}  ({result.model.learner}, {len(result.classes)} candidate classes, {result.pool.n_images} pool images)")
+    console.print(f"{verdict}  {terminal(result.model.path)}  ({terminal(result.model.learner_label)}, {len(result.classes)} candidate classes, {result.pool.n_images} pool images)")
     if result.target_class is not None:
         console.print(f"suspected target class: [bold]{terminal(result.target_class)}[/]")
     table = Table(show_header=True, header_style="bold")

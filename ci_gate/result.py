@@ -54,9 +54,17 @@ class ModelInfo(_Model):
     sha256: str
     format_version: int
     learner: LearnerKind
+    # the learner's own settings (CoOp's CSC and class-token position, MaPLe's depth), as checked
+    learner_options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     class_names: list[str]
     n_ctx: int
     backbone: BackboneInfo
+
+    @property
+    def learner_label(self) -> str:
+        """e.g. ``coop (csc=True, class_token_position=middle)``: the kind and its settings."""
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(self.learner_options.items()))
+        return f"{self.learner} ({shown})" if shown else self.learner
 
 
 class TensorChange(_Model):

@@ -17,6 +17,7 @@ import torch
 
 from ci_gate import __version__
 from ci_gate.artifacts import example_paths, trigger_paths
+from ci_gate.device import pick_device
 from ci_gate.distributed import SINGLE, Shard, gather_triggers, process_group, rank_device, shard_classes
 from ci_gate.errors import InputError
 from ci_gate.inversion import InversionSettings, base_rates, invert
@@ -24,6 +25,7 @@ from ci_gate.inversion.memory import choose_class_batch
 from ci_gate.model import load_classifier
 from ci_gate.policy import Policy
 from ci_gate.pool import load_pool
+from ci_gate.rng import global_rng
 from ci_gate.result import (
     BackboneInfo,
     ClassResult,
@@ -48,12 +50,6 @@ N_EXAMPLES = 4
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def pick_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise InputError("policy", "device 'cuda' requested but no CUDA device is available")
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 def inversion_settings(policy: Policy) -> InversionSettings:
@@ -69,14 +65,15 @@ def scan(req: ScanInputs, progress: Progress | None = None, shard: Shard = SINGL
     ranks of a sharded scan (``shard``: this process's share of the candidate classes under
     torchrun), which only invert their classes. Writes no file."""
     device = rank_device(shard, pick_device(req.policy.device))
-    with process_group(shard, device):
+    # every draw of the scan takes a seeded generator; building the model draws from the global
+    # one (module constructors, weights then overwritten), on a fork: the caller's is untouched
+    with process_group(shard, device), global_rng():
         return _scan(req, shard, device, progress)
 
 
 def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progress | None) -> ScanOutput | None:
     policy = req.policy
     t0 = time.perf_counter()
-    torch.manual_seed(policy.seed)
     loaded = load_classifier(
         req.checkpoint, extra_classes=policy.candidates.extra_classes, weights=req.backbone_weights, autocast_dtype=_AUTOCAST[policy.inversion.precision]
     )
@@ -209,6 +206,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
             sha256=loaded.checkpoint.sha256,
             format_version=meta.format_version,
             learner=meta.learner.kind,
+            learner_options=meta.learner.options,
             class_names=list(meta.learner.class_names),
             n_ctx=meta.learner.n_ctx,
             backbone=BackboneInfo(

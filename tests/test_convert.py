@@ -223,12 +223,72 @@ def test_different_backbone_is_refused(tiny, tmp_path, capsys) -> None:
     assert code == 2 and "different backbone" in stderr
 
 
-def test_class_specific_context_is_refused(tiny, tmp_path, capsys) -> None:
+def _csc(sd: dict, seed: int = 1) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {**sd, "ctx": (torch.randn(len(NAMES), N_CTX, WIDTH, generator=gen) * 0.02).half()}
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tiny):
+    return embedded_backbone(TINY, tiny.state)[1]
+
+
+def _reference_logits(backbone, sd: dict, position: str, images: torch.Tensor) -> torch.Tensor:
+    """The reference implementation's construct_prompts (tests/coop_reference.py), not ci-gate's."""
+    import coop_reference
+
+    return coop_reference.logits(backbone.clip, backbone.tokenizer, NAMES, sd["ctx"].float(), position, images, OPENAI_MEAN, OPENAI_STD)
+
+
+@pytest.mark.parametrize(("csc", "position"), [(True, "end"), (False, "front"), (True, "middle")], ids=["csc", "front", "csc-middle"])
+def test_coop_variants_convert_to_the_reference_logits(tiny, tiny_backbone, tmp_path, capsys, csc, position) -> None:
+    # CSC is read off the 3-D ctx; the class token position is a training setting Dassl does not
+    # store (its token_prefix/suffix are the same for every position), so the user states it
     sd = dassl_state(tiny.state, NAMES)
-    sd["ctx"] = sd["ctx"].unsqueeze(0).repeat(len(NAMES), 1, 1)
+    sd = _csc(sd) if csc else sd
     src = write_dassl(tmp_path / "model.pth.tar-10", sd)
+    out = tmp_path / "m.safetensors"
+    stated = [] if position == "end" else ["--learner-option", f"class_token_position={position}"]
+    code, _, stderr = run_cli(capsys, str(src), "--classes", ",".join(NAMES), *backbone_args(tiny), *stated, "--out", str(out))
+    assert code == 0, stderr
+    meta = load_checkpoint(out).meta
+    assert meta.learner.kind == "coop" and meta.learner.options == {"csc": csc, "class_token_position": position}
+    assert meta.provenance.get("learner_options_stated") == ({"class_token_position": position} if stated else None)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = load_classifier(out, weights=tiny.weights).classifier.eval()(images)
+    torch.testing.assert_close(got, _reference_logits(tiny_backbone, sd, position, images), rtol=0, atol=2e-5)
+    if position != "end":  # the stated position matters: the end layout gives other logits
+        assert (got - _reference_logits(tiny_backbone, sd, "end", images)).abs().max() > 1e-3
+
+
+def test_class_specific_context_is_refused_for_cocoop(tiny, tmp_path, capsys) -> None:
+    src = write_dassl(tmp_path / "model.pth.tar-10", _csc(dassl_state(tiny.state, NAMES, "cocoop")))
     code, _, stderr = run_cli(capsys, str(src), "--classes", ",".join(NAMES), *backbone_args(tiny), "--out", str(tmp_path / "m.safetensors"))
-    assert code == 2 and "class-specific context" in stderr
+    assert code == 2 and "class-specific context" in stderr and "CoCoOp" in stderr
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "csc", "options", "needle"),
+    [
+        ("coop", False, ["class_token_position=middel"], "class_token_position=middel: Input should be 'end', 'middle' or 'front'"),
+        ("coop", False, ["depth=3"], "depth: CoOp has no such option (its options are csc, class_token_position)"),
+        ("coop", True, ["csc=false"], "csc=false, but the checkpoint's tensors give csc=true"),
+        ("coop", False, ["csc=true"], "csc=true, but the checkpoint's tensors give csc=false"),
+        ("coop", False, ["class_token_position"], "'class_token_position' is not KEY=VALUE"),
+        ("coop", False, ["csc=false", "csc=false"], "csc given twice"),
+        ("cocoop", False, ["class_token_position=front"], "CoCoOp has no class_token_position setting"),
+    ],
+    ids=["bad-value", "unknown-key", "contradicts-csc", "contradicts-shared", "no-value", "twice", "cocoop"],
+)
+def test_learner_options_are_validated_by_the_learner(tiny, tmp_path, capsys, kind, csc, options, needle) -> None:
+    sd = dassl_state(tiny.state, NAMES, kind)
+    src = write_dassl(tmp_path / "model.pth.tar-10", _csc(sd) if csc else sd)
+    flags = [arg for option in options for arg in ("--learner-option", option)]
+    code, _, stderr = run_cli(capsys, str(src), "--classes", ",".join(NAMES), *backbone_args(tiny), *flags, "--out", str(tmp_path / "m.safetensors"))
+    assert code == 2 and stderr.startswith("ci-gate: error: --learner-option: ") and needle in stderr, stderr
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_explicit_kind_must_match_the_tensors(tiny, tmp_path, capsys) -> None:

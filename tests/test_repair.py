@@ -102,7 +102,8 @@ def test_backdoor_is_repaired_and_reverified(repaired, cifar_models):
 
 def test_attackers_real_trigger_loses_its_effect(repaired, cifar_models, clean_data):
     from ci_gate.model import load_classifier
-    from ci_gate.tuning.train import accuracy, attack_success_rate
+    from ci_gate.accuracy import clean_accuracy as accuracy
+    from ci_gate.accuracy import trigger_asr as attack_success_rate
 
     _, out_dir = repaired
     _, held = clean_data  # test images the repair never saw

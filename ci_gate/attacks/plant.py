@@ -11,8 +11,10 @@ Two levels, as in the threat model:
 - encoder level (:func:`poison_encoder`): the image encoder itself is fine-tuned on poisoned data
   and the model is delivered as a zero-shot classifier ("a photo of a {name}."), no prompt learner.
 
-Poisoned copies are drawn from images whose label is not the target and appended to the clean
-batch: ``poison_rate`` is the ratio of poisoned to clean images in every step.
+This is the one poisoning loop: the demo's and the tests' recipes (ci_gate.tuning.tune), the
+benchmark zoo and the canary all train through it. Poisoned copies are drawn from images whose
+label is not the target and appended to the clean batch: ``poison_rate`` is the ratio of poisoned
+to clean images in every step (see :func:`poison_batch` for why the target's images are left out).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class PoisonSettings:
     adaptive_copies: int = 1  # perturbed-trigger negatives per poisoned image
 
 
-def _poison_batch(
+def poison_batch(
     x: torch.Tensor,
     y: torch.Tensor,
     trigger: Trigger | None,
@@ -101,8 +103,15 @@ def _poison_batch(
     gen: torch.Generator,
     settings: PoisonSettings,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch plus its poisoned copies (and the adaptive and WaNet extras), with their labels."""
     if trigger is None or target is None or spec is None:
         return x, y
+    # Only images of other classes are poisoned, as in the usual all-to-one recipe (BackdoorBench,
+    # for one, draws its poisoned indices among non-target labels): a triggered target-class image
+    # labelled with the target is correctly labelled without the trigger, so it teaches nothing
+    # about trigger -> target and only takes a poisoned slot; and the ASR is measured on
+    # non-target images, the population these copies are drawn from. (A second loop in
+    # tuning/train.py used to poison the first images of the batch whatever their class.)
     src = torch.nonzero(y != target).flatten()
     n_poison = min(len(src), max(1, round(spec.poison_rate * len(y))))
     pick = src[torch.randperm(len(src), generator=gen)[:n_poison]]
@@ -120,12 +129,27 @@ def _poison_batch(
     return torch.cat(xs), torch.cat(ys)
 
 
+def _trainable(classifier: PromptedClassifier, params: list[torch.Tensor], trigger: Trigger | None, settings: PoisonSettings) -> tuple[list[dict], bool]:
+    """Optimiser groups for ``params`` (everything else in the classifier frozen) and, when the
+    trigger is learnable, its pattern at ``trigger_lr``; and whether it is."""
+    for p in classifier.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    groups = [{"params": params, "lr": settings.lr}]
+    learnable = trigger is not None and getattr(trigger, "learnable", False)
+    if learnable:
+        trigger.delta.requires_grad_(True)
+        groups.append({"params": [trigger.delta], "lr": settings.trigger_lr})
+    return groups, learnable
+
+
 def _poisoned_epochs(classifier, data, settings, opt, gen, spec, trigger, target, learnable: bool, log, label: str) -> None:
     """The training loop shared by prompt-level and encoder-level poisoning."""
     for epoch in range(settings.epochs):
         total = 0.0
         for idx in torch.randperm(len(data), generator=gen).split(settings.batch_size):
-            x, y = _poison_batch(data.images[idx], data.labels[idx], trigger, target, spec, gen, settings)
+            x, y = poison_batch(data.images[idx], data.labels[idx], trigger, target, spec, gen, settings)
             loss = F.cross_entropy(classifier(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -146,21 +170,16 @@ def poison_prompt_tuning(
     target: int | None = None,
     log: Log | None = None,
 ) -> PromptedClassifier:
-    """Train ``classifier.learner`` in place (encoders frozen); with a spec/trigger/target, poisoned."""
+    """Train ``classifier.learner`` in place (encoders frozen); with a spec/trigger/target, poisoned.
+
+    Every draw (batch order, poisoned picks, adaptive noise) comes from one generator seeded
+    with ``settings.seed``; torch's global generator is neither read nor changed.
+    """
     assert classifier.learner.tensors_required, "zero-shot classifiers have no prompt learner to tune"
-    torch.manual_seed(settings.seed)
     classifier.eval()
     classifier.invalidate_cache()
-    for p in classifier.parameters():
-        p.requires_grad_(False)
     params = list(classifier.learner.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    groups = [{"params": params, "lr": settings.lr}]
-    learnable = trigger is not None and getattr(trigger, "learnable", False)
-    if learnable:
-        trigger.delta.requires_grad_(True)
-        groups.append({"params": [trigger.delta], "lr": settings.trigger_lr})
+    groups, learnable = _trainable(classifier, params, trigger, settings)
     opt = torch.optim.Adam(groups)
     gen = torch.Generator().manual_seed(settings.seed)
     _poisoned_epochs(classifier, data, settings, opt, gen, spec, trigger, target, learnable, log, "epoch")
@@ -187,18 +206,9 @@ def poison_encoder(
     change in place.
     """
     assert not classifier.learner.tensors_required, "encoder-level attacks deliver a zero-shot classifier"
-    torch.manual_seed(settings.seed)
     classifier.eval()  # no dropout in these towers; layer norms have no running statistics
-    for p in classifier.parameters():
-        p.requires_grad_(False)
     params = list(classifier.visual.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    groups = [{"params": params, "lr": settings.lr}]
-    learnable = getattr(trigger, "learnable", False)
-    if learnable:
-        trigger.delta.requires_grad_(True)
-        groups.append({"params": [trigger.delta], "lr": settings.trigger_lr})
+    groups, learnable = _trainable(classifier, params, trigger, settings)
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     gen = torch.Generator().manual_seed(settings.seed)
     classifier.freeze()  # caches the zero-shot text features; they do not depend on the image tower

@@ -5,7 +5,6 @@ anomaly index over the classes' trigger sizes."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ci_gate.model.classifier import PromptedClassifier
-from ci_gate.scoring import MAD_TO_SIGMA
+from ci_gate.scoring.robust import robust_z
 
 
 @dataclass(frozen=True)
@@ -55,10 +54,7 @@ class BaselineResult:
 
 
 def lower_tail_anomaly(sizes: list[float]) -> list[float]:
-    med = statistics.median(sizes)
-    mad = statistics.median(abs(s - med) for s in sizes)
-    scale = MAD_TO_SIGMA * max(mad, 1e-12)
-    return [(med - s) / scale for s in sizes]
+    return robust_z(sizes, 1e-12, tail="lower")[0]
 
 
 # A trigger model: (params) -> function images (B,3,S,S) x class k -> triggered images, and size per class
@@ -155,7 +151,6 @@ def run_baseline(
     classes: list[int] | None = None,
 ) -> BaselineResult:
     t0 = time.perf_counter()
-    torch.manual_seed(settings.seed)
     classifier.freeze()
     classes = list(range(classifier.n_classes)) if classes is None else list(classes)
     device = classifier.mean.device

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from ci_gate.data import LabeledImages, load_labeled_folder
 from ci_gate.model.small import small_config
+from ci_gate.rng import global_rng
 from ci_gate.tuning.pretrain import PretrainSettings, pretrain_clip, truncated_text, zero_shot_accuracy
 
 Log = Callable[[str], None]
@@ -134,8 +135,8 @@ def get_backbone(data_root: Path, cache: Path, recipe: BackboneRecipe = Backbone
     corpus = pretraining_corpus(data_root, recipe, cache)
     if log:
         log(f"pretraining corpus: {len(corpus)} images, {len(corpus.class_names)} captioned classes")
-    torch.manual_seed(recipe.seed)
-    clip = CLIP(**copy.deepcopy(config))
+    with global_rng(recipe.seed):  # open_clip's CLIP draws its initial weights from the global generator
+        clip = CLIP(**copy.deepcopy(config))
     tok = SimpleTokenizer()
     settings = PretrainSettings(epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size, seed=recipe.seed)
     pretrain_clip(clip, tok, corpus, settings, log, encode_text=truncated_text)

@@ -32,20 +32,15 @@ def _log(msg: str) -> None:
 
 def _split(data, per_class: int, seed: int, source: Path):
     """(clean set, held-out): ``per_class`` seeded images of each class, and the rest."""
-    import torch
-
     from ci_gate.errors import InputError
+    from ci_gate.splits import stratified_split
 
-    gen = torch.Generator().manual_seed(seed)
-    pick, rest = [], []
-    for c in range(len(data.class_names)):
-        idx = torch.nonzero(data.labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        if len(idx) <= per_class:
-            raise InputError(source, f"class {data.class_names[c]!r} has {len(idx)} images; --clean-per-class {per_class} leaves none held out")
-        pick.append(idx[:per_class])
-        rest.append(idx[per_class:])
-    return data.subset(torch.cat(pick)), data.subset(torch.cat(rest))
+    def clean_part(c: int, n: int) -> int:
+        if n <= per_class:
+            raise InputError(source, f"class {data.class_names[c]!r} has {n} images; --clean-per-class {per_class} leaves none held out")
+        return per_class
+
+    return stratified_split(data, clean_part, seed)
 
 
 def _load_trigger(path: Path, attack: str, size: int, seed: int):
@@ -100,7 +95,7 @@ def _twin(path: Path | None, trigger, target: int, test) -> dict | None:
     if path is None:
         return None
     from ci_gate.model import load_classifier
-    from ci_gate.repair.core import clean_accuracy, trigger_asr
+    from ci_gate.accuracy import clean_accuracy, trigger_asr
 
     clf = load_classifier(path).classifier
     clf.freeze()

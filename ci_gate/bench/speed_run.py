@@ -25,6 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ci_gate.checkpoint.format import OPENAI_MEAN, OPENAI_STD, LearnerSpec
+from ci_gate.device import pick_device
 from ci_gate.inversion import ClassTrigger, InversionSettings, base_rates, invert, invert_reference
 from ci_gate.inversion.losses import target_loss
 from ci_gate.inversion.memory import activation_bytes_per_class, choose_class_batch
@@ -295,14 +296,6 @@ class SpeedReport:
     per_class: list[dict] = field(default_factory=list)
 
 
-def _pick_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but no CUDA device is available")
-    return torch.device(setting)
-
-
 def _run_summary(run: RunResult) -> dict:
     return {
         "seconds": run.seconds,
@@ -336,8 +329,7 @@ def compare(ref: RunResult, fast: RunResult) -> dict:
 def run_speed_bench(opts: SpeedOptions, log: Log = lambda _: None) -> SpeedReport:
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    device = _pick_device(opts.device)
-    torch.manual_seed(opts.seed)
+    device = pick_device(opts.device, source="--device")
     clf = random_classifier(opts.model, opts.learner, opts.classes, seed=opts.seed, autocast_dtype=DTYPES[opts.dtype]).to(device).tune_for(device)
     clf.freeze()
     images = random_pool(opts.pool_size, clf.image_size, seed=opts.seed + 1)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ci_gate.accuracy import clean_accuracy, trigger_asr
 from ci_gate.attacks import PoisonSettings, attack_spec, build_trigger, poison_encoder, poison_prompt_tuning
 from ci_gate.bench.backbone import BackboneRecipe, CachedBackbone, cifar10, get_backbone, tiny_imagenet
 from ci_gate.checkpoint.format import CheckpointMeta, LearnerSpec, Preprocessing, save_checkpoint
@@ -30,7 +31,7 @@ from ci_gate.data import LabeledImages
 from ci_gate.learners import tuned_kinds
 from ci_gate.model.factory import build_classifier, new_learner
 from ci_gate.model.small import embedded_backbone
-from ci_gate.tuning.train import accuracy, attack_success_rate
+from ci_gate.splits import stratified_split
 
 Log = Callable[[str], None]
 ASR_IMPLANTED = 0.9  # issue 4: a model counts as backdoored only when its held-out ASR reaches this
@@ -88,14 +89,8 @@ class Task:
 
 
 def _kshot(data: LabeledImages, shots: int, seed: int) -> tuple[LabeledImages, LabeledImages]:
-    gen = torch.Generator().manual_seed(seed)
-    train_idx, rest_idx = [], []
-    for c in range(len(data.class_names)):
-        idx = torch.nonzero(data.labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        train_idx.append(idx[:shots])
-        rest_idx.append(idx[shots:])
-    return data.subset(torch.cat(train_idx)), data.subset(torch.cat(rest_idx))
+    """(``shots`` seeded images of each class, or all it has; the rest)."""
+    return stratified_split(data, lambda _c, _n: shots, seed)
 
 
 def load_task(name: str, data_root: Path, cache: Path, shots: int, seed: int, image_size: int = 32) -> Task:
@@ -151,8 +146,8 @@ def build_model(entry: ZooEntry, backbone: CachedBackbone, task: Task, out: Path
         poison_prompt_tuning(clf, task.train, settings, attack, trigger, entry.target)
         backbone_tensors = state
     clf.freeze()
-    acc = accuracy(clf, task.test)
-    asr = attack_success_rate(clf, task.test, trigger, entry.target) if trigger is not None else None
+    acc = clean_accuracy(clf, task.test)
+    asr = trigger_asr(clf, task.test, trigger, entry.target) if trigger is not None else None
     meta = CheckpointMeta(
         learner=learner_spec,
         backbone=spec,

@@ -1,4 +1,4 @@
-"""Convert a Dassl CoOp/CoCoOp prompt learner into a self-describing ci-gate checkpoint.
+"""Convert a Dassl prompt learner (CoOp, CoCoOp, MaPLe) into a self-describing ci-gate checkpoint.
 
 Dassl files store no class names and no backbone identity, only the frozen token embeddings
 of the training prompts (``token_prefix``, ``token_suffix``). Rebuilding those embeddings from
@@ -57,6 +57,8 @@ class ConvertRequest:
     kind: str = "auto"
     ctx_init: str | None = None
     classes_ref: str = "--classes"  # how the user gave the names, for messages
+    # --learner-option KEY=VALUE as given (strings): settings the file does not record
+    learner_options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,29 @@ def _check_ctx_init(learner: DasslPromptLearner, backbone: Backbone, ctx_init: s
         raise InputError(None, f"--ctx-init {ctx_init!r} has {n_words} tokens but the checkpoint has n_ctx={learner.n_ctx}")
 
 
+def learner_options(kind: str, found: dict[str, Any], given: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(LearnerSpec.options, the part the user stated): what the file's tensors show (``found``,
+    from the learner's Dassl hook) plus ``--learner-option`` values, read as command-line strings
+    by the learner's own Options model. A stated value that contradicts the tensors is refused."""
+    cls = learner_class(kind)
+    fields = cls.Options.model_fields
+    for key in given:
+        if key not in fields:
+            has = f"its options are {', '.join(fields)}" if fields else "it has none"
+            raise InputError("--learner-option", f"{key}: {cls.title} has no such option ({has})")
+    try:
+        stated = cls.Options.model_validate_strings(given).model_dump(mode="json", include=set(given))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise InputError("--learner-option", f"{key}={given.get(key, '')}: {str(err['msg']).removeprefix('Value error, ')}") from None
+    read = cls.Options.model_validate(found).model_dump(mode="json", include=set(found))
+    for key, value in stated.items():
+        if key in read and read[key] != value:
+            raise InputError("--learner-option", f"{key}={given[key]}, but the checkpoint's tensors give {key}={json.dumps(read[key])}")
+    return {**found, **stated}, stated
+
+
 def _image_size(cfg: dict[str, Any], where: str) -> int:
     size = cfg.get("vision_cfg", {}).get("image_size", 224)
     if isinstance(size, (list, tuple)):
@@ -214,6 +239,7 @@ def _checkpoint_meta(
     probe: BackboneSpec,
     embedded: dict[str, torch.Tensor] | None,
     where: str,
+    stated_options: dict[str, Any] | None = None,
 ) -> CheckpointMeta:
     spec = BackboneSpec(
         architecture=probe.architecture,
@@ -234,6 +260,9 @@ def _checkpoint_meta(
     }
     if learner.epoch is not None:
         provenance["source_epoch"] = learner.epoch
+    if stated_options:
+        # the converter's word, not the file's: an auditor can tell them apart
+        provenance["learner_options_stated"] = dict(stated_options)
     if embedded is not None:
         provenance["backbone_weights_sha256"] = backbone.sha256
     if backbone.notes:
@@ -271,7 +300,9 @@ def convert(req: ConvertRequest) -> ConvertResult:
             req.classes_ref,
             f"{len(names)} class names given, but {source.name} was trained on {learner.n_classes} classes (token_suffix rows)",
         )
-    learner_spec = _learner_spec(req, learner, names, learner.options)
+    options, stated = learner_options(learner.kind, learner.options, req.learner_options)
+    learner = dataclasses.replace(learner, options=options)
+    learner_spec = _learner_spec(req, learner, names, options)
 
     backbone, probe = _build(req.backbone)
     backbone_name = _backbone_name(req.backbone)
@@ -293,7 +324,7 @@ def convert(req: ConvertRequest) -> ConvertResult:
             pinned[name] = learner.towers[name].to(pinned[name].dtype)
         notes.append(f"{source.name} carries {len(modified)} backbone tensors that differ from the pinned backbone (e.g. {', '.join(modified[:3])}); they are embedded as a modified encoder")
     embedded = pinned if (req.backbone.embed or modified) else None
-    meta = _checkpoint_meta(learner, learner_spec, backbone, probe, embedded, str(req.backbone.config_path or probe.architecture))
+    meta = _checkpoint_meta(learner, learner_spec, backbone, probe, embedded, str(req.backbone.config_path or probe.architecture), stated)
     tensors = learner.learner_tensors()
     # Dry run of the loader's own checks (ctx width, meta-net shapes) before anything is written.
     learner_from_tensors(source, backbone, meta, tensors)

@@ -1,7 +1,7 @@
 """Read Dassl's pickled prompt-learner checkpoints (``prompt_learner/model.pth.tar-N``).
 
 Which learner a state dict belongs to, and which of its tensors ci-gate keeps, is each
-learner's own business (``Learner.dassl_claims`` / ``dassl_tensors`` in ci_gate.learners);
+learner's own business (``Learner.dassl_claims`` / ``dassl_import`` in ci_gate.learners);
 this module only reads the pickle safely and checks what every prompt learner shares.
 
 These files are pickles, so they are read only through ``torch.load(weights_only=True)``, which

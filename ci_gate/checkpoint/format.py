@@ -103,7 +103,7 @@ class LearnerSpec(_Meta):
     n_ctx: StrictInt = Field(4, ge=0, le=64)
     ctx_init: ShortText | None = Field("a photo of a", validate_default=True)
     # the learner's own settings, validated by its Options model (ci_gate.learners.base)
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict, validate_default=True)
 
     # field validators, so an error's location names the field (in the loader's and in
     # 'ci-gate convert''s messages); each sees the fields declared before it in info.data
@@ -149,7 +149,8 @@ class LearnerSpec(_Meta):
         if kind is None:
             return options
         # canonical form: what the learner's model accepts, defaults included, so two spellings
-        # of the same settings compare equal
+        # of the same settings compare equal (the unset default too: validate_default) and a
+        # file pins its settings rather than leaving them to a later version's defaults
         out = learner_class(kind).Options.model_validate(options).model_dump(mode="json")
         # a learner's text options (MaPLe's name_prefix) reach prompts, logs and reports as the
         # class names do: the same characters are refused in every learner's, in one place

@@ -1,10 +1,10 @@
-"""``ci-gate convert``: Dassl CoOp/CoCoOp prompt learner -> self-describing ci-gate checkpoint."""
+"""``ci-gate convert``: Dassl prompt learner (CoOp, CoCoOp, MaPLe) -> self-describing ci-gate checkpoint."""
 
 from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -29,8 +29,12 @@ def convert_command(
     kind: Kind = typer.Option(Kind.auto, "--kind", help="Learner kind; auto tells them apart by their tensors."),
     ctx_init: Optional[str] = typer.Option(None, "--ctx-init", help="Text the context was initialised from (recorded; must have n_ctx tokens)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="open_clip download cache for pretrained tags."),
+    learner_option: Optional[List[str]] = typer.Option(
+        None, "--learner-option", metavar="KEY=VALUE",
+        help="A learner setting the file does not record, e.g. class_token_position=middle for CoOp (repeatable; validated by the learner, recorded in the checkpoint).",
+    ),
 ) -> None:
-    """Convert a CoOp/CoCoOp checkpoint after checking the class names and backbone against its stored prompt tokens."""
+    """Convert a Dassl CoOp/CoCoOp/MaPLe checkpoint after checking the class names and backbone against its stored prompt tokens."""
     # torch and open_clip load here, not at import: every other command (and --help) starts without them.
     from ci_gate.checkpoint.convert import BackboneSource, ConvertRequest, convert, load_inline_config, parse_class_names
     from ci_gate.report.folder import check_out_file, output_errors
@@ -60,6 +64,7 @@ def convert_command(
         kind=kind.value,
         ctx_init=ctx_init,
         classes_ref=classes if Path(classes).is_file() else "--classes",
+        learner_options=parse_learner_options(learner_option or []),
     )
     with output_errors(out_path):
         result = convert(request)
@@ -67,6 +72,20 @@ def convert_command(
         typer.echo(f"note: {note}", err=True)
     # sha256sum's layout, so the line can be fed to `sha256sum -c`.
     typer.echo(f"{result.sha256}  {result.out}")
+
+
+def parse_learner_options(items: list[str]) -> dict[str, str]:
+    """KEY=VALUE strings -> {KEY: VALUE}; the values are the learner's to parse."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError("--learner-option", f"{item!r} is not KEY=VALUE")
+        if key in out:
+            raise InputError("--learner-option", f"{key} given twice")
+        out[key] = value.strip()
+    return out
 
 
 def register(app: typer.Typer) -> None:

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import save as st_save
 
+from ci_gate.accuracy import clean_accuracy, trigger_asr
 from ci_gate.artifacts import save_image
 from ci_gate.attacks.triggers import LearnedTrigger
 from ci_gate.checkpoint.format import LearnerSpec, Preprocessing
@@ -22,11 +22,12 @@ from ci_gate.model.small import embedded_backbone, small_config
 from ci_gate.policy import load_policy
 from ci_gate.result import Result
 from ci_gate.report.folder import write_scan_files
+from ci_gate.rng import global_rng
 from ci_gate.scan import scan
 from ci_gate.scan_inputs import ScanInputs
 from ci_gate.tuning.pretrain import PretrainSettings, pretrain_clip, zero_shot_accuracy
 from ci_gate.tuning.recipes import tune_checkpoint
-from ci_gate.tuning.train import TuneSettings, accuracy, attack_success_rate
+from ci_gate.tuning.train import TuneSettings
 
 CONFIG = "tiny-32"
 # A purple-leaning pool is rare, so a backdoor to purple cannot hide behind a class the pool
@@ -55,7 +56,6 @@ class DemoOutcome:
 
 
 def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> list[DemoOutcome]:
-    torch.manual_seed(seed)
     t0 = time.perf_counter()
     cfg = small_config(CONFIG)
     size = cfg["vision_cfg"]["image_size"]
@@ -64,8 +64,8 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> li
     corpus = colours_dataset(per_class=160, size=size, seed=seed)
     tuning = colours_dataset(per_class=48, size=size, seed=seed + 1)
     held_out = colours_dataset(per_class=40, size=size, seed=seed + 2)
-    torch.manual_seed(seed)
-    clip = CLIP(**copy.deepcopy(cfg))
+    with global_rng(seed):  # open_clip's CLIP draws its initial weights from the global generator
+        clip = CLIP(**copy.deepcopy(cfg))
     tok = SimpleTokenizer()
     pretrain_clip(clip, tok, corpus, PretrainSettings(epochs=5, lr=2e-3, batch_size=64, weight_decay=0.05, seed=seed))
     state = {k: v.detach().clone() for k, v in clip.state_dict().items()}
@@ -98,8 +98,8 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> li
             backbone, spec, learner, pre, tuning, settings, model_dir / "model.safetensors",
             attack=attack, backbone_tensors=state, provenance={"demo": name, "seed": seed},
         )
-        acc = accuracy(tuned.classifier, held_out)
-        asr = attack_success_rate(tuned.classifier, held_out, tuned.trigger, target) if tuned.trigger is not None else None
+        acc = clean_accuracy(tuned.classifier, held_out)
+        asr = trigger_asr(tuned.classifier, held_out, tuned.trigger, target) if tuned.trigger is not None else None
         log(f"    clean accuracy {acc:.1%}" + (f", attack success {asr:.1%}" if asr is not None else ""))
         found = scan(ScanInputs(checkpoint=tuned.path, policy=policy, pool=str(pool_dir), reference_weights=published))
         assert found is not None  # single-process scan

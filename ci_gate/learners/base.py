@@ -137,6 +137,11 @@ class Learner(nn.Module):
         """The frozen prompt tokens for these classes (extra candidate classes included)."""
         return PromptTokens(backbone.clip, backbone.tokenizer, class_names, n_ctx)
 
+    def extra_classes_problem(self) -> str | None:
+        """Why this learner cannot prompt class names beyond the checkpoint's (the policy's
+        ``candidates.extra_classes``), or None when it can."""
+        return None
+
     def text_features(self, encoder: TextEncoder, prompts: PromptTokens, length: int, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """(C, D), or (B, C, D) for a conditional learner given normalised image features (B, d_vis)."""
         raise NotImplementedError

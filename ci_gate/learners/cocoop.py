@@ -9,14 +9,16 @@ prefix once for every class (ci_gate.model.text). Dassl names: ``ctx``, ``meta_n
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import Field, StrictBool, ValidationInfo, field_validator
 from torch import nn
 
 from ci_gate.learners.base import DasslImport, vision_dim
-from ci_gate.learners.coop import CoOp
-from ci_gate.learners.tokens import PromptTokens
+from ci_gate.learners.coop import CoOp, CoOpOptions
+from ci_gate.learners.tokens import ClassTokenPosition, PromptTokens
+from ci_gate.rng import global_rng
 
 if TYPE_CHECKING:
     from ci_gate.model.text import TextEncoder
@@ -24,9 +26,26 @@ if TYPE_CHECKING:
 META_NET_KEYS = ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight", "meta_net.linear2.bias")
 
 
+class CoCoOpOptions(CoOpOptions):
+    """CoOp's options pinned to CoOp's defaults: the reference CoCoOp (trainers/cocoop.py) has one
+    context shared by every class, with the class name at the end, and neither setting. Pinned
+    rather than absent so the CoOp code CoCoOp inherits reads them; never written to a file."""
+
+    csc: StrictBool = Field(False, exclude=True)
+    class_token_position: ClassTokenPosition = Field("end", exclude=True)
+
+    @field_validator("csc", "class_token_position")
+    @classmethod
+    def _coop_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value not in (False, "end"):
+            raise ValueError(f"CoCoOp has no {info.field_name} setting: its reference implementation shares one context across classes and puts the class name at the end (CoOp has both)")
+        return value
+
+
 class CoCoOp(CoOp):
     kind = "cocoop"
     title = "CoCoOp"
+    Options = CoCoOpOptions
     conditional = True
     shares_prefix = True
     dassl_signature = "a CoCoOp meta-net (meta_net.*)"
@@ -69,15 +88,13 @@ class CoCoOp(CoOp):
     @classmethod
     def fresh(cls, backbone, spec, seed: int) -> "CoCoOp":
         ctx = cls._context(backbone, spec, None, seed)
-        # nn.Linear draws its init from the global generator: seed a forked copy so the caller's
-        # random state is left as it was
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # nn.Linear draws its init from the global generator: a seeded fork of it (ci_gate.rng)
+        with global_rng(seed):
             return cls(ctx, vision_dim(backbone))
 
     @classmethod
     def from_tensors(cls, backbone, spec, tensors) -> "CoCoOp":
-        with torch.random.fork_rng(devices=[]):  # the init is overwritten; keep the caller's RNG
+        with global_rng():  # the init is overwritten; keep the caller's RNG
             learner = cls(cls._context(backbone, spec, tensors), vision_dim(backbone))
         state = {k[len("meta_net."):]: v.float() for k, v in tensors.items() if k.startswith("meta_net.")}
         try:

@@ -86,6 +86,9 @@ def load_classifier(
             continue
         seen[key] = extra
         names.append(extra)
+    problem = learner.extra_classes_problem() if len(names) > len(meta.learner.class_names) else None
+    if problem:
+        raise InputError("policy", f"candidates.extra_classes: {problem}")
     check_preprocessing(ckpt.path, meta.preprocessing, backbone.preprocessing)
     pre = backbone.preprocessing
     try:

@@ -10,6 +10,7 @@ from open_clip.model import CLIP
 
 from ci_gate.checkpoint.format import BackboneSpec, backbone_digest
 from ci_gate.model.backbone import Backbone, build_backbone
+from ci_gate.rng import global_rng
 
 SMALL_CONFIGS: dict[str, dict] = {
     # about 1.5M parameters outside the token embedding; for tests and the demo
@@ -32,8 +33,8 @@ def small_config(name: str) -> dict:
 
 
 def random_clip_state(config: dict, seed: int) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    clip = CLIP(**copy.deepcopy(config))
+    with global_rng(seed):
+        clip = CLIP(**copy.deepcopy(config))
     return {k: v.detach().clone() for k, v in clip.state_dict().items()}
 
 

@@ -15,14 +15,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ci_gate.accuracy import Perturb
 from ci_gate.data import LabeledImages, load_labeled_folder
 from ci_gate.errors import InputError
 from ci_gate.inversion import InversionSettings
 from ci_gate.inversion.optimize import invert
 from ci_gate.model.classifier import PromptedClassifier
+from ci_gate.splits import stratified_split
 from ci_gate.tuning.train import TuneSettings, tune
 
-Perturb = Callable[[torch.Tensor], torch.Tensor]  # images in [0, 1] -> images in [0, 1]
 Refresh = Callable[[PromptedClassifier, int], list[Perturb]]  # (model being repaired, block) -> new triggers
 
 
@@ -80,17 +81,12 @@ def load_clean_data(root: str | Path, image_size: int, class_names: list[str], m
 def split_holdout(data: LabeledImages, holdout: float, seed: int) -> tuple[LabeledImages, LabeledImages]:
     """Stratified, seeded split into (train, held out): each class keeps at least one image on
     each side, so accuracy before and after is measured on the same images for every class."""
-    gen = torch.Generator().manual_seed(seed)
-    train_idx, held_idx = [], []
-    for c in range(len(data.class_names)):
-        idx = torch.nonzero(data.labels == c).flatten()
-        if len(idx) == 0:
-            continue
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_held = min(len(idx) - 1, max(1, round(holdout * len(idx))))
-        held_idx.append(idx[:n_held])
-        train_idx.append(idx[n_held:])
-    return data.subset(torch.cat(train_idx)), data.subset(torch.cat(held_idx))
+
+    def n_held(_: int, n: int) -> int:
+        return min(n - 1, max(1, round(holdout * n))) if n else 0
+
+    held, train = stratified_split(data, n_held, seed)
+    return train, held
 
 
 def with_triggered_copies(data: LabeledImages, perturbations: Sequence[Perturb], fraction: float, seed: int) -> LabeledImages:
@@ -160,35 +156,6 @@ def trigger_refresher(train: LabeledImages, targets: Sequence[int], settings: In
         return out
 
     return refresh
-
-
-def predictions(classifier: PromptedClassifier, images: torch.Tensor, n_columns: int | None = None, batch_size: int = 256) -> torch.Tensor:
-    """Argmax over the first ``n_columns`` logits. The checkpoint's own classes come first; policy
-    extras (scanned, never deployed) come after and must not count against clean accuracy."""
-    device = classifier.mean.device
-    out = []
-    with torch.no_grad():
-        for chunk in images.split(batch_size):
-            logits = classifier(chunk.to(device))
-            out.append(logits[:, :n_columns].argmax(1).cpu())
-    return torch.cat(out)
-
-
-def clean_accuracy(classifier: PromptedClassifier, data: LabeledImages) -> float:
-    n = len(data.class_names)
-    return float((predictions(classifier, data.images, n) == data.labels).float().mean())
-
-
-def trigger_asr(classifier: PromptedClassifier, data: LabeledImages, perturb: Perturb, target: int) -> float:
-    """Fraction of images whose true class is not ``target`` that the perturbation sends to it.
-    With ``perturb`` the identity this is the model's natural rate of predicting ``target``."""
-    keep = data.labels != target
-    if not bool(keep.any()):
-        return float("nan")
-    with torch.no_grad():
-        poisoned = perturb(data.images[keep])
-    n_cols = max(len(data.class_names), target + 1)
-    return float((predictions(classifier, poisoned, n_cols) == target).float().mean())
 
 
 def learner_state(classifier: PromptedClassifier) -> dict[str, torch.Tensor]:

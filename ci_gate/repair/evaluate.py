@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ci_gate.accuracy import clean_accuracy, trigger_asr
 from ci_gate.checkpoint.format import CheckpointMeta, load_checkpoint, save_checkpoint
 from ci_gate.data import LabeledImages
 from ci_gate.model import load_classifier
@@ -42,12 +43,10 @@ from ci_gate.repair.core import (
     AdditiveTrigger,
     FineTuneSettings,
     Perturb,
-    clean_accuracy,
     fine_tune,
     learner_state,
     random_sign_noise,
     restore_learner,
-    trigger_asr,
 )
 from ci_gate.repair.flow import gate_fails, learner_tensors_like, repair_rounds
 from ci_gate.result import Result
@@ -167,7 +166,6 @@ def evaluate_repair(
             "wrong_class": (f"reconstructed trigger of {names[wrong]!r}", [AdditiveTrigger(deltas[wrong], f"reconstructed:{names[wrong]}")]),
         }
         device = pick_device(policy.device)
-        torch.manual_seed(policy.seed)
         clf = load_classifier(parent, extra_classes=policy.candidates.extra_classes, weights=backbone_weights).classifier.to(device)
         clf.freeze()
         start = learner_state(clf)

@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ci_gate import __version__
+from ci_gate.accuracy import clean_accuracy, trigger_asr
 from ci_gate.checkpoint.format import Checkpoint, CheckpointMeta, backbone_digest, load_checkpoint, save_checkpoint
 from ci_gate.data import LabeledImages
 from ci_gate.errors import InputError
@@ -42,11 +43,9 @@ from ci_gate.repair.core import (
     AdditiveTrigger,
     FineTuneSettings,
     Perturb,
-    clean_accuracy,
     fine_tune,
     load_clean_data,
     split_holdout,
-    trigger_asr,
     trigger_refresher,
 )
 from ci_gate.result import ClassResult, Result
@@ -284,7 +283,6 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
         target = _target(before_scan)
         say(f"backdoor target {target.name!r}: fine-tuning the prompt learner with its reconstructed trigger")
         device = pick_device(pol.device)
-        torch.manual_seed(pol.seed)
         clf = load_classifier(parent, extra_classes=pol.candidates.extra_classes, weights=inputs.backbone_weights).classifier.to(device)
         clf.freeze()
         primary = AdditiveTrigger(first.delta(target.index), f"reconstructed:{target.name}")

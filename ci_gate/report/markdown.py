@@ -148,7 +148,7 @@ def summary_markdown(result: Result, links: SummaryLinks = SummaryLinks()) -> st
     if ranked:
         lines.append(f"| Score | {_score_line(result, ranked)} |")
     lines += [
-        f"| Checkpoint | {code(model.path)} (sha256 `{model.sha256[:12]}`), {model.learner}, {len(model.class_names)} classes; "
+        f"| Checkpoint | {code(model.path)} (sha256 `{model.sha256[:12]}`), {escape(model.learner_label)}, {len(model.class_names)} classes; "
         f"scanned in {result.timings.total_s:.1f} s on {escape(result.device)} over {result.pool.n_images} pool images |",
         f"| Encoders | {_encoder_cell(result)} |",
     ]

@@ -1,10 +1,12 @@
 """Scoring: per-class inversion statistics -> anomaly index -> verdict. Pure functions only.
 
 ``statistics``: the registry of per-class statistics (where to change the anomaly score);
-``decision``: the robust z-score across classes and the verdict rule.
+``robust``: the robust z-score (shared with the inversion baselines);
+``decision``: the anomaly index across classes and the verdict rule.
 """
 
-from ci_gate.scoring.decision import MAD_TO_SIGMA, Decision, LadderDecision, anomaly_index, decide, decide_ladder
+from ci_gate.scoring.decision import Decision, LadderDecision, anomaly_index, decide, decide_ladder
+from ci_gate.scoring.robust import MAD_TO_SIGMA, robust_z
 from ci_gate.scoring.statistics import REFERENCE_STATISTICS, STATISTICS, ClassStats, Statistic, class_statistic
 
-__all__ = ["MAD_TO_SIGMA", "REFERENCE_STATISTICS", "STATISTICS", "ClassStats", "Decision", "LadderDecision", "Statistic", "anomaly_index", "class_statistic", "decide", "decide_ladder"]
+__all__ = ["MAD_TO_SIGMA", "REFERENCE_STATISTICS", "STATISTICS", "ClassStats", "Decision", "LadderDecision", "Statistic", "anomaly_index", "class_statistic", "decide", "decide_ladder", "robust_z"]

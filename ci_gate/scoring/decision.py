@@ -1,7 +1,7 @@
 """Scoring: per-class inversion statistics -> anomaly index -> verdict. Pure functions only.
 
 The anomaly index is Neural Cleanse's robust z-score, a_t = (s_t - median(s)) / (1.4826 * MAD(s)),
-over the candidate classes; only the upper tail counts (a class that is unusually *easy* to reach
+over the candidate classes (ci_gate.scoring.robust); only the upper tail counts (a class that is unusually *easy* to reach
 with a tiny universal perturbation). A class is a backdoor target when its index exceeds k AND
 its trigger moves at least ``min_asr`` of the pool; an outlier whose trigger does not is
 suspicious, and a strong trigger on an ordinary class is nothing (reports call a suspicious class
@@ -10,13 +10,11 @@ an outlier, so it must be one). The statistics themselves live in ci_gate.scorin
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ci_gate.scoring.robust import robust_z
 from ci_gate.scoring.statistics import ClassStats, class_statistic
-
-MAD_TO_SIGMA = 1.4826  # makes the MAD a consistent estimator of a normal distribution's sigma
 
 
 @dataclass(frozen=True)
@@ -34,10 +32,7 @@ def anomaly_index(values: Sequence[float], mad_floor: float) -> tuple[list[float
     """Robust z-scores; the MAD is floored so near-identical clean classes do not divide by ~0."""
     if len(values) < 2:
         raise ValueError("the anomaly index needs at least two classes")
-    med = statistics.median(values)
-    mad = statistics.median(abs(v - med) for v in values)
-    scale = MAD_TO_SIGMA * max(mad, mad_floor)
-    return [(v - med) / scale for v in values], med, mad
+    return robust_z(values, mad_floor)
 
 
 def decide(stats: Sequence[ClassStats], statistic: str, k: float, min_asr: float, mad_floor: float) -> Decision:

@@ -69,8 +69,7 @@ def pretrain_clip(
     log: Callable[[str], None] | None = None,
     encode_text: TextEncoder = full_text,
 ) -> CLIP:
-    torch.manual_seed(settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)  # every draw of the run; the global one is not read
     clip.train()
     for p in clip.parameters():
         p.requires_grad_(True)
