@@ -424,3 +424,20 @@ def test_names_out_of_training_order_are_named_for_a_reference_default_file(stat
     req = ConvertRequest(source=src, class_names=swapped, backbone=BackboneSource(config=copy.deepcopy(CONFIG), weights=pinned), out=tmp_path / "m.safetensors")
     with pytest.raises(InputError, match=f"class name '{NAMES[1]}' .*row 1; that row matches '{NAMES[0]}': are the names in training order"):
         convert(req)
+
+
+def test_a_stated_name_prefix_the_stored_tokens_contradict_is_refused(state, pinned, tmp_path):
+    from ci_gate.checkpoint.convert import BackboneSource, ConvertRequest, convert
+
+    spec = _spec(2, 3)
+    src = tmp_path / "model.pth.tar-5"
+    torch.save({"state_dict": reference_file_state(state, _random_tensors(spec, seed=7), [f"of a {n}" for n in NAMES], 2), "epoch": 5}, src)
+
+    def run(words: str):
+        source = BackboneSource(config=copy.deepcopy(CONFIG), weights=pinned)
+        return convert(ConvertRequest(source=src, class_names=NAMES, backbone=source, out=tmp_path / f"m{len(words)}.safetensors", learner_options={"name_prefix": words}))
+
+    with pytest.raises(InputError, match=r"name_prefix=of the, but model.pth.tar-5's stored prompt tokens give name_prefix=\"of a\""):
+        run("of the")
+    assert not (tmp_path / "m6.safetensors").exists()
+    assert run("of a").meta.learner.options["name_prefix"] == "of a"  # stating what the file says is fine

@@ -306,7 +306,13 @@ def convert(req: ConvertRequest) -> ConvertResult:
 
     backbone, probe = _build(req.backbone)
     backbone_name = _backbone_name(req.backbone)
-    options = learner_class(learner.kind).dassl_prompt_options(learner.options, learner.token_suffix, backbone, names, learner.n_ctx)
+    try:
+        options = learner_class(learner.kind).dassl_prompt_options(learner.options, learner.token_suffix, backbone, names, learner.n_ctx)
+    except ValueError as exc:
+        raise InputError(source, str(exc)) from None
+    for key, value in stated.items():  # what the user stated is never overridden silently
+        if options.get(key) != value:
+            raise InputError("--learner-option", f"{key}={req.learner_options[key]}, but {source.name}'s stored prompt tokens give {key}={json.dumps(options.get(key))}")
     if options != learner.options:
         # read off the file's stored tokens (MaPLe's prompt words): attacker-written text
         learner = dataclasses.replace(learner, options=options)

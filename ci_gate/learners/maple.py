@@ -267,7 +267,8 @@ class MaPLe(Learner):
             raise ValueError(f"ctx has shape {tuple(ctx.shape)}, expected (n_ctx, width)")
         prefix = DASSL_PREFIX if whole else ""
         used = frozenset({*(prefix + n for n in names), prefix + "token_prefix", prefix + "token_suffix", *tower_keys})
-        options = MaPLeOptions(prompt_depth=depth).model_dump(mode="json")
+        # only what the tensors tell; the prompt words come from the stored tokens (dassl_prompt_options)
+        options = {"prompt_depth": depth}
         return DasslImport({n: own[n] for n in names}, options, own["token_prefix"], own["token_suffix"], used, towers)
 
     @classmethod
