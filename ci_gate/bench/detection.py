@@ -421,7 +421,7 @@ def register(bench_app) -> None:
 
     @bench_app.command("detection")
     def detection(
-        profile: str = typer.Option("quick", "--profile", help="quick (11 models) or full (60 models, 3 scan seeds)."),
+        profile: str = typer.Option("quick", "--profile", help="quick (13 models) or full (82 models, 3 scan seeds)."),
         cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="Where the backbone, datasets and zoo are cached (outside the repository)."),
         out: Path = typer.Option(Path("bench-detection"), "--out", help="Folder for detection.json, detection.md, roc.png and the saved scans."),
         data: Path = typer.Option(DATA_ROOT, "--data", help="The shared data folder (cifar10, tiny-imagenet, ood)."),
