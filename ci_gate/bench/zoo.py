@@ -248,7 +248,8 @@ def profile_entries(profile: str) -> list[ZooEntry]:
         out += [entry("cifar10", "cocoop", a, 0) for a in ATTACK_ORDER if a not in ENCODER_ATTACKS[1:]]
         out += [entry("tin20", "cocoop", "badclip", 0)]
         # every other registered prompt learner: one clean and one BadCLIP model
-        out += [entry("cifar10", kind, a, 0) for kind in tuned_kinds() if kind not in ("coop", "cocoop") for a in (None, "badclip")]
+        listed = {e.learner for e in out}
+        out += [entry("cifar10", kind, a, 0) for kind in tuned_kinds() if kind not in listed for a in (None, "badclip")]
         return out
     if profile == "full":
         out = []

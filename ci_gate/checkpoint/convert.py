@@ -32,7 +32,7 @@ from ci_gate.errors import InputError
 from ci_gate.model.backbone import Backbone, build_backbone, model_config
 from ci_gate.model.factory import learner_from_tensors
 from ci_gate.learners import learner_class
-from ci_gate.learners.tokens import PromptTokens
+from ci_gate.learners.tokens import PromptTokens, stored_rows_close
 
 
 @dataclass(frozen=True)
@@ -101,14 +101,6 @@ def load_inline_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _fp_close(expected: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
-    """Per-row closeness allowing the rounding of ``stored``'s dtype (Dassl keeps fp16 copies)."""
-    info = torch.finfo(stored.dtype)
-    exp, got = expected.float(), stored.float()
-    ok = (exp - got).abs() <= 2 * info.eps * exp.abs() + info.smallest_normal
-    return ok.flatten(1).all(dim=1)
-
-
 def _backbone_name(src: BackboneSource) -> str:
     ident = src.architecture or (src.config_path.name if src.config_path else "inline config")
     weights = src.pretrained or (src.weights.name if src.weights else None)
@@ -131,19 +123,19 @@ def verify_prompt_tokens(learner: DasslPromptLearner, backbone: Backbone, names:
             f"token_suffix has shape {tuple(learner.token_suffix.shape)}, {backbone_name} gives {tuple(prompts.token_suffix.shape)} "
             "(context length differs): the checkpoint was tuned on a different backbone",
         )
-    if not _fp_close(prompts.token_prefix, learner.token_prefix).all():
+    if not stored_rows_close(prompts.token_prefix, learner.token_prefix).all():
         raise InputError(
             path,
             f"token_prefix does not match {backbone_name}'s start-of-text embedding: "
             "the checkpoint was tuned on a different backbone (or different weights)",
         )
-    rows_ok = _fp_close(prompts.token_suffix, learner.token_suffix)
+    rows_ok = stored_rows_close(prompts.token_suffix, learner.token_suffix)
     if rows_ok.all():
         return
     bad = int((~rows_ok).nonzero()[0])
     hint = ""
     for other, name in enumerate(names):
-        if other != bad and _fp_close(prompts.token_suffix[other : other + 1], learner.token_suffix[bad : bad + 1]).all():
+        if other != bad and stored_rows_close(prompts.token_suffix[other : other + 1], learner.token_suffix[bad : bad + 1]).all():
             hint = f"; that row matches {name!r}: are the names in training order?"
             break
     if not hint and (~rows_ok).all():
@@ -320,16 +312,17 @@ def convert(req: ConvertRequest) -> ConvertResult:
     verify_prompt_tokens(learner, backbone, names, backbone_name)
     _check_ctx_init(learner, backbone, req.ctx_init)
 
-    pinned = {k: v.detach().clone() for k, v in backbone.clip.state_dict().items()}
+    pinned = backbone.clip.state_dict()
     modified = modified_towers(learner, pinned)
     notes = list(backbone.notes)
-    if modified:
+    embedded = None
+    if req.backbone.embed or modified:
         # the file's own towers are what a deployment of it runs: scan those, as an embedded
         # backbone, so the encoder check names them in every report
-        for name in modified:
-            pinned[name] = learner.towers[name].to(pinned[name].dtype)
+        changed = set(modified)
+        embedded = {k: (learner.towers[k].to(v.dtype) if k in changed else v).detach().clone() for k, v in pinned.items()}
+    if modified:
         notes.append(f"{source.name} carries {len(modified)} backbone tensors that differ from the pinned backbone (e.g. {', '.join(modified[:3])}); they are embedded as a modified encoder")
-    embedded = pinned if (req.backbone.embed or modified) else None
     meta = _checkpoint_meta(learner, learner_spec, backbone, probe, embedded, str(req.backbone.config_path or probe.architecture), stated)
     tensors = learner.learner_tensors()
     # Dry run of the loader's own checks (ctx width, meta-net shapes) before anything is written.

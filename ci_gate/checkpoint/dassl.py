@@ -153,10 +153,13 @@ def load_pickled_safely(path: Path) -> tuple[Any, str]:
     return obj, sha256_bytes(data)
 
 
-def _state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
+def _state_dict(path: Path, obj: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(the state dict, ``module.`` stripped; the Dassl-importable kinds that claim it, in
+    registry order)."""
     state = obj.get("state_dict") if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) else obj
     keys = frozenset(str(n).removeprefix("module.") for n in state) if isinstance(state, dict) else frozenset()
-    if not any(learner_class(k).dassl_claims(keys) for k in DASSL_KINDS):
+    claimed = [k for k in DASSL_KINDS if learner_class(k).dassl_claims(keys)]
+    if not claimed:
         raise InputError(path, "not a Dassl prompt-learner checkpoint (expected a 'state_dict' holding 'ctx')")
     out = {}
     for key, value in state.items():
@@ -168,24 +171,16 @@ def _state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
         if name in out:
             raise InputError(path, f"state_dict holds {name!r} twice (with and without 'module.')")
         out[name] = value
-    return out
+    return out, claimed
 
 
-def _detect_kind(path: Path, state: dict[str, torch.Tensor], requested: str) -> str:
-    kinds = DASSL_KINDS
-    if requested != "auto" and requested not in kinds:
-        raise InputError(None, f"unknown learner kind {requested!r} (auto, {', '.join(kinds)})")
-    claimed = [k for k in kinds if learner_class(k).dassl_claims(frozenset(state))]
-    if requested == "auto":
-        if not claimed:
-            raise InputError(path, "no registered prompt learner recognises this checkpoint's tensors")
-        return claimed[-1]  # registry order lists a learner before the ones that extend it
-    if requested not in claimed:
-        if not claimed:
-            raise InputError(path, f"--kind {requested}, but the checkpoint lacks {learner_class(requested).dassl_signature}")
-        found = claimed[-1]
-        raise InputError(path, f"--kind {requested}, but the checkpoint has {learner_class(found).dassl_signature}; use --kind {found} or auto")
-    return requested
+def _detect_kind(path: Path, claimed: list[str], requested: str) -> str:
+    if requested != "auto" and requested not in DASSL_KINDS:
+        raise InputError(None, f"unknown learner kind {requested!r} (auto, {', '.join(DASSL_KINDS)})")
+    found = claimed[-1]  # registry order lists a learner before the ones that extend it
+    if requested == "auto" or requested in claimed:
+        return found if requested == "auto" else requested
+    raise InputError(path, f"--kind {requested}, but the checkpoint has {learner_class(found).dassl_signature}; use --kind {found} or auto")
 
 
 def _import(path: Path, state: dict[str, torch.Tensor], kind: str) -> DasslImport:
@@ -216,8 +211,8 @@ def read_dassl_checkpoint(path: str | Path, kind: str = "auto") -> DasslPromptLe
     """Parse and shape-check a Dassl prompt-learner file. Never writes to it."""
     path = Path(path)
     obj, digest = load_pickled_safely(path)
-    state = _state_dict(path, obj)
-    resolved = _detect_kind(path, state, kind)
+    state, claimed = _state_dict(path, obj)
+    resolved = _detect_kind(path, claimed, kind)
     got = _import(path, state, resolved)
     epoch = obj.get("epoch") if isinstance(obj, dict) else None
     return DasslPromptLearner(

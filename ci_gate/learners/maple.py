@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from torch import nn
 
 from ci_gate.learners.base import DasslImport, Learner, text_width
-from ci_gate.learners.tokens import PromptTokens, init_context
+from ci_gate.learners.tokens import PromptTokens, init_context, stored_rows_close
 
 if TYPE_CHECKING:
     from ci_gate.model.text import TextEncoder
@@ -119,18 +119,16 @@ def read_name_prefix(token_suffix: torch.Tensor, backbone, class_names: list[str
     misplaced class); None when no reading of up to ``max_tokens`` tokens fits any row."""
     table = backbone.clip.token_embedding.weight.detach().float()
     ids = torch.cdist(token_suffix[0, :max_tokens].float(), table).argmin(dim=1).tolist()
-    info = torch.finfo(token_suffix.dtype)
-    stored = token_suffix.float()
     best, best_rows = None, 0
     for k in range(len(ids) + 1):
         words = backbone.tokenizer.decode(ids[:k]).strip() if k else ""
         try:
-            want = PromptTokens(backbone.clip, backbone.tokenizer, [f"{words} {n}" if words else n for n in class_names], n_ctx).token_suffix.float()
+            want = PromptTokens(backbone.clip, backbone.tokenizer, [f"{words} {n}" if words else n for n in class_names], n_ctx).token_suffix
         except ValueError:  # too long for the context: longer readings are too
             break
-        if want.shape != stored.shape:
+        if want.shape != token_suffix.shape:
             continue
-        rows = int(((want - stored).abs() <= 2 * info.eps * want.abs() + info.smallest_normal).flatten(1).all(dim=1).sum())
+        rows = int(stored_rows_close(want, token_suffix).sum())
         if rows > best_rows:
             best, best_rows = words, rows
         if rows == len(class_names):

@@ -152,3 +152,13 @@ def init_context(clip: nn.Module, tokenizer, n_ctx: int, ctx_init: str | None, g
         with torch.no_grad():
             return clip.token_embedding(tokens)[0, 1 : 1 + n_ctx].detach().clone()
     return torch.randn(n_ctx, width, generator=generator) * 0.02
+
+
+def stored_rows_close(expected: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """Per row, whether ``stored`` equals ``expected`` up to the rounding of ``stored``'s dtype:
+    how prompt-token embeddings a Dassl file keeps (usually fp16) are checked against the ones
+    a backbone gives."""
+    info = torch.finfo(stored.dtype)
+    exp, got = expected.float(), stored.float()
+    ok = (exp - got).abs() <= 2 * info.eps * exp.abs() + info.smallest_normal
+    return ok.flatten(1).all(dim=1)
