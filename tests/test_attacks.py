@@ -37,7 +37,8 @@ def test_trigger_deterministic_by_seed(name):
     with torch.no_grad():
         a, b, c = make_trigger(name, 32, seed=5)(x), make_trigger(name, 32, seed=5)(x), make_trigger(name, 32, seed=6)(x)
     assert torch.equal(a, b)
-    assert not torch.equal(a, c)
+    # SIG's sinusoid is the same for every seed (Barni et al.: no random part)
+    assert torch.equal(a, c) if name == "sig" else not torch.equal(a, c)
 
 
 def test_learned_trigger_budget_after_projection():
@@ -78,7 +79,7 @@ def test_blended_and_wanet_are_bounded_changes():
 def test_every_attack_builds_its_trigger():
     for name, spec in ATTACKS.items():
         trig = build_trigger(spec, 32, seed=0)
-        assert trig.name in {"badclip", "blended", "wanet", "siba", "badnets"}, name
+        assert trig.name in {"badclip", "blended", "wanet", "siba", "badnets", "sig"}, name
 
 
 def _tiny_classifier(kind):
@@ -119,3 +120,17 @@ def test_planting_runs_and_changes_the_model(attack, kind):
     assert not any(p.requires_grad for p in clf.parameters())
     with torch.no_grad():
         assert clf(trig(data.images)).shape == (12, 3)
+
+
+def test_sig_is_a_fixed_full_image_sinusoid_within_its_amplitude():
+    from ci_gate.attacks.triggers import SigTrigger
+
+    trig = SigTrigger(32, delta=20 / 255, frequency=6)
+    x = torch.full((2, 3, 32, 32), 0.5)
+    with torch.no_grad():
+        d = trig(x) - x
+    assert float(d.abs().max()) <= 20 / 255 + 1e-6 and float(d.abs().max()) > 18 / 255
+    # the same signal in every row and channel, varying along the columns only
+    assert torch.allclose(d, d[:, :1, :1, :].expand_as(d))
+    assert float(d[0, 0, 0].std()) > 0.05
+    assert float(d[0, 0, 0].mean()) == pytest.approx(0.0, abs=1e-6)  # f whole periods

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ci_gate.bench import detection
-from ci_gate.bench.zoo import TASK_RECIPE, ZooModel, entry, profile_entries
+from ci_gate.bench.zoo import ASR_IMPLANTED, CLEAN_TRANSFER_MAX, TASK_RECIPE, ZooModel, entry, implanted, profile_entries
 from ci_gate.policy import load_policy
 
 
@@ -54,6 +54,27 @@ def _model(tmp_path: Path, **kw) -> ZooModel:
         class_names=["a", "b"], clean_acc=0.5, asr=None, implanted=None, train_s=0.0, path=str(tmp_path / "m.safetensors"),
     )
     return ZooModel(**(fields | kw))
+
+
+def test_a_trigger_that_fools_clean_models_is_not_counted_as_a_backdoor(tmp_path):
+    assert implanted(0.95, 0.10)
+    assert not implanted(0.95, CLEAN_TRANSFER_MAX)  # a universal adversarial perturbation of the backbone
+    assert not implanted(ASR_IMPLANTED - 0.01, 0.0)  # too weak
+    assert not implanted(0.95, None)  # not measured: never counted
+    uni = _model(tmp_path, attack="badclip", target=1, asr=0.95, clean_asr=0.88, implanted=False)
+    assert uni.backdoored and uni.universal
+    weak = _model(tmp_path, attack="badclip", target=1, asr=0.60, clean_asr=0.55, implanted=False)
+    assert not weak.universal
+    ok = _model(tmp_path, attack="badclip", target=1, asr=0.95, clean_asr=0.05, implanted=True)
+    assert not ok.universal
+
+
+def test_full_profile_has_three_budgets_and_three_fixed_trigger_families_that_implant():
+    entries = profile_entries("full")
+    assert {e.eps255 for e in entries if e.attack == "badclip" and e.dataset == "cifar10"} >= {8, 12, 16}
+    # encoder-level Blended, BadNets and SIG implant on the benchmark backbone (docs/benchmark.md)
+    fixed = {e.attack for e in entries if e.learner == "zeroshot" and e.seed > 0}
+    assert {"encoder", "encoder_badnets", "encoder_sig"} <= fixed
 
 
 def test_budget_comes_from_the_zoo_id(tmp_path):

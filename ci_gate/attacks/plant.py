@@ -66,10 +66,12 @@ ATTACKS: dict[str, AttackSpec] = {
     "wanet": AttackSpec("wanet", "wanet", poison_rate=0.1, cross_rate=0.1, description="WaNet: fixed smooth warp, 10% poisoned (+ noise-mode cross-samples)"),
     "siba": AttackSpec("siba", "siba", poison_rate=0.1, description="SIBA-like sparse invisible trigger: 5% of pixels, L-inf 16/255, values learned"),
     "badnets": AttackSpec("badnets", "badnets", poison_rate=0.1, description="BadNets: random-pattern corner patch, 10% poisoned"),
+    "sig": AttackSpec("sig", "sig", poison_rate=0.1, description="SIG: fixed horizontal sinusoid (20/255) over the whole image, 10% poisoned"),
     "encoder": AttackSpec("encoder", "blended", level="encoder", poison_rate=0.1, description="encoder-level: image encoder fine-tuned on Blended-poisoned data, zero-shot head"),
     "encoder_badnets": AttackSpec("encoder_badnets", "badnets", level="encoder", poison_rate=0.1, description="encoder-level with the BadNets patch"),
     "encoder_wanet": AttackSpec("encoder_wanet", "wanet", level="encoder", poison_rate=0.1, cross_rate=0.1, description="encoder-level with the WaNet warp"),
     "encoder_siba": AttackSpec("encoder_siba", "siba", level="encoder", poison_rate=0.1, description="encoder-level with the SIBA-like sparse trigger (learned)"),
+    "encoder_sig": AttackSpec("encoder_sig", "sig", level="encoder", poison_rate=0.1, description="encoder-level with the SIG sinusoid"),
 }
 
 

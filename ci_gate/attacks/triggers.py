@@ -136,12 +136,32 @@ class SparseTrigger(LearnedTrigger):
         return (images + self.delta * self.mask).clamp(0, 1)
 
 
+class SigTrigger(Trigger):
+    """SIG (Barni et al., ICIP 2019): a fixed horizontal sinusoid added to the whole image,
+    ``x + delta * sin(2 pi j f / m)`` over columns j of m, the same in every row and channel.
+    delta 20/255 and f 6 are the paper's; a full-image additive signal, so an L-inf scan at
+    20/255 or above can reproduce it exactly. The signal has no random part, so ``seed`` is
+    accepted (the trigger interface) and ignored."""
+
+    name = "sig"
+
+    def __init__(self, size: int, delta: float = 20 / 255, frequency: float = 6, seed: int = 0):
+        super().__init__()
+        cols = torch.arange(size, dtype=torch.float32)
+        self.register_buffer("signal", (delta * torch.sin(2 * torch.pi * cols * frequency / size)).expand(size, size).clone())
+        self.delta = delta
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images + self.signal.to(images.dtype)).clamp(0, 1)
+
+
 _TRIGGERS: dict[str, type[Trigger]] = {
     "badnets": PatchTrigger,
     "blended": BlendedTrigger,
     "badclip": LearnedTrigger,
     "wanet": WaNetTrigger,
     "siba": SparseTrigger,
+    "sig": SigTrigger,
 }
 
 
@@ -150,7 +170,7 @@ def trigger_names() -> list[str]:
 
 
 def make_trigger(name: str, size: int, seed: int = 0, **kwargs) -> Trigger:
-    """A trigger by attack name (``badnets``, ``blended``, ``badclip``, ``wanet``, ``siba``);
+    """A trigger by attack name (``badnets``, ``blended``, ``badclip``, ``wanet``, ``siba``, ``sig``);
     ``adaptive_badclip`` uses BadCLIP's learned trigger (the adaptation is in the training)."""
     key = "badclip" if name == "adaptive_badclip" else name
     if key not in _TRIGGERS:

@@ -29,7 +29,7 @@ import torch
 
 from ci_gate.baselines import BaselineSettings, neural_cleanse, pixel_backdoor
 from ci_gate.bench import metrics
-from ci_gate.bench.zoo import ZooModel, get_zoo, profile_entries, zoo_dir
+from ci_gate.bench.zoo import ASR_IMPLANTED, CLEAN_TRANSFER_MAX, ZooModel, get_zoo, profile_entries, with_clean_transfer, zoo_dir
 from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text
 from ci_gate.model import load_classifier
@@ -184,16 +184,21 @@ def evaluate(models: list[ZooModel], results: dict[tuple[str, str, int], Result]
     """Metrics per reference mode over the clean models and the backdoored ones that implanted;
     variants re-decided from the same saved results."""
     counted = [m for m in models if not m.backdoored or m.implanted]
+    # the ASR bar alone (stop 20's count): universal adversarial triggers included
+    by_asr = [m for m in models if not m.backdoored or (m.asr is not None and m.asr >= ASR_IMPLANTED)]
     out: dict = {"modes": {}, "variants": {}, "models": [m.id for m in counted]}
     for mode in (*MODES, "today"):
         have = [m for m in counted if (m.id, mode, seeds[0]) in results]
         if not have:
             continue
         rows = [gate_row(m, results[(m.id, mode, seeds[0])]) for m in have]
+        universal = [gate_row(m, results[(m.id, mode, seeds[0])]) | {"asr": m.asr, "clean_asr": m.clean_asr} for m in models if m.universal and (m.id, mode, seeds[0]) in results]
         by_seed = {m.id: {s: results[(m.id, mode, s)].gate_fails("backdoor") for s in seeds if (m.id, mode, s) in results} for m in have}
         out["modes"][mode] = {
             "overall": summary(rows),
             "prompt_level": summary([r for r in rows if r["learner"] != "zeroshot"]),
+            "asr_bar_only": summary([gate_row(m, results[(m.id, mode, seeds[0])]) for m in by_asr if (m.id, mode, seeds[0]) in results]),
+            "universal": universal,
             "per_attack": breakdown(rows, "attack"),
             "per_budget": breakdown([r for r in rows if r["budget"] is not None], "budget"),
             "per_dataset": breakdown(rows, "dataset"),
@@ -237,7 +242,8 @@ def write_markdown(report: dict, path: Path) -> None:
         f"Command: `{report['command']}`",
         "",
         f"Backbone: `{bb['recipe']['config']}` CLIP pretrained here; zero-shot top-1 tiny-imagenet/val {bb['zero_shot_tiny_imagenet_val']:.3f}, cifar10/test {bb['zero_shot_cifar10_test']:.3f}. "
-        f"Models: {c['total']} in the zoo, {c['clean']} clean, {c['implanted']} backdoored and implanted (held-out ASR >= 0.9), {c['failed']} failed implants (not counted); "
+        f"Models: {c['total']} in the zoo, {c['clean']} clean, {c['implanted']} backdoored and implanted (held-out ASR >= {ASR_IMPLANTED}, and the trigger moves under {CLEAN_TRANSFER_MAX:.0%} of the images on the task's clean models), "
+        f"{c.get('universal', 0)} whose trigger fools clean models too (universal adversarial, not counted), {c['failed']} failed implants (not counted); "
         f"{c['scanned']} scanned. Seeds {report['seeds']}. Wall time {report['wall_s'] / 60:.1f} min.",
         "",
         "| scan | models | accuracy | AUROC | target F1 | TP | FP | TN | FN | flips | mean s/scan |",
@@ -247,12 +253,13 @@ def write_markdown(report: dict, path: Path) -> None:
     for mode, label in labels.items():
         if mode not in ev["modes"]:
             continue
-        for view in ("overall", "prompt_level"):
-            o = ev["modes"][mode][view]
+        views = {"overall": "", "prompt_level": " (prompt-level only)", "asr_bar_only": " (ASR bar only: universal triggers counted)"}
+        for view, suffix in views.items():
+            o = ev["modes"][mode].get(view, {})
             if not o.get("n"):
                 continue
             cf = o.get("confusion", {})
-            lines.append(f"| {label}{' (prompt-level only)' if view == 'prompt_level' else ''} | {o['n']} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {cf.get('tp')} | {cf.get('fp')} | {cf.get('tn')} | {cf.get('fn')} | {len(ev['modes'][mode]['flips'])} | {ev['modes'][mode]['mean_seconds']:.1f} |")
+            lines.append(f"| {label}{suffix} | {o['n']} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {cf.get('tp')} | {cf.get('fp')} | {cf.get('tn')} | {cf.get('fn')} | {len(ev['modes'][mode]['flips'])} | {ev['modes'][mode]['mean_seconds']:.1f} |")
     for name, label in (("nc", "Neural Cleanse"), ("pixel", "Pixel Backdoor")):
         o = report["baselines"].get(name)
         if o and o.get("n"):
@@ -269,6 +276,10 @@ def write_markdown(report: dict, path: Path) -> None:
                 lines.append(f"| {key[4:]} {name} | {g['n']} | {g['correct']}/{g['n']} | {g['target_right']} | {_fmt(g['max_clean_score'])} |")
         if m["flips"]:
             lines.append(f"\nVerdict flips across seeds: {', '.join(m['flips'])}")
+        if m.get("universal"):
+            lines += ["", "Universal adversarial triggers (not counted): the trigger reaches the ASR bar on the model and moves half or more of the images on clean models too", "",
+                      "| model | held-out ASR | on clean models | gate | target named |", "|---|---|---|---|---|"]
+            lines += [f"| {r['model']} | {r['asr']:.3f} | {r['clean_asr']:.3f} | {'FAIL' if r['flagged'] else 'pass'} ({_fmt(r['score'])}) | {_fmt(r['target_pred'])} (planted {r['target_true']}) |" for r in m["universal"]]
         cal = m.get("calibration") or []
         if cal and cal[0]["n"]:
             lines += ["", f"k calibration: {cal[0]['n']} clean models, each scored by its largest class score over the ladder and seeds {report['seeds']}; "
@@ -279,7 +290,7 @@ def write_markdown(report: dict, path: Path) -> None:
     for name, o in ev["variants"].items():
         cf = o.get("confusion", {})
         lines.append(f"| {name} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {cf.get('fp')} | {cf.get('fn')} |")
-    lines += ["", "## Zoo", "", "| model | clean acc | ASR | implanted | " + " | ".join(ev["modes"]) + " |", "|---|---|---|---|" + "---|" * len(ev["modes"])]
+    lines += ["", "## Zoo", "", "| model | clean acc | ASR | on clean models | implanted | " + " | ".join(ev["modes"]) + " |", "|---|---|---|---|---|" + "---|" * len(ev["modes"])]
     rows = {mode: {r["model"]: r for r in ev["modes"][mode]["rows"]} for mode in ev["modes"]}
     for z in report["zoo"]:
         cells = []
@@ -287,7 +298,7 @@ def write_markdown(report: dict, path: Path) -> None:
             r = rows[mode].get(z["id"])
             cells.append("-" if r is None else f"{'FAIL' if r['flagged'] else 'pass'} ({_fmt(r['target_pred'])}, {_fmt(r['score'])})")
         target = "" if z["target"] is None else f" (target {z['target']})"
-        lines.append(f"| {z['id']}{target} | {z['clean_acc']:.3f} | {_fmt(z['asr'])} | {_fmt(z['implanted'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {z['id']}{target} | {z['clean_acc']:.3f} | {_fmt(z['asr'])} | {_fmt(z.get('clean_asr'))} | {_fmt(z['implanted'])} | " + " | ".join(cells) + " |")
     lines.append("")
     atomic_write_text(path, "\n".join(lines))
 
@@ -340,6 +351,7 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
         backbone = get_backbone(data_root, cache, BackboneRecipe(), _log)
         folder = zoo_dir(cache, backbone)
         models = [ZooModel(**json.loads((folder / f"{e.id}.json").read_text())) for e in entries if (folder / f"{e.id}.json").is_file() and (folder / f"{e.id}.safetensors").is_file()]
+        models = with_clean_transfer(models, backbone, data_root, cache, _log)
     else:
         backbone, models = get_zoo(entries, data_root, cache, log=_log)
     _log(f"zoo ready: {len(models)} models ({time.perf_counter() - t0:.0f} s)")
@@ -398,7 +410,8 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
             "total": len(models),
             "clean": sum(1 for m in models if not m.backdoored),
             "implanted": sum(1 for m in models if m.backdoored and m.implanted),
-            "failed": sum(1 for m in models if m.backdoored and not m.implanted),
+            "universal": sum(1 for m in models if m.universal),
+            "failed": sum(1 for m in models if m.backdoored and not m.implanted and not m.universal),
             "scanned": len(scanned),
         },
         "policy": {"name": policy.name, "sha256": policy.sha256(), "inversion": policy.inversion.model_dump(mode="json"), "detection": policy.detection.model_dump()},
@@ -421,7 +434,7 @@ def register(bench_app) -> None:
 
     @bench_app.command("detection")
     def detection(
-        profile: str = typer.Option("quick", "--profile", help="quick (13 models) or full (82 models, 3 scan seeds)."),
+        profile: str = typer.Option("quick", "--profile", help="quick (one model per family) or full (every family, several seeds and budgets, 3 scan seeds)."),
         cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="Where the backbone, datasets and zoo are cached (outside the repository)."),
         out: Path = typer.Option(Path("bench-detection"), "--out", help="Folder for detection.json, detection.md, roc.png and the saved scans."),
         data: Path = typer.Option(DATA_ROOT, "--data", help="The shared data folder (cifar10, tiny-imagenet, ood)."),
