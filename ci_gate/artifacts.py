@@ -84,8 +84,12 @@ def trigger_png_bytes(delta: torch.Tensor, epsilon: float) -> bytes:
     return png_bytes(amplify(delta, epsilon))
 
 
-def trigger_tensor_bytes(delta: torch.Tensor, name: str, epsilon: float) -> bytes:
-    return safetensors_bytes({"delta": delta.contiguous()}, {"class": name, "epsilon": repr(epsilon)})
+def trigger_tensor_bytes(delta: torch.Tensor, name: str, epsilon: float, mask: torch.Tensor | None = None, pattern: torch.Tensor | None = None) -> bytes:
+    if mask is None:
+        return safetensors_bytes({"delta": delta.contiguous()}, {"class": name, "epsilon": repr(epsilon)})
+    # patch family: x' = (1 - mask) x + mask pattern; "delta" is its change to a mid-grey image
+    tensors = {"delta": delta.contiguous(), "mask": mask.contiguous(), "pattern": pattern.contiguous()}
+    return safetensors_bytes(tensors, {"class": name, "family": "patch"})
 
 
 def write_trigger(out_dir: Path, index: int, name: str, delta: torch.Tensor, epsilon: float) -> tuple[str, str]:

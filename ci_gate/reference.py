@@ -26,6 +26,7 @@ import torch
 from ci_gate.errors import InputError
 from ci_gate.inversion import InversionSettings, base_rates, invert
 from ci_gate.inversion.memory import choose_class_batch
+from ci_gate.inversion.patch import PatchSettings, invert_patch
 from ci_gate.model.backbone import Backbone, build_backbone
 from ci_gate.model.classifier import PromptedClassifier
 from ci_gate.model.factory import LoadedModel, build_classifier
@@ -76,6 +77,26 @@ def reference_stats(
     # the reference's text features are image-independent, but its activations still grow with the
     # class batch: the same memory-bound choice as the delivered model's scan
     triggers = invert(clf, images, settings, class_batch=choose_class_batch(clf, settings.batch_size, max(1, len(class_names)), device or torch.device("cpu")))
+    return _per_class(clf, images, triggers, len(class_names))
+
+
+def reference_patch_stats(
+    loaded: LoadedModel,
+    class_names: list[str],
+    images: torch.Tensor,
+    settings: PatchSettings,
+    device: torch.device | None = None,
+    backbone: Backbone | None = None,
+) -> list[list[ReferenceClass]]:
+    """As :func:`reference_stats`, for the patch family's area rungs."""
+    clf = reference_classifier(loaded, class_names, backbone)
+    if device is not None:
+        clf.to(device)
+    clf.freeze()
+    return _per_class(clf, images, invert_patch(clf, images, settings), len(class_names))
+
+
+def _per_class(clf: PromptedClassifier, images: torch.Tensor, triggers: list, n: int) -> list[list[ReferenceClass]]:
     rates, clean = base_rates(clf, images)
     by_index = {t.index: t for t in triggers}
-    return [[ReferenceClass(asr=r.asr, final_loss=r.final_loss, clean_loss=float(clean[i])) for r in by_index[i].rungs] for i in range(len(class_names))]
+    return [[ReferenceClass(asr=r.asr, final_loss=r.final_loss, clean_loss=float(clean[i])) for r in by_index[i].rungs] for i in range(n)]

@@ -26,9 +26,9 @@ def rung_stats(result: Result) -> list[list[ClassStats]]:
         raise InputError(None, "class indices are not 0..n-1 in order")
     if [c.name for c in result.classes[: len(result.model.class_names)]] != list(result.model.class_names):
         raise InputError(None, "classes do not match model.class_names")
-    eps = list(result.detection.epsilons)
-    if any([r.epsilon for r in c.rungs] != eps for c in result.classes):
-        raise InputError(None, "the classes' rung budgets do not match detection.epsilons")
+    layout = [("linf", e) for e in result.detection.epsilons] + [("patch", a) for a in result.detection.patch_areas]
+    if any([(r.family, r.epsilon) for r in c.rungs] != layout for c in result.classes):
+        raise InputError(None, "the classes' rungs do not match detection.epsilons and detection.patch_areas")
     published = result.detection.reference == "published"
     for c in result.classes:
         values = [c.base_rate, c.clean_loss] + [v for r in c.rungs for v in (r.asr, r.final_loss)]
@@ -39,7 +39,7 @@ def rung_stats(result: Result) -> list[list[ClassStats]]:
             values += refs
         if not all(math.isfinite(v) for v in values):
             raise InputError(None, f"class {c.index} has a non-finite input (NaN or infinity): refusing to re-decide")
-    n = len(eps)
+    n = len(layout)
     return [
         [
             ClassStats(
@@ -70,18 +70,18 @@ def rescore(result: Result, policy: Policy) -> Result:
     for c, cls in enumerate(result.classes):
         best = d.rung[c]
         rung = cls.rungs[best]
-        moved |= cls.epsilon is not None and rung.epsilon != cls.epsilon
+        moved |= cls.epsilon is not None and (rung.family, rung.epsilon) != (cls.family, cls.epsilon)
         classes.append(
             cls.model_copy(
                 update={
-                    "asr": rung.asr, "final_loss": rung.final_loss, "epsilon": rung.epsilon,
+                    "asr": rung.asr, "final_loss": rung.final_loss, "epsilon": rung.epsilon, "family": rung.family,
                     "statistic": d.statistic[best][c], "anomaly": d.score[c], "status": d.status[c],
                     "rungs": [r.model_copy(update={"statistic": d.statistic[i][c], "anomaly": d.anomaly[i][c]}) for i, r in enumerate(cls.rungs)],
                 }
             )
         )
     target = d.target
-    shown = d.rung[target] if target is not None else len(stats) - 1
+    shown = d.rung[target] if target is not None else len(result.detection.epsilons) - 1
     warnings = list(result.warnings)
     note = f"re-decided from the saved scan under policy {policy.name!r} (sha256 {policy.sha256()[:12]}); the scan itself used {result.policy.sha256[:12]}"
     warnings.append(note)

@@ -18,7 +18,7 @@ from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text
 from ci_gate.learners import LearnerKind
 
-RESULT_SCHEMA_VERSION = "1.2"  # 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize)
+RESULT_SCHEMA_VERSION = "1.3"  # 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize); 1.3: patch-family rungs
 
 Verdict = Literal["clean", "backdoor"]
 ClassStatus = Literal["ok", "suspicious", "backdoor"]
@@ -112,10 +112,14 @@ class PolicyInfo(_Model):
     settings: dict = Field(description="the full, validated policy after overrides")
 
 
+Family = Literal["linf", "patch"]
+
+
 class RungResult(_Model):
     """One budget of the ladder for one class: the inputs of every statistic and what they gave."""
 
-    epsilon: float
+    epsilon: float = Field(description="the rung's budget: L-inf for family 'linf', the mask's area fraction for 'patch'")
+    family: Family = "linf"
     asr: float = Field(description="trigger ASR on the evaluation images")
     final_loss: float
     ref_asr: float | None = None
@@ -141,7 +145,8 @@ class ClassResult(_Model):
     trigger_linf: float
     trigger_png: str | None = None
     trigger_tensor: str | None = None
-    epsilon: float | None = Field(None, description="budget of the deciding rung (the one whose anomaly index is largest); asr, final_loss, statistic and anomaly are its values")
+    epsilon: float | None = Field(None, description="budget of the deciding rung (the one whose anomaly index is largest); asr, final_loss and statistic are its values, the trigger image its trigger")
+    family: Family = Field("linf", description="trigger family of the deciding rung: 'linf' (additive, epsilon is its L-inf budget) or 'patch' (mask and pattern, epsilon is the mask's area fraction)")
     ref_clean_loss: float | None = Field(None, description="the clean reference's mean margin loss on the clean pool")
     rungs: list[RungResult] = Field(default_factory=list, description="every rung of the budget ladder, ascending")
 
@@ -173,6 +178,7 @@ class Detection(_Model):
     mad: float
     extreme: float | None = None
     epsilons: list[float] = Field(default_factory=list, description="the budget ladder")
+    patch_areas: list[float] = Field(default_factory=list, description="the patch family's mask areas, after the L-inf rungs in every class's rungs; empty unless it ran (a modified image tower)")
     reference: Literal["published", "none"] | None = Field(None, description="published: the ref_* inputs come from the published backbone; none: no trusted reference, so a reference-free statistic decided")
 
     _scores = field_validator("median", "mad", mode="before")(_null_is_nan)

@@ -40,7 +40,8 @@ from ci_gate.result import (
     ToolInfo,
 )
 from ci_gate.encoder_check import encoder_info
-from ci_gate.reference import reference_backbone, reference_stats
+from ci_gate.inversion.patch import PatchSettings, invert_patch
+from ci_gate.reference import reference_backbone, reference_patch_stats, reference_stats
 from ci_gate.scan_inputs import ScanInputs
 from ci_gate.scan_output import ExampleImages, ScanOutput, TriggerImage
 from ci_gate.scoring import STATISTICS, ClassStats, decide_ladder
@@ -132,6 +133,20 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
             )
         else:
             ref = reference_stats(loaded, clf.class_names, pool.images, settings, device, backbone=published)
+    patch = None
+    if encoder.modified and ref is not None:
+        # a modified tower fails the gate already; the patch family (what an L-inf ball cannot
+        # reach: BadNets-like patches, strong blends) is what can still name the target
+        patch = PatchSettings(batch_size=inv.batch_size, eval_images=inv.eval_images, seed=policy.seed)
+        found = {t.index: t for t in invert_patch(clf, pool.images, patch)}
+        patch_ref = reference_patch_stats(loaded, clf.class_names, pool.images, patch, device, backbone=published)
+        for t in triggers:
+            t.rungs.extend(found[t.index].rungs)
+            ref[t.index] = ref[t.index] + patch_ref[t.index]
+        warnings.append(
+            f"because the image tower is modified, a mask-and-pattern (patch) inversion also ran, at mask areas "
+            f"{', '.join(f'{a:.0%}' for a in patch.areas)} of the image; its rungs follow the L-inf ones in every class's rungs"
+        )
     t_inv = time.perf_counter()
 
     rung_stats = [
@@ -144,7 +159,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
             )
             for t in triggers
         ]
-        for r in range(len(settings.rungs))
+        for r in range(len(triggers[0].rungs))
     ]
     _refuse_non_finite(req.checkpoint, rung_stats, statistic)
     decision = decide_ladder(rung_stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme)
@@ -160,7 +175,9 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
         rung = trig.rungs[best]
         status = decision.status[c]
         png, tensor = trigger_paths(trig.index, name)
-        trigger_images.append(TriggerImage(trig.index, name, rung.delta.detach().cpu(), rung.epsilon, png, tensor))
+        # a patch rung's picture is its change to a mid-grey image, in [-0.5, 0.5]: shown unamplified
+        shown_eps = rung.epsilon if rung.family == "linf" else 0.5
+        trigger_images.append(TriggerImage(trig.index, name, rung.delta.detach().cpu(), shown_eps, png, tensor, rung.mask, rung.pattern))
         classes.append(
             ClassResult(
                 index=trig.index,
@@ -177,10 +194,11 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
                 trigger_png=png,
                 trigger_tensor=tensor,
                 epsilon=rung.epsilon,
+                family=rung.family,
                 ref_clean_loss=None if ref is None else ref[trig.index][0].clean_loss,
                 rungs=[
                     RungResult(
-                        epsilon=tr.epsilon, asr=tr.asr, final_loss=tr.final_loss,
+                        epsilon=tr.epsilon, family=tr.family, asr=tr.asr, final_loss=tr.final_loss,
                         ref_asr=rung_stats[r][c].ref_asr, ref_final_loss=rung_stats[r][c].ref_final_loss,
                         statistic=decision.statistic[r][c], anomaly=decision.anomaly[r][c],
                     )
@@ -189,7 +207,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
             )
         )
         if status != "ok":
-            rows, images = _examples(clf, pool.images[:N_EXAMPLES], rung.delta, trig.index, name, device)
+            rows, images = _examples(clf, pool.images[:N_EXAMPLES], rung, trig.index, name, device)
             examples.extend(rows)
             example_images.extend(images)
 
@@ -226,7 +244,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
         policy=PolicyInfo(name=policy.name, path=None if req.policy_path is None else str(req.policy_path), sha256=policy.sha256(), settings=policy.model_dump(mode="json")),
         detection=Detection(
             statistic=statistic, k=det.k, min_asr=det.min_asr, extreme=det.extreme,
-            median=decision.median[shown], mad=decision.mad[shown], epsilons=list(settings.rungs),
+            median=decision.median[shown], mad=decision.mad[shown], epsilons=list(settings.rungs), patch_areas=[] if patch is None else list(patch.areas),
             reference="none" if ref is None else "published",
         ),
         classes=classes,
@@ -250,8 +268,8 @@ def _refuse_non_finite(path: Path, rung_stats: list[list[ClassStats]], statistic
                 raise InputError(path, f"the scan produced a non-finite '{statistic}' statistic (the model's logits are NaN or infinite on the pool); refusing to give a verdict")
 
 
-def _examples(clf, images: torch.Tensor, delta: torch.Tensor, index: int, name: str, device: torch.device) -> tuple[list[Example], list[ExampleImages]]:
-    triggered = (images + delta).clamp(0, 1)
+def _examples(clf, images: torch.Tensor, rung, index: int, name: str, device: torch.device) -> tuple[list[Example], list[ExampleImages]]:
+    triggered = rung.apply(images)
     with torch.no_grad():
         pred_clean = clf(images.to(device)).argmax(1).tolist()
         pred_trig = clf(triggered.to(device)).argmax(1).tolist()

@@ -28,6 +28,8 @@ class TriggerImage:
     epsilon: float
     png: str  # the Result's trigger_png
     tensor: str  # the Result's trigger_tensor
+    mask: torch.Tensor | None = None  # patch family (ci_gate.inversion.patch): the trigger is (1 - mask) x + mask pattern,
+    pattern: torch.Tensor | None = None  # and delta only pictures it (its change to a mid-grey image)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class ScanOutput:
 
         for t in self.triggers:
             yield t.png, trigger_png_bytes(t.delta, t.epsilon)
-            yield t.tensor, trigger_tensor_bytes(t.delta, t.name, t.epsilon)
+            yield t.tensor, trigger_tensor_bytes(t.delta, t.name, t.epsilon, t.mask, t.pattern)
             for e in self.examples:
                 if e.index == t.index:
                     yield e.clean_png, png_bytes(e.clean)

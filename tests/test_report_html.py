@@ -196,6 +196,9 @@ def test_trigger_images_state_their_magnification(tmp_path):
     page = render_html(result, tmp_path)
     assert "shown ×15.9 (budget 8/255)" in page and "shown ×63.8 (budget 2/255)" in page
     assert "magnified for visibility" in page and "at true scale (×1)" in page
+    # a patch-family trigger's picture is its change to a mid-grey image, shown unamplified
+    patch = _with_class(result, 3, epsilon=0.02, family="patch")
+    assert "shown ×1.0 (budget patch 2% of pixels)" in render_html(patch, tmp_path)
     # a result without per-class budgets says so rather than guess
     assert "magnification unknown" in render_html(make_result(tmp_path / "old"), tmp_path / "old")
 

@@ -112,6 +112,8 @@ def test_reference_weights_replace_an_embedded_backbone_in_the_reference(cifar_m
     assert ref_result["detection"]["reference"] == "published" and ref_result["detection"]["statistic"] == "ref_loss_gain"
     assert ref_result["encoder"]["status"] == "unmodified"
     assert not any("differs from the published weights" in w for w in ref_result["warnings"])
+    # the patch family runs only on a modified tower
+    assert ref_result["detection"]["patch_areas"] == [] and all(r["family"] == "linf" for c in ref_result["classes"] for r in c["rungs"])
 
 
 def test_a_backbone_that_differs_from_the_published_one_is_reported(cifar_models, tmp_path):
@@ -131,6 +133,20 @@ def test_a_backbone_that_differs_from_the_published_one_is_reported(cifar_models
     assert result["encoder"]["status"] == "modified" and result["encoder"]["n_changed"] == 1
     assert result["encoder"]["changed"][0]["name"] == name
     assert result["encoder"]["changed"][0]["max_abs"] == pytest.approx(0.01, rel=1e-3)
+    # the patch family ran beside the L-inf ladder: its area rungs follow the L-inf ones in every
+    # class, with the published tower's values, and the saved result re-decides with them
+    det = result["detection"]
+    assert det["patch_areas"] == [0.01, 0.02, 0.04]
+    layout = [("linf", e) for e in det["epsilons"]] + [("patch", a) for a in det["patch_areas"]]
+    assert all([(r["family"], r["epsilon"]) for r in c["rungs"]] == layout and all(r["ref_asr"] is not None for r in c["rungs"]) for c in result["classes"])
+    assert any("mask-and-pattern (patch) inversion" in w for w in result["warnings"])
+    from ci_gate.policy import load_policy
+    from ci_gate.rescore import rescore
+    from ci_gate.result import load_result
+
+    saved = load_result(tmp_path / "out" / "result.json")
+    again = rescore(saved, load_policy("default")[0])
+    assert [c.anomaly for c in again.classes] == pytest.approx([c.anomaly for c in saved.classes])
 
 
 def test_unusable_reference_weights_are_bad_input(cifar_models, tmp_path):

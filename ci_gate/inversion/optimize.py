@@ -49,10 +49,20 @@ class InversionSettings:
 
 @dataclass
 class Rung:
-    epsilon: float
-    delta: torch.Tensor  # (3, S, S), |delta|_inf <= epsilon
+    epsilon: float  # the rung's budget: L-inf for "linf", the mask's area fraction for "patch"
+    delta: torch.Tensor  # (3, S, S), |delta|_inf <= epsilon ("patch": its change to a mid-grey image)
     asr: float
     final_loss: float
+    family: str = "linf"  # "linf" (this module) or "patch" (ci_gate.inversion.patch)
+    mask: torch.Tensor | None = None  # "patch": (1, S, S) in [0, 1]
+    pattern: torch.Tensor | None = None  # "patch": (3, S, S) in [0, 1]
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """The trigger as the scan measured it, on images in [0, 1]."""
+        if self.mask is None:
+            return (images + self.delta.to(images)).clamp(0, 1)
+        m, p = self.mask.to(images), self.pattern.to(images)
+        return ((1 - m) * images + m * p).clamp(0, 1)
 
 
 @dataclass

@@ -40,6 +40,29 @@ class AdditiveTrigger(nn.Module):
         return (images + self.delta.to(images.device)).clamp(0, 1)
 
 
+class MaskedTrigger(nn.Module):
+    """A reconstructed mask-and-pattern trigger (ci_gate.inversion.patch), applied as the scan
+    applies it: (1 - mask) x + mask pattern."""
+
+    def __init__(self, mask: torch.Tensor, pattern: torch.Tensor, name: str = "patch"):
+        super().__init__()
+        self.register_buffer("mask", mask.detach().float().clone())
+        self.register_buffer("pattern", pattern.detach().float().clone())
+        self.name = name
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        m, p = self.mask.to(images.device), self.pattern.to(images.device)
+        return ((1 - m) * images + m * p).clamp(0, 1)
+
+
+def reconstructed(found, index: int, name: str) -> nn.Module:
+    """Class ``index``'s trigger from a ScanOutput, in its own family."""
+    t = found.trigger(index)
+    if t.mask is not None:
+        return MaskedTrigger(t.mask, t.pattern, name)
+    return AdditiveTrigger(found.delta(index), name)
+
+
 def random_sign_noise(shape: Sequence[int], epsilon: float, seed: int) -> torch.Tensor:
     """+-epsilon per pixel and channel: the reconstructed triggers sit at the L-inf bound almost
     everywhere, so this control has the same budget and energy, only no direction."""

@@ -40,11 +40,11 @@ from ci_gate.model import load_classifier
 from ci_gate.model.classifier import PromptedClassifier
 from ci_gate.policy import Policy
 from ci_gate.repair.core import (
-    AdditiveTrigger,
     FineTuneSettings,
     Perturb,
     fine_tune,
     load_clean_data,
+    reconstructed,
     split_holdout,
     trigger_refresher,
 )
@@ -224,7 +224,8 @@ def repair_rounds(clf: PromptedClassifier, train: LabeledImages, target: ClassRe
     focus = [target.index]
     # refreshed triggers are inverted at the budget that revealed the backdoor (the scan's
     # deciding rung), not over the whole ladder
-    budget = target.epsilon or policy.inversion.max_epsilon
+    # the refresher inverts L-inf triggers: a patch-family target's epsilon is a mask area, not a budget
+    budget = (target.epsilon if target.family == "linf" else None) or policy.inversion.max_epsilon
     rounds: list[Round] = []
     for r in range(1, rp.rounds + 1):
         ft = FineTuneSettings(epochs=rp.epochs, lr=rp.lr, batch_size=rp.batch_size, seed=policy.seed + r - 1, trigger_fraction=rp.trigger_fraction, refresh_blocks=rp.refresh_blocks)
@@ -236,10 +237,10 @@ def repair_rounds(clf: PromptedClassifier, train: LabeledImages, target: ClassRe
             break
         nxt = _target(found.result)
         key = nxt.name if nxt.name not in triggers else f"{nxt.name}#{r + 1}"
-        triggers[key] = AdditiveTrigger(found.delta(nxt.index), f"reconstructed:{key}")
+        triggers[key] = reconstructed(found, nxt.index, f"reconstructed:{key}")
         if nxt.index not in focus:
             focus.append(nxt.index)
-        budget = max(budget, nxt.epsilon or budget)
+        budget = max(budget, (nxt.epsilon if nxt.family == "linf" else None) or budget)
     return rounds
 
 
@@ -285,7 +286,7 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
         device = pick_device(pol.device)
         clf = load_classifier(parent, extra_classes=pol.candidates.extra_classes, weights=inputs.backbone_weights).classifier.to(device)
         clf.freeze()
-        primary = AdditiveTrigger(first.delta(target.index), f"reconstructed:{target.name}")
+        primary = reconstructed(first, target.index, f"reconstructed:{target.name}")
         before = _held_out(clf, held, primary, target.index)
         held_outs: list[HeldOut] = []
 

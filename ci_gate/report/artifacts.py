@@ -15,6 +15,19 @@ from ci_gate.result import Result
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def budget_label(epsilon: float | None, family: str = "linf") -> str:
+    """A rung's budget as reports print it: an L-inf budget in 1/255 units, or a patch-family
+    mask area as a share of the image's pixels."""
+    if epsilon is None:
+        return "n/a"
+    return f"{epsilon * 255:.0f}/255" if family == "linf" else f"patch {epsilon:.0%} of pixels"
+
+
+def shown_epsilon(epsilon: float | None, family: str = "linf") -> float | None:
+    """The range the trigger PNG was written for: a patch's picture spans [-0.5, 0.5] (gain 1)."""
+    return epsilon if family == "linf" or epsilon is None else 0.5
+
+
 def trigger_gain(epsilon: float) -> float:
     """How much a trigger PNG magnifies its perturbation: the budget's range [-eps, eps] is stretched
     over the whole pixel range around mid-grey, so a pixel shows 0.5 + gain * delta (a 4/255 trigger

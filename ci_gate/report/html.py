@@ -37,6 +37,7 @@ class TriggerView:
 def _trigger_view(result: Result, cls: ClassResult, result_dir: Path) -> TriggerView:
     # A result without per-class budgets (one-budget scans before the ladder) had a single epsilon.
     eps = cls.epsilon if cls.epsilon is not None else (result.detection.epsilons[0] if len(result.detection.epsilons) == 1 else None)
+    eps = artifacts.shown_epsilon(eps, cls.family)
     gain = artifacts.trigger_gain(eps) if eps else None
     return TriggerView(cls, artifacts.png_data_uri(result_dir, cls.trigger_png), eps, gain)
 
@@ -60,8 +61,8 @@ def _pct(value: float) -> str:
     return "nan" if math.isnan(value) else f"{100 * value:.1f}%"
 
 
-def _budget(epsilon: float) -> str:
-    return f"{epsilon * 255:.0f}/255"
+def _budget(epsilon: float | None, family: str = "linf") -> str:
+    return artifacts.budget_label(epsilon, family)
 
 
 def _missing_note(rel: str) -> markupsafe.Markup:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ci_gate.report import sanitize
 from ci_gate.report.alerts import best_asr, reported
+from ci_gate.report.artifacts import budget_label
 from ci_gate.report.ordering import by_anomaly
 from ci_gate.report.settings import report_settings
 from ci_gate.result import ClassResult, Result
@@ -58,8 +59,8 @@ def _pct(value: float) -> str:
 TOP_K = 3
 
 
-def _budget(epsilon: float | None) -> str:
-    return "-" if epsilon is None else f"{epsilon * 255:.0f}/255"
+def _budget(epsilon: float | None, family: str = "linf") -> str:
+    return "-" if epsilon is None else budget_label(epsilon, family)
 
 
 def _class_rows(classes: list[ClassResult], total: int) -> list[str]:
@@ -71,7 +72,7 @@ def _class_rows(classes: list[ClassResult], total: int) -> list[str]:
         status = f"**{c.status}**" if c.status != "ok" else c.status
         rows.append(
             f"| {c.index} | {escape(c.name)} | {status} | {_num(c.anomaly)} | {_pct(best_asr(c))} | {_pct(c.base_rate)} "
-            f"| {_budget(c.epsilon)} |"
+            f"| {_budget(c.epsilon, c.family)} |"
         )
     return rows
 

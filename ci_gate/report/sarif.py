@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import ci_gate
 from ci_gate.errors import CiGateError
 from ci_gate.report.alerts import best_asr, reported
+from ci_gate.report.artifacts import budget_label
 from ci_gate.report.links import help_uri, information_uri
 from ci_gate.report.sanitize import plain
 from ci_gate.report.settings import report_settings
@@ -182,8 +183,8 @@ def fingerprint(rule_id: str, checkpoint_sha256: str, class_name: str) -> str:
     return hashlib.sha256(f"{rule_id}\0{checkpoint_sha256}\0{class_name}".encode()).hexdigest()
 
 
-def _budget(epsilon: float | None) -> str:
-    return "" if epsilon is None else f", scored at budget {epsilon * 255:.0f}/255"
+def _budget(epsilon: float | None, family: str = "linf") -> str:
+    return "" if epsilon is None else f", scored at budget {budget_label(epsilon, family)}"
 
 
 def _message(result: Result, cls: ClassResult) -> str:
@@ -193,7 +194,7 @@ def _message(result: Result, cls: ClassResult) -> str:
     det = result.detection
     name, path = plain(cls.name), plain(result.model.path)
     asr = best_asr(cls)
-    context = f"base rate {_pct(cls.base_rate)}{_budget(cls.epsilon)}, trigger L-inf {cls.trigger_linf:.4f}"
+    context = f"base rate {_pct(cls.base_rate)}{_budget(cls.epsilon, cls.family)}, trigger L-inf {cls.trigger_linf:.4f}"
     # min_asr is compared with the best ASR over the budget ladder, which may be another budget's
     # than the one the class is scored (and its trigger shown) at
     see = "See the ci-gate HTML report for the reconstructed trigger."
