@@ -18,7 +18,7 @@ it, a scan of an embedded-backbone checkpoint says so in its warnings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -93,7 +93,8 @@ def reference_patch_stats(
     if device is not None:
         clf.to(device)
     clf.freeze()
-    return _per_class(clf, images, invert_patch(clf, images, settings), len(class_names))
+    batch = choose_class_batch(clf, settings.batch_size, max(1, len(class_names)), device or torch.device("cpu"))
+    return _per_class(clf, images, invert_patch(clf, images, replace(settings, class_batch=batch)), len(class_names))
 
 
 def _per_class(clf: PromptedClassifier, images: torch.Tensor, triggers: list, n: int) -> list[list[ReferenceClass]]:

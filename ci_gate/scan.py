@@ -137,7 +137,8 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
     if encoder.modified and ref is not None:
         # a modified tower fails the gate already; the patch family (what an L-inf ball cannot
         # reach: BadNets-like patches, strong blends) is what can still name the target
-        patch = PatchSettings(batch_size=inv.batch_size, eval_images=inv.eval_images, seed=policy.seed)
+        # the same memory-bound class batch as the L-inf ladder's (the mask adds one image-sized tensor per class)
+        patch = PatchSettings(batch_size=inv.batch_size, eval_images=inv.eval_images, seed=policy.seed, class_batch=class_batch)
         found = {t.index: t for t in invert_patch(clf, pool.images, patch)}
         patch_ref = reference_patch_stats(loaded, clf.class_names, pool.images, patch, device, backbone=published)
         for t in triggers:

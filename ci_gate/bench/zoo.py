@@ -332,14 +332,15 @@ def profile_entries(profile: str) -> list[ZooEntry]:
     if profile == "full":
         out = []
         for ds in ("cifar10", "tin20"):
-            # every registered prompt learner: 3 clean models (CoCoOp, the paper's main one, 5)
+            # every registered prompt learner: 4 clean models (CoCoOp, the paper's main one, 5)
             out += [entry(ds, kind, None, s) for kind in tuned_kinds() for s in range(3)]
-            out += [entry(ds, "cocoop", None, s) for s in range(3, 5)]
+            out += [entry(ds, kind, None, 3) for kind in tuned_kinds()]
+            out += [entry(ds, "cocoop", None, 4)]
         # BadCLIP at several budgets: the gate is never told which. Every learner at the task's
         # larger budget; CoCoOp with more seeds, the smaller budget and the adaptive attack.
         # CIFAR-10's later seeds use 12/255: at 16/255 its learned trigger mostly fools the clean
         # models as well (a universal adversarial perturbation, not counted; CLEAN_TRANSFER_MAX)
-        tasks = {"cifar10": (8, 16, {2: 16} | {s: 12 for s in range(3, 9)}, range(4)), "tin20": (16, 24, {s: 24 for s in range(2, 9)}, range(9))}
+        tasks = {"cifar10": (8, 16, {2: 16} | {s: 12 for s in range(3, 9)}, range(4)), "tin20": (16, 24, {s: 24 for s in range(2, 11)}, range(9))}
         for ds, (small, large, more, small_seeds) in tasks.items():
             out += [entry(ds, kind, "badclip", s, eps255=large) for kind in tuned_kinds() for s in range(2)]
             out += [entry(ds, kind, "badclip", s, eps255=large) for kind in tuned_kinds() if kind != "cocoop" for s in range(2, 4)]
