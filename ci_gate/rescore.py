@@ -26,6 +26,8 @@ def rung_stats(result: Result) -> list[list[ClassStats]]:
         raise InputError(None, "class indices are not 0..n-1 in order")
     if [c.name for c in result.classes[: len(result.model.class_names)]] != list(result.model.class_names):
         raise InputError(None, "classes do not match model.class_names")
+    if not all(math.isfinite(b) for b in [*result.detection.epsilons, *result.detection.patch_areas]):
+        raise InputError(None, "detection.epsilons or detection.patch_areas holds a non-finite budget")
     layout = [("linf", e) for e in result.detection.epsilons] + [("patch", a) for a in result.detection.patch_areas]
     if any([(r.family, r.epsilon) for r in c.rungs] != layout for c in result.classes):
         raise InputError(None, "the classes' rungs do not match detection.epsilons and detection.patch_areas")

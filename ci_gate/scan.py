@@ -136,18 +136,24 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
     patch = None
     if encoder.modified and ref is not None:
         # a modified tower fails the gate already; the patch family (what an L-inf ball cannot
-        # reach: BadNets-like patches, strong blends) is what can still name the target
+        # reach: BadNets-like patches, strong blends) is what can still name the target. A tower
+        # whose logits break only on patched images loses the family, not its failing verdict
         # the same memory-bound class batch as the L-inf ladder's (the mask adds one image-sized tensor per class)
         patch = PatchSettings(batch_size=inv.batch_size, eval_images=inv.eval_images, seed=policy.seed, class_batch=class_batch)
         found = {t.index: t for t in invert_patch(clf, pool.images, patch)}
         patch_ref = reference_patch_stats(loaded, clf.class_names, pool.images, patch, device, backbone=published)
-        for t in triggers:
-            t.rungs.extend(found[t.index].rungs)
-            ref[t.index] = ref[t.index] + patch_ref[t.index]
-        warnings.append(
-            f"because the image tower is modified, a mask-and-pattern (patch) inversion also ran, at mask areas "
-            f"{', '.join(f'{a:.0%}' for a in patch.areas)} of the image; its rungs follow the L-inf ones in every class's rungs"
-        )
+        values = [v for t in found.values() for r in t.rungs for v in (r.asr, r.final_loss)] + [v for rs in patch_ref for r in rs for v in (r.asr, r.final_loss)]
+        if all(math.isfinite(v) for v in values):
+            for t in triggers:
+                t.rungs.extend(found[t.index].rungs)
+                ref[t.index] = ref[t.index] + patch_ref[t.index]
+            warnings.append(
+                f"because the checkpoint's towers are modified, a mask-and-pattern (patch) inversion also ran, at mask areas "
+                f"{', '.join(f'{a:.0%}' for a in patch.areas)} of the image; its rungs follow the L-inf ones in every class's rungs"
+            )
+        else:
+            patch = None
+            warnings.append("the checkpoint's towers are modified and give non-finite logits on patched images: the patch family was dropped")
     t_inv = time.perf_counter()
 
     rung_stats = [

@@ -67,6 +67,15 @@ def scan_key(policy: Policy) -> dict:
     return policy.model_dump(mode="json", exclude={"detection", "report", "name"})
 
 
+# schema 1.3 added the patch family, which runs only on a modified image tower: a 1.2 scan of any
+# other tower is what this version's scan gives
+_SAME_UNLESS_MODIFIED = {"1.2"}
+
+
+def _same_scan(old: Result) -> bool:
+    return old.schema_version == RESULT_SCHEMA_VERSION or (old.schema_version in _SAME_UNLESS_MODIFIED and not old.encoder.modified)
+
+
 def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, seed: int, published: Path, cached_only: bool = False) -> Result | None:
     """One CI scan through ``ci_gate.scan.scan``, its folder (result.json, triggers) saved under
     ``out``. A saved result.json whose scan settings and pool match is re-decided under
@@ -82,7 +91,7 @@ def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, se
         try:
             old = load_result(saved)
             old_policy = Policy.model_validate(old.policy.settings)
-            if old.schema_version == RESULT_SCHEMA_VERSION and scan_key(old_policy) == scan_key(pol) and old.pool.source == pool:
+            if _same_scan(old) and scan_key(old_policy) == scan_key(pol) and old.pool.source == pool:
                 return old if old_policy == pol else rescore(old, pol)
         except (InputError, ValueError):
             pass
@@ -243,7 +252,7 @@ def write_markdown(report: dict, path: Path) -> None:
         "",
         f"Backbone: `{bb['recipe']['config']}` CLIP pretrained here; zero-shot top-1 tiny-imagenet/val {bb['zero_shot_tiny_imagenet_val']:.3f}, cifar10/test {bb['zero_shot_cifar10_test']:.3f}. "
         f"Models: {c['total']} in the zoo, {c['clean']} clean, {c['implanted']} backdoored and implanted (held-out ASR >= {ASR_IMPLANTED}, and the trigger moves under {CLEAN_TRANSFER_MAX:.0%} of the images on the task's clean models), "
-        f"{c.get('universal', 0)} whose trigger fools clean models too (universal adversarial, not counted), {c['failed']} failed implants (not counted); "
+        f"{c.get('universal', 0)} whose trigger fools clean models too (universal adversarial, not counted), {c['failed']} failed implants (not counted), {c.get('undecided', 0)} undecided (no clean model of their learner listed); "
         f"{c['scanned']} scanned. Seeds {report['seeds']}. Wall time {report['wall_s'] / 60:.1f} min.",
         "",
         "| scan | models | accuracy | AUROC | target F1 | TP | FP | TN | FN | flips | mean s/scan |",
@@ -411,7 +420,8 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
             "clean": sum(1 for m in models if not m.backdoored),
             "implanted": sum(1 for m in models if m.backdoored and m.implanted),
             "universal": sum(1 for m in models if m.universal),
-            "failed": sum(1 for m in models if m.backdoored and not m.implanted and not m.universal),
+            "undecided": sum(1 for m in models if m.backdoored and m.clean_asr is None),
+            "failed": sum(1 for m in models if m.backdoored and not m.implanted and not m.universal and m.clean_asr is not None),
             "scanned": len(scanned),
         },
         "policy": {"name": policy.name, "sha256": policy.sha256(), "inversion": policy.inversion.model_dump(mode="json"), "detection": policy.detection.model_dump()},

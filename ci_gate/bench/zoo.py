@@ -252,7 +252,15 @@ def with_clean_transfer(models: list[ZooModel], backbone: CachedBackbone, data_r
 
     folder = zoo_dir(cache, backbone)
     size = backbone.config["vision_cfg"]["image_size"]
-    todo = [m for m in models if m.attack is not None and m.clean_asr is None]
+
+    def refs(m: ZooModel) -> list[str]:
+        # the clean models this run lists for m's task and learner: a record measured against
+        # other ones (another profile's, bench repair's twins) is measured again
+        if m.learner == "zeroshot":
+            return ["published backbone, zero-shot"]
+        return sorted(c.id for c in models if c.attack is None and (c.dataset, c.learner) == (m.dataset, m.learner))
+
+    todo = [m for m in models if m.attack is not None and (m.clean_asr is None or m.settings.get("clean_refs") != refs(m))]
     if not todo:
         return models
     clean: dict[tuple[str, str], list] = {}
@@ -269,11 +277,12 @@ def with_clean_transfer(models: list[ZooModel], backbone: CachedBackbone, data_r
                 for clf in clean[key]:
                     clf.freeze()
         if not clean[key]:
-            m.implanted = False  # no clean model of this learner listed: undecided, so not counted (record kept)
+            m.implanted, m.clean_asr = False, None  # no clean model of this learner listed: undecided, not counted (record kept)
             continue
         trigger = load_trigger(folder, m, size)
         m.clean_asr = sum(trigger_asr(clf, tests[m.dataset], trigger, m.target) for clf in clean[key]) / len(clean[key])
         m.implanted = implanted(m.asr, m.clean_asr)
+        m.settings = m.settings | {"clean_refs": refs(m)}
         (folder / f"{m.id}.json").write_text(json.dumps(asdict(m), indent=2))
         if log:
             log(f"zoo {m.id}: trigger on clean models {m.clean_asr:.3f} (own {m.asr:.3f}){'' if m.implanted else ', not counted'}")

@@ -46,6 +46,7 @@ from ci_gate.repair.core import (
     fine_tune,
     learner_state,
     random_sign_noise,
+    reconstructed,
     restore_learner,
 )
 from ci_gate.repair.flow import gate_fails, learner_tensors_like, repair_rounds
@@ -150,20 +151,20 @@ def evaluate_repair(
         scan_result = first.result
         detected = scan_result.verdict == "backdoor"
         repair_cls = next(c for c in scan_result.classes if c.index == scan_result.target_index) if detected else max(scan_result.classes, key=lambda c: c.anomaly)
-        deltas = {c.index: first.delta(c.index) for c in scan_result.classes}
         # a wrong class: seeded, neither the true nor the repaired target
         others = [c.index for c in scan_result.classes if c.index not in (target, repair_cls.index) and c.index < len(names)]
         wrong = int(np.random.default_rng(policy.seed).choice(others))
         say(f"scan: {scan_result.verdict}, predicted target {scan_result.target_class!r} (true {names[target]!r}); wrong-class control uses {names[wrong]!r}")
 
-        recon = AdditiveTrigger(deltas[repair_cls.index], f"reconstructed:{repair_cls.name}")
-        noise_eps = repair_cls.epsilon or policy.inversion.max_epsilon  # the control's noise at the trigger's own budget
+        recon = reconstructed(first, repair_cls.index, f"reconstructed:{repair_cls.name}")
+        # the control's noise at the trigger's own budget (a patch's epsilon is a mask area, not a budget)
+        noise_eps = (repair_cls.epsilon if repair_cls.family == "linf" else None) or policy.inversion.max_epsilon
         perturbations: dict[str, tuple[str, list[Perturb]]] = {
             "reconstructed": (f"reconstructed trigger of {repair_cls.name!r}, refreshed {rp.refresh_blocks - 1}x (ci-gate repair)", [recon]),
             "single_trigger": (f"reconstructed trigger of {repair_cls.name!r} only (the paper's repair)", [recon]),
             "clean_only": ("none (clean images twice)", [_identity]),
-            "random_noise": (f"random +-{noise_eps:.4f} sign noise", [AdditiveTrigger(random_sign_noise(recon.delta.shape, noise_eps, policy.seed + 17), "noise")]),
-            "wrong_class": (f"reconstructed trigger of {names[wrong]!r}", [AdditiveTrigger(deltas[wrong], f"reconstructed:{names[wrong]}")]),
+            "random_noise": (f"random +-{noise_eps:.4f} sign noise", [AdditiveTrigger(random_sign_noise(first.delta(repair_cls.index).shape, noise_eps, policy.seed + 17), "noise")]),
+            "wrong_class": (f"reconstructed trigger of {names[wrong]!r}", [reconstructed(first, wrong, f"reconstructed:{names[wrong]}")]),
         }
         device = pick_device(policy.device)
         clf = load_classifier(parent, extra_classes=policy.candidates.extra_classes, weights=backbone_weights).classifier.to(device)
