@@ -28,6 +28,7 @@ from ci_gate.attacks import PoisonSettings, attack_spec, build_trigger, poison_e
 from ci_gate.bench.backbone import BackboneRecipe, CachedBackbone, cifar10, get_backbone, tiny_imagenet
 from ci_gate.checkpoint.format import CheckpointMeta, LearnerSpec, Preprocessing, save_checkpoint
 from ci_gate.data import LabeledImages
+from ci_gate.io import atomic_write_text
 from ci_gate.learners import tuned_kinds
 from ci_gate.model.factory import build_classifier, new_learner
 from ci_gate.model.small import embedded_backbone
@@ -283,7 +284,7 @@ def with_clean_transfer(models: list[ZooModel], backbone: CachedBackbone, data_r
         m.clean_asr = sum(trigger_asr(clf, tests[m.dataset], trigger, m.target) for clf in clean[key]) / len(clean[key])
         m.implanted = implanted(m.asr, m.clean_asr)
         m.settings = m.settings | {"clean_refs": refs(m)}
-        (folder / f"{m.id}.json").write_text(json.dumps(asdict(m), indent=2))
+        atomic_write_text(folder / f"{m.id}.json", json.dumps(asdict(m), indent=2))
         if log:
             log(f"zoo {m.id}: trigger on clean models {m.clean_asr:.3f} (own {m.asr:.3f}){'' if m.implanted else ', not counted'}")
     return models
