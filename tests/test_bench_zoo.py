@@ -147,10 +147,11 @@ def test_ci_scan_reuses_a_saved_result_only_for_the_same_policy_and_pool(tmp_pat
     old = json.loads(saved.read_text())
     old["schema_version"] = "1.2"
     saved.write_text(json.dumps(old))
-    detection.ci_scan(model, policy, "pool", tmp_path, "published", 0, published)
+    assert old["pool"]["source"] == "other-pool"  # the last published seed-0 scan
+    detection.ci_scan(model, policy, "other-pool", tmp_path, "published", 0, published)
     assert len(calls) == 3
     old["encoder"] = {"status": "modified", "reference": "pub", "n_tensors": 2, "n_changed": 1, "max_rel_l2": 0.1,
                       "changed": [{"name": "visual.proj", "max_abs": 0.1, "rel_l2": 0.1}]}
     saved.write_text(json.dumps(old))
-    detection.ci_scan(model, policy, "pool", tmp_path, "published", 0, published)
+    detection.ci_scan(model, policy, "other-pool", tmp_path, "published", 0, published)
     assert len(calls) == 4
