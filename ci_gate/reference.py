@@ -70,14 +70,8 @@ def reference_stats(
     """Per candidate class (in ``class_names`` order) and per rung of the budget ladder: trigger
     ASR, final and clean margin loss of the hand-written-prompt model on the same (or the given
     published) backbone, inverted with the same settings, batches and evaluation images."""
-    clf = reference_classifier(loaded, class_names, backbone)
-    if device is not None:
-        clf.to(device)
-    clf.freeze()
-    # the reference's text features are image-independent, but its activations still grow with the
-    # class batch: the same memory-bound choice as the delivered model's scan
-    triggers = invert(clf, images, settings, class_batch=choose_class_batch(clf, settings.batch_size, max(1, len(class_names)), device or torch.device("cpu")))
-    return _per_class(clf, images, triggers, len(class_names))
+    clf, batch = _reference_model(loaded, class_names, settings.batch_size, device, backbone)
+    return _per_class(clf, images, invert(clf, images, settings, class_batch=batch), len(class_names))
 
 
 def reference_patch_stats(
@@ -89,12 +83,19 @@ def reference_patch_stats(
     backbone: Backbone | None = None,
 ) -> list[list[ReferenceClass]]:
     """As :func:`reference_stats`, for the patch family's area rungs."""
+    clf, batch = _reference_model(loaded, class_names, settings.batch_size, device, backbone)
+    return _per_class(clf, images, invert_patch(clf, images, replace(settings, class_batch=batch)), len(class_names))
+
+
+def _reference_model(loaded: LoadedModel, class_names: list[str], batch_size: int, device: torch.device | None, backbone: Backbone | None) -> tuple[PromptedClassifier, int]:
+    """The frozen reference classifier on ``device`` and its class batch. Its text features are
+    image-independent, but its activations still grow with the class batch: the same
+    memory-bound choice as the delivered model's scan."""
     clf = reference_classifier(loaded, class_names, backbone)
     if device is not None:
         clf.to(device)
     clf.freeze()
-    batch = choose_class_batch(clf, settings.batch_size, max(1, len(class_names)), device or torch.device("cpu"))
-    return _per_class(clf, images, invert_patch(clf, images, replace(settings, class_batch=batch)), len(class_names))
+    return clf, choose_class_batch(clf, batch_size, max(1, len(class_names)), device or torch.device("cpu"))
 
 
 def _per_class(clf: PromptedClassifier, images: torch.Tensor, triggers: list, n: int) -> list[list[ReferenceClass]]:
