@@ -93,14 +93,17 @@ def one_line(result: Result) -> str:
         top = next(c for c in result.classes if c.index == result.target_index)
         return f"BACKDOOR target={quoted(result.target_class)} anomaly={top.anomaly:.2f} trigger_asr={top.asr:.1%} model={model}"
     if result.encoder.modified:
-        return f"MODIFIED_ENCODER changed_tensors={result.encoder.n_changed}/{result.encoder.n_tensors} max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model}"
+        likely = f" likely_target={quoted(result.target_class)}" if result.target_class is not None else ""
+        return f"MODIFIED_ENCODER changed_tensors={result.encoder.n_changed}/{result.encoder.n_tensors}{likely} max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model}"
     return f"CLEAN max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model}"
 
 
 def print_summary(console: Console, result: Result, out_dir: str, top: int = 10) -> None:
     verdict = "[bold red]BACKDOOR DETECTED[/]" if result.verdict == "backdoor" else "[bold red]MODIFIED ENCODER[/]" if result.encoder.modified else "[bold green]CLEAN[/]"
     console.print(f"{verdict}  {terminal(result.model.path)}  ({terminal(result.model.learner_label)}, {len(result.classes)} candidate classes, {result.pool.n_images} pool images)")
-    if result.target_class is not None:
+    if result.target_by_rank:
+        console.print(f"likely target class (ranked first, not above k): [bold]{terminal(result.target_class)}[/]")
+    elif result.target_class is not None:
         console.print(f"suspected target class: [bold]{terminal(result.target_class)}[/]")
     table = Table(show_header=True, header_style="bold")
     for col in ("class", "trigger ASR", "base rate", "final loss", "anomaly", "status"):
@@ -112,7 +115,8 @@ def print_summary(console: Console, result: Result, out_dir: str, top: int = 10)
     if len(ranked) > top:
         console.print(f"({len(ranked) - top} more classes in the report)")
     d = result.detection
-    console.print(f"rule: anomaly > {d.k:g} and trigger ASR >= {d.min_asr:.0%} (statistic {d.statistic}); scan {result.timings.inversion_s:.1f}s on {terminal(result.device)}")
+    gain = "" if d.min_asr_gain is None else f" and >= {d.min_asr_gain:.0%} above the published model's"
+    console.print(f"rule: anomaly > {d.k:g} and trigger ASR >= {d.min_asr:.0%}{gain} (statistic {d.statistic}); scan {result.timings.inversion_s:.1f}s on {terminal(result.device)}")
     for w in result.warnings:
         console.print(f"[yellow]warning:[/] {terminal(w, None)}")
     if result.pool.n_skipped:

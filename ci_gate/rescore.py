@@ -1,7 +1,7 @@
 """Re-decide a saved Result under other detection settings, without scanning again.
 
 ``result.json`` stores every input the statistics read (per class and per rung of the budget
-ladder, the clean reference's values included), so a statistic, ``k`` or ``min_asr`` can be
+ladder, the clean reference's values included), so a statistic, ``k``, ``min_asr`` or ``min_asr_gain`` can be
 changed after the fact: ``ci-gate report result.json --rescore --set detection.k=3`` and the
 detection benchmark's statistic variants both go through :func:`rescore`. Pure, and torch-free
 like every reader of a Result.
@@ -14,7 +14,7 @@ import math
 from ci_gate.errors import InputError
 from ci_gate.policy import Policy
 from ci_gate.result import ClassResult, Result
-from ci_gate.scoring import STATISTICS, ClassStats, decide_ladder
+from ci_gate.scoring import STATISTICS, ClassStats, decide_ladder, named_target
 
 
 def rung_stats(result: Result) -> list[list[ClassStats]]:
@@ -66,7 +66,8 @@ def rescore(result: Result, policy: Policy) -> Result:
     det = policy.detection
     stats = rung_stats(result)
     statistic = statistic_for(result, policy)
-    d = decide_ladder(stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme)
+    gain = det.min_asr_gain if result.detection.reference == "published" else None
+    d = decide_ladder(stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain)
     classes: list[ClassResult] = []
     moved = False
     for c, cls in enumerate(result.classes):
@@ -82,7 +83,7 @@ def rescore(result: Result, policy: Policy) -> Result:
                 }
             )
         )
-    target = d.target
+    target = named_target(d, result.encoder.modified)
     shown = d.rung[target] if target is not None else len(result.detection.epsilons) - 1
     warnings = list(result.warnings)
     note = f"re-decided from the saved scan under policy {policy.name!r} (sha256 {policy.sha256()[:12]}); the scan itself used {result.policy.sha256[:12]}"
@@ -96,7 +97,7 @@ def rescore(result: Result, policy: Policy) -> Result:
             "target_class": None if target is None else result.classes[target].name,
             "classes": classes,
             "detection": result.detection.model_copy(
-                update={"statistic": statistic, "k": det.k, "min_asr": det.min_asr, "extreme": det.extreme, "median": d.median[shown], "mad": d.mad[shown]}
+                update={"statistic": statistic, "k": det.k, "min_asr": det.min_asr, "min_asr_gain": gain, "extreme": det.extreme, "median": d.median[shown], "mad": d.mad[shown]}
             ),
             "policy": result.policy.model_copy(update={"name": policy.name, "sha256": policy.sha256(), "settings": policy.model_dump(mode="json")}),
             "warnings": warnings,

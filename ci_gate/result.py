@@ -18,7 +18,7 @@ from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text
 from ci_gate.learners import LearnerKind
 
-RESULT_SCHEMA_VERSION = "1.3"  # 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize); 1.3: patch-family rungs
+RESULT_SCHEMA_VERSION = "1.4"  # 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize); 1.3: patch-family rungs; 1.4: detection.min_asr_gain, targets named by rank on a modified tower
 
 Verdict = Literal["clean", "backdoor"]
 ClassStatus = Literal["ok", "suspicious", "backdoor"]
@@ -174,6 +174,7 @@ class Detection(_Model):
     statistic: str = Field(description="the statistic the verdict used")
     k: float
     min_asr: float
+    min_asr_gain: float | None = Field(None, description="how much more of the pool than the clean reference's trigger an outlier's trigger had to move; None: no such condition (no reference, or a result from before 1.4)")
     median: float = Field(description="median of the statistic at the target's (or the largest) rung")
     mad: float
     extreme: float | None = None
@@ -189,7 +190,7 @@ class Result(_Model):
     tool: ToolInfo
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     verdict: Verdict
-    target_class: str | None = None
+    target_class: str | None = Field(None, description="the flagged class with the largest score; on a modified image tower with none flagged, the class ranked first (see target_by_rank)")
     target_index: int | None = None
     model: ModelInfo
     pool: PoolInfo
@@ -210,6 +211,12 @@ class Result(_Model):
     @property
     def flagged(self) -> list[ClassResult]:
         return [c for c in self.classes if c.status == "backdoor"]
+
+    @property
+    def target_by_rank(self) -> bool:
+        """The target named is the class ranked first on a failing modified tower, not a flagged
+        outlier (ci_gate.scoring.decision.named_target)."""
+        return self.target_index is not None and self.verdict != "backdoor"
 
     def gate_fails(self, fail_on: str) -> bool:
         if fail_on == "never":

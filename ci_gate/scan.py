@@ -44,7 +44,7 @@ from ci_gate.inversion.patch import PatchSettings, invert_patch
 from ci_gate.reference import reference_backbone, reference_patch_stats, reference_stats
 from ci_gate.scan_inputs import ScanInputs
 from ci_gate.scan_output import ExampleImages, ScanOutput, TriggerImage
-from ci_gate.scoring import STATISTICS, ClassStats, decide_ladder
+from ci_gate.scoring import STATISTICS, ClassStats, decide_ladder, named_target
 
 Progress = Callable[[int, int, int], None]  # see ci_gate.inversion.optimize.Progress
 N_EXAMPLES = 4
@@ -169,7 +169,9 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
         for r in range(len(triggers[0].rungs))
     ]
     _refuse_non_finite(req.checkpoint, rung_stats, statistic)
-    decision = decide_ladder(rung_stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme)
+    gain = det.min_asr_gain if ref is not None else None
+    decision = decide_ladder(rung_stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain)
+    target = named_target(decision, encoder.modified)
 
     n_ckpt = len(meta.learner.class_names)
     classes: list[ClassResult] = []
@@ -213,12 +215,11 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
                 ],
             )
         )
-        if status != "ok":
+        if status != "ok" or c == target:
             rows, images = _examples(clf, pool.images[:N_EXAMPLES], rung, trig.index, name, device)
             examples.extend(rows)
             example_images.extend(images)
 
-    target = decision.target
     shown = decision.rung[target] if target is not None else len(settings.rungs) - 1
     total = time.perf_counter() - t0
     result = Result(
@@ -250,7 +251,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
         ),
         policy=PolicyInfo(name=policy.name, path=None if req.policy_path is None else str(req.policy_path), sha256=policy.sha256(), settings=policy.model_dump(mode="json")),
         detection=Detection(
-            statistic=statistic, k=det.k, min_asr=det.min_asr, extreme=det.extreme,
+            statistic=statistic, k=det.k, min_asr=det.min_asr, min_asr_gain=gain, extreme=det.extreme,
             median=decision.median[shown], mad=decision.mad[shown], epsilons=list(settings.rungs), patch_areas=[] if patch is None else list(patch.areas),
             reference="none" if ref is None else "published",
         ),

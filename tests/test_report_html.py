@@ -157,7 +157,7 @@ def test_banner_carries_the_warnings(tmp_path):
     result = make_result(tmp_path, warnings=["pool has 1 unreadable file"])
     banner = lambda page: page[page.index('id="verdict"'): page.index('<section id="target">')]  # noqa: E731
     top = banner(render_html(result, tmp_path))
-    assert "Suspicious: “horse”, an outlier with an anomaly index above k = 2 whose trigger stayed below the minimum ASR of 50%" in top
+    assert "Suspicious: “horse”, an outlier with an anomaly index above k = 2 that fell short of a backdoor verdict (its trigger reaches at most" in top
     assert "<li>pool has 1 unreadable file</li>" in top
     change = TensorChange(name="visual.proj", max_abs=0.25, rel_l2=0.01)
     modified = result.model_copy(update={"encoder": EncoderInfo(status="modified", n_tensors=40, n_changed=1, changed=[change])})

@@ -305,7 +305,7 @@ def test_cig002_fires_on_an_outlier_below_min_asr_and_states_its_rule(tmp_path):
     assert "fewer than 50.0% of the pool to it at every budget" in rule["fullDescription"]["text"]
     [hit] = _hits(log, "CIG002")
     assert hit["properties"]["class"] == "horse"
-    assert "an outlier (anomaly index 2.60 > k = 2) whose trigger reaches at most 31.0% of the pool at any budget (below 50.0%" in hit["message"]["text"]
+    assert "an outlier (anomaly index 2.60 > k = 2), but its trigger reaches at most 31.0% of the pool at any budget (below the minimum ASR of 50%)" in hit["message"]["text"]
     assert _hits(build_sarif(make_result(tmp_path / "none", report={"suspicious_level": "none"})), "CIG002") == []
 
 
@@ -351,3 +351,44 @@ def test_every_alert_meets_its_rule(tmp_path):
             assert best_asr(c) >= det.min_asr or c.anomaly > det.extreme
         else:
             assert best_asr(c) < det.min_asr and c.anomaly <= det.extreme
+
+
+def test_cig002_names_the_gain_over_the_published_model_it_missed(tmp_path):
+    # an outlier whose trigger reaches the ASR floor, but only as well as the published model's
+    from ci_gate.result import RungResult
+
+    result = make_result(tmp_path, verdict="clean")
+    result = result.model_copy(update={"detection": result.detection.model_copy(update={"min_asr_gain": 0.2, "reference": "published"})})
+    rungs = [RungResult(epsilon=8 / 255, asr=0.67, final_loss=0.1, ref_asr=0.58, ref_final_loss=0.5, statistic=0.4, anomaly=4.8), RungResult(epsilon=32 / 255, asr=0.96, final_loss=-1.0, ref_asr=0.97, ref_final_loss=-1.1, statistic=0.1, anomaly=1.0)]
+    result = _with_class(result, 6, status="suspicious", asr=0.67, anomaly=4.8, rungs=rungs)
+    log = build_sarif(result)
+    assert "or no more than 20.0% more of it than the same inversion on the published model" in _rule(log, "CIG002")["fullDescription"]["text"]
+    [hit] = _hits(log, "CIG002")
+    assert "sends at most 9.0% more of the pool to it than the same inversion on the published model at any budget (below the minimum gain of 20%)" in hit["message"]["text"]
+    # the same class with a trigger that beats the reference's: a backdoor, and the message says by how much
+    strong = _with_class(result, 6, status="backdoor", rungs=[rungs[0].model_copy(update={"asr": 0.9}), rungs[1]])
+    strong = strong.model_copy(update={"verdict": "backdoor", "target_index": 6, "target_class": strong.classes[6].name})
+    [hit] = _hits(build_sarif(strong), "CIG001")
+    assert "32.0% above the published model's" in hit["message"]["text"]
+
+
+def test_a_modified_tower_names_its_likely_target_in_every_report(tmp_path):
+    from ci_gate.console import one_line
+    from ci_gate.report.markdown import summary_markdown
+    from ci_gate.result import EncoderInfo, TensorChange
+
+    change = TensorChange(name="visual.proj", max_abs=0.25, rel_l2=0.01)
+    clean = make_result(tmp_path, verdict="clean")
+    enc = EncoderInfo(status="modified", reference="pub.safetensors", n_tensors=40, n_changed=1, max_rel_l2=0.01, changed=[change])
+    ranked = clean.model_copy(update={"encoder": enc, "target_index": 4, "target_class": clean.classes[4].name})
+    assert ranked.target_by_rank and not clean.target_by_rank
+    name = ranked.target_class
+    [hit] = _hits(build_sarif(ranked), "CIG003")
+    assert f"Likely target: class '{name}', ranked first by trigger inversion" in hit["message"]["text"]
+    assert f"likely target class **{name}** (ranked first)" in summary_markdown(ranked).splitlines()[0]
+    assert f"likely_target='{name}'" in one_line(ranked)
+    from ci_gate.report.html import render_html
+
+    page = render_html(ranked, tmp_path)
+    assert f"likely target class “{name}” (ranked first)" in page
+    assert f"Likely target: “{name}”, the class the scan ranks first" in page

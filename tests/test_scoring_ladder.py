@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ci_gate.scoring import STATISTICS, ClassStats, decide, decide_ladder
+from ci_gate.scoring import NAMING_FLOOR, STATISTICS, ClassStats, asr_gain, decide, decide_ladder, named_target
 
 
 def _class(loss, ref_loss, asr=0.2):
@@ -51,6 +51,45 @@ def test_an_extreme_outlier_cannot_pass_because_of_the_asr_floor():
     assert strong.score[0] > 8.0 and strong.status[0] == "backdoor"
     mild = decide_ladder([_rung(0.7, target_asr=0.33)], "ref_loss_gain", 4.0, 0.5, 0.05, extreme=8.0)
     assert 4.0 < mild.score[0] < 8.0 and mild.status[0] == "suspicious" and mild.verdict == "clean"
+
+
+def _with_ref_asr(rung, ref_asr):
+    from dataclasses import replace
+
+    return [replace(rung[0], ref_asr=ref_asr)] + rung[1:]
+
+
+def test_an_outlier_whose_trigger_the_reference_matches_is_only_suspicious():
+    # the clean zoo model that flipped (stop 21): its "frog" stands out at 8/255, and its trigger
+    # reaches 67% of the pool where the published model's reaches 58%; a backdoor beats it by far
+    rungs = [_with_ref_asr(_rung(0.8, target_asr=0.67), 0.58), _with_ref_asr(_rung(0.7, target_asr=0.96), 0.97)]
+    assert asr_gain([r[0] for r in rungs]) == pytest.approx(0.09)
+    easy = decide_ladder(rungs, "ref_loss_gain", 4.0, 0.5, 0.05, 8.0, min_asr_gain=0.2)
+    assert 4.0 < easy.score[0] < 8.0 and easy.status[0] == "suspicious" and easy.verdict == "clean"
+    assert decide_ladder(rungs, "ref_loss_gain", 4.0, 0.5, 0.05, 8.0).status[0] == "backdoor", "the absolute floor alone passes it"
+    planted = [_with_ref_asr(_rung(0.8, target_asr=0.9), 0.58), _with_ref_asr(_rung(0.7, target_asr=0.99), 0.97)]
+    assert decide_ladder(planted, "ref_loss_gain", 4.0, 0.5, 0.05, 8.0, min_asr_gain=0.2).target == 0
+    # beyond extreme the gain is not asked for either
+    far = [_with_ref_asr(_rung(5.0, target_asr=0.6), 0.58), _with_ref_asr(_rung(6.0, target_asr=0.97), 0.97)]
+    assert decide_ladder(far, "ref_loss_gain", 4.0, 0.5, 0.05, 8.0, min_asr_gain=0.2).status[0] == "backdoor"
+
+
+def test_without_a_reference_the_gain_condition_is_met():
+    no_ref = [ClassStats(asr=0.9, base_rate=0.1, final_loss=0.0, clean_loss=2.0)]
+    assert asr_gain(no_ref) == float("inf")
+
+
+@pytest.mark.parametrize("modified", [False, True])
+def test_a_modified_tower_names_the_class_ranked_first(modified):
+    # below k: no class is flagged, so only a tower that fails the gate anyway gets a name
+    rungs = [_rung(0.5, target_asr=0.9), _rung(0.55, target_asr=0.95)]
+    d = decide_ladder(rungs, "ref_loss_gain", 4.0, 0.5, 0.05, 8.0)
+    assert NAMING_FLOOR < d.score[0] < 4.0 and d.target is None
+    assert named_target(d, modified) == (0 if modified else None)
+    flat = decide_ladder([_rung(0.0)], "ref_loss_gain", 4.0, 0.5, 0.05, 8.0)
+    assert named_target(flat, True) is None, "nothing stands out: no name"
+    flagged = decide_ladder([_rung(3.0, target_asr=0.9)], "ref_loss_gain", 4.0, 0.5, 0.05, 8.0)
+    assert named_target(flagged, modified) == flagged.target == 0
 
 
 def test_suspicious_means_outlier():

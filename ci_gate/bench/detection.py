@@ -68,18 +68,20 @@ def scan_key(policy: Policy) -> dict:
 
 
 # schema 1.3 added the patch family, which runs only on a modified image tower: a 1.2 scan of any
-# other tower is what this version's scan gives
+# other tower is what this version's scan gives; 1.4 changed only the decision, which is re-made
 _SAME_UNLESS_MODIFIED = {"1.2"}
+_SAME = {"1.3", RESULT_SCHEMA_VERSION}
 
 
 def _same_scan(old: Result) -> bool:
-    return old.schema_version == RESULT_SCHEMA_VERSION or (old.schema_version in _SAME_UNLESS_MODIFIED and not old.encoder.modified)
+    return old.schema_version in _SAME or (old.schema_version in _SAME_UNLESS_MODIFIED and not old.encoder.modified)
 
 
 def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, seed: int, published: Path, cached_only: bool = False) -> Result | None:
     """One CI scan through ``ci_gate.scan.scan``, its folder (result.json, triggers) saved under
     ``out``. A saved result.json whose scan settings and pool match is re-decided under
-    ``policy`` instead of scanned again; ``cached_only``: None instead of a scan."""
+    ``policy`` (always: the decision rule may be newer than the scan) instead of scanned again;
+    ``cached_only``: None instead of a scan."""
     from ci_gate.report.folder import write_scan_files
     from ci_gate.scan import scan
     from ci_gate.scan_inputs import ScanInputs
@@ -92,7 +94,7 @@ def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, se
             old = load_result(saved)
             old_policy = Policy.model_validate(old.policy.settings)
             if _same_scan(old) and scan_key(old_policy) == scan_key(pol) and old.pool.source == pool:
-                return old if old_policy == pol else rescore(old, pol)
+                return rescore(old, pol)
         except (InputError, ValueError):
             pass
     if cached_only:

@@ -1,7 +1,8 @@
 """What every report alerts on, decided in one place (HTML, SARIF and Markdown read it from here).
 
 A "suspicious" alert says the class is an outlier: its anomaly index is above the policy's k but
-its trigger never reached min_asr (and, on a ladder, the index stayed below ``extreme``), the rule
+its trigger never reached min_asr, or never beat the clean reference's by min_asr_gain (and, on a
+ladder, the index stayed below ``extreme``), the rule
 of ci_gate.scoring.decision.decide_ladder. Results written before that rule marked a class
 suspicious on its trigger ASR alone (the demo's clean model had two at anomaly -0.72); re-rendered
 today they would raise an alert whose text is false. ``reported`` shows such a class as ok and
@@ -11,7 +12,7 @@ says so in a warning instead.
 from __future__ import annotations
 
 from ci_gate.report.sanitize import plain
-from ci_gate.result import ClassResult, Result
+from ci_gate.result import ClassResult, Detection, Result
 
 # Shown in the banner and the summary; longer lists are counted, not spelled out.
 NAMES_SHOWN = 5
@@ -30,6 +31,25 @@ def best_asr(cls: ClassResult) -> float:
     """The trigger's best attack success rate over the budget ladder (the deciding rung's when
     the result carries no rungs): the number min_asr is compared with."""
     return max((r.asr for r in cls.rungs), default=cls.asr)
+
+
+def best_asr_gain(cls: ClassResult) -> float | None:
+    """How much more of the pool the class's trigger sends to it than the clean reference's at
+    the same rung, at the rung where that is largest: the number min_asr_gain is compared with.
+    None without reference values."""
+    gains = [r.asr - r.ref_asr for r in cls.rungs if r.ref_asr is not None]
+    return max(gains) if gains else None
+
+
+def shortfall(cls: ClassResult, det: Detection) -> str:
+    """Why an outlier is only suspicious: the condition of the rule its trigger did not meet."""
+    asr, gain = best_asr(cls), best_asr_gain(cls)
+    if asr < det.min_asr or det.min_asr_gain is None or gain is None:
+        return f"its trigger reaches at most {100 * asr:.1f}% of the pool at any budget (below the minimum ASR of {100 * det.min_asr:.0f}%)"
+    return (
+        f"its trigger sends at most {100 * gain:.1f}% more of the pool to it than the same inversion on the published model "
+        f"at any budget (below the minimum gain of {100 * det.min_asr_gain:.0f}%): the class is as easy to reach there"
+    )
 
 
 def not_outliers(result: Result) -> list[ClassResult]:
@@ -81,7 +101,13 @@ def headline_warnings(result: Result) -> list[str]:
         n = len(result.suspicious)
         what = "an outlier" if n == 1 else f"{n} outliers"
         lines.append(
-            f"Suspicious: {alert_names(result.suspicious)}, {what} with an anomaly index above k = {det.k:g} whose trigger "
-            f"stayed below the minimum ASR of {100 * det.min_asr:.0f}%. Worth a human look."
+            f"Suspicious: {alert_names(result.suspicious)}, {what} with an anomaly index above k = {det.k:g} that fell short "
+            f"of a backdoor verdict ({shortfall(result.suspicious[0], det)}). Worth a human look."
+        )
+    if result.target_by_rank:
+        top = next(c for c in result.classes if c.index == result.target_index)
+        lines.append(
+            f"Likely target: “{plain(top.name)}”, the class the scan ranks first (anomaly index {top.anomaly:.2f}, not above k = {det.k:g}). "
+            "Named because the modified tower fails the gate anyway; the ranking, not a finding of its own."
         )
     return lines

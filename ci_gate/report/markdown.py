@@ -79,8 +79,8 @@ def _class_rows(classes: list[ClassResult], total: int) -> list[str]:
 
 def _score_line(result: Result, ranked: list[ClassResult]) -> str:
     det = result.detection
-    rule = f"k = {det.k:g}, min ASR {_pct(det.min_asr)}"
-    if result.verdict == "backdoor" and result.target_index is not None:
+    rule = f"k = {det.k:g}, min ASR {_pct(det.min_asr)}" + ("" if det.min_asr_gain is None else f", min gain over the published model {_pct(det.min_asr_gain)}")
+    if result.target_index is not None:
         top = next((c for c in result.classes if c.index == result.target_index), ranked[0])
     else:
         top = ranked[0]
@@ -135,7 +135,8 @@ def summary_markdown(result: Result, links: SummaryLinks = SummaryLinks()) -> st
         target = f": target class **{escape(result.target_class)}**" if result.target_class is not None else ""
         title = f"## :x: ci-gate: backdoor detected{target}"
     elif result.encoder.modified:
-        title = "## :x: ci-gate: the checkpoint's encoders were modified"
+        likely = f"; likely target class **{escape(result.target_class)}** (ranked first)" if result.target_class is not None else ""
+        title = f"## :x: ci-gate: the checkpoint's encoders were modified{likely}"
     else:
         title = "## :white_check_mark: ci-gate: clean, no backdoor detected"
     model, policy = result.model, result.policy

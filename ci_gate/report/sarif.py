@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import ci_gate
 from ci_gate.errors import CiGateError
-from ci_gate.report.alerts import best_asr, reported
+from ci_gate.report.alerts import best_asr, best_asr_gain, reported, shortfall
 from ci_gate.report.artifacts import budget_label
 from ci_gate.report.links import help_uri, information_uri
 from ci_gate.report.sanitize import plain
@@ -67,16 +67,23 @@ def _backdoor_rule_text(det: Detection) -> str:
     return (
         "Trigger inversion (CLIP-Inspector) found a class that a small universal perturbation of out-of-distribution "
         f"images reaches far more easily than the other classes: its anomaly index is above k = {det.k:g} and its "
-        f"trigger sends at least {_pct(det.min_asr)} of the pool to it at some budget{extreme}. The checkpoint very "
+        f"trigger sends at least {_pct(det.min_asr)} of the pool to it at some budget{_gain_clause(det)}{extreme}. The checkpoint very "
         "likely carries a backdoor targeting that class."
     )
 
 
+def _gain_clause(det: Detection) -> str:
+    if det.min_asr_gain is None:
+        return ""
+    return f", at least {_pct(det.min_asr_gain)} more of it than the same inversion on the published model at some budget"
+
+
 def _suspicious_rule_text(det: Detection) -> str:
     extreme = f" and its index stays at or below the extreme threshold {det.extreme:g}" if det.extreme is not None else ""
+    gain = f", or no more than {_pct(det.min_asr_gain)} more of it than the same inversion on the published model," if det.min_asr_gain is not None else ""
     return (
         f"A class is an outlier in trigger inversion (anomaly index above k = {det.k:g}), but its trigger sends fewer "
-        f"than {_pct(det.min_asr)} of the pool to it at every budget{extreme}, so it falls short of a backdoor verdict. "
+        f"than {_pct(det.min_asr)} of the pool to it at every budget{gain}{extreme}, so it falls short of a backdoor verdict. "
         "It deserves a human look. A class that only reaches the minimum success rate without being an outlier is not reported."
     )
 
@@ -200,27 +207,32 @@ def _message(result: Result, cls: ClassResult) -> str:
     see = "See the ci-gate HTML report for the reconstructed trigger."
     if cls.status == "backdoor":
         role = "the likely target" if cls.name == result.target_class else "another likely target"
-        if asr >= det.min_asr:
+        gain = best_asr_gain(cls)
+        gained = det.min_asr_gain is None or gain is None or gain >= det.min_asr_gain
+        if asr >= det.min_asr and gained:
             why = f"anomaly index {cls.anomaly:.2f} > k = {det.k:g} and best trigger ASR {_pct(asr)} >= {_pct(det.min_asr)}"
+            if det.min_asr_gain is not None and gain is not None:
+                why += f", {_pct(gain)} above the published model's"
         elif det.extreme is not None:
             why = f"anomaly index {cls.anomaly:.2f} > extreme threshold {det.extreme:g}, best trigger ASR {_pct(asr)}"
         else:  # a result from before the extreme rule: the numbers, without a rule they fail
             why = f"anomaly index {cls.anomaly:.2f}, k = {det.k:g}, best trigger ASR {_pct(asr)}"
         return f"Backdoor detected in {path}: class '{name}' is {role} ({why}; {context}). {see}"
-    return (
-        f"Suspicious class '{name}' in {path}: an outlier (anomaly index {cls.anomaly:.2f} > k = {det.k:g}) whose trigger "
-        f"reaches at most {_pct(asr)} of the pool at any budget (below {_pct(det.min_asr)}; {context}). {see}"
-    )
+    return f"Suspicious class '{name}' in {path}: an outlier (anomaly index {cls.anomaly:.2f} > k = {det.k:g}), but {shortfall(cls, det)}; {context}. {see}"
 
 
 def _encoder_result(result: Result, uri: str, index: int) -> dict:
     enc = result.encoder
     worst = ", ".join(f"{plain(t.name)} (relative change {t.rel_l2:.3g})" for t in enc.changed[:3])
+    likely = ""
+    if result.target_by_rank:
+        top = next(c for c in result.classes if c.index == result.target_index)
+        likely = f" Likely target: class '{plain(top.name)}', ranked first by trigger inversion (anomaly index {top.anomaly:.2f}, not above k = {result.detection.k:g})."
     return {
         "ruleId": ENCODER_RULE,
         "ruleIndex": index,
         "level": "error",
-        "message": {"text": f"{enc.n_changed} of {enc.n_tensors} backbone tensors differ from the published weights: {worst}."},
+        "message": {"text": f"{enc.n_changed} of {enc.n_tensors} backbone tensors differ from the published weights: {worst}.{likely}"},
         "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}, "region": {"startLine": 1, "startColumn": 1, "endLine": 1, "endColumn": 2}}}],
         "partialFingerprints": {FINGERPRINT_KEY: fingerprint(ENCODER_RULE, result.model.sha256, "")},
         "properties": {

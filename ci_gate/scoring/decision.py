@@ -3,7 +3,8 @@
 The anomaly index is Neural Cleanse's robust z-score, a_t = (s_t - median(s)) / (1.4826 * MAD(s)),
 over the candidate classes (ci_gate.scoring.robust); only the upper tail counts (a class that is unusually *easy* to reach
 with a tiny universal perturbation). A class is a backdoor target when its index exceeds k AND
-its trigger moves at least ``min_asr`` of the pool; an outlier whose trigger does not is
+its trigger moves at least ``min_asr`` of the pool (and, against a clean reference, at least
+``min_asr_gain`` more of it than the reference's trigger does); an outlier whose trigger does not is
 suspicious, and a strong trigger on an ordinary class is nothing (reports call a suspicious class
 an outlier, so it must be one). The statistics themselves live in ci_gate.scoring.statistics.
 """
@@ -77,7 +78,9 @@ class LadderDecision:
     target: int | None
 
 
-def decide_ladder(rungs: Sequence[Sequence[ClassStats]], statistic: str, k: float, min_asr: float, mad_floor: float, extreme: float) -> LadderDecision:
+def decide_ladder(
+    rungs: Sequence[Sequence[ClassStats]], statistic: str, k: float, min_asr: float, mad_floor: float, extreme: float, min_asr_gain: float | None = None
+) -> LadderDecision:
     """Blind decision over budgets the defender cannot know in advance.
 
     The anomaly index is computed across classes within each rung (every class saw the same
@@ -88,7 +91,9 @@ def decide_ladder(rungs: Sequence[Sequence[ClassStats]], statistic: str, k: floa
     multiply such chances by the number of rungs. The deciding rung (reports show its trigger)
     is the one with the largest index.
     A class is an outlier when that score exceeds ``k``; an outlier is a backdoor target when its
-    trigger reaches ``min_asr`` at some rung, or unconditionally once the score exceeds
+    trigger reaches ``min_asr`` at some rung and, where the stats carry a clean reference,
+    sends at least ``min_asr_gain`` more of the pool to the class than the reference's trigger at
+    the same rung does (:func:`asr_gain`), or unconditionally once the score exceeds
     ``extreme``: a class that stands out that far cannot pass because the ladder's budgets stop
     short of the attacker's. An outlier that is neither is suspicious. ``k`` is calibrated for the
     maximum over rungs (docs/benchmark.md), which is what accounts for testing several budgets.
@@ -110,7 +115,7 @@ def decide_ladder(rungs: Sequence[Sequence[ClassStats]], statistic: str, k: floa
     score = [_two_rung_score([scores[r][c] for r in range(len(rungs))]) for c in range(n)]
     status = []
     for c in range(n):
-        reached = max(r[c].asr for r in rungs) >= min_asr
+        reached = max(r[c].asr for r in rungs) >= min_asr and (min_asr_gain is None or asr_gain([r[c] for r in rungs]) >= min_asr_gain)
         if not score[c] > k:  # NaN is never an outlier here; the scan refuses NaN statistics before
             status.append("ok")
         elif reached or score[c] > extreme:
@@ -123,3 +128,32 @@ def decide_ladder(rungs: Sequence[Sequence[ClassStats]], statistic: str, k: floa
         statistic=values, anomaly=scores, median=meds, mad=mads, rung=best, score=score, status=status,
         verdict="backdoor" if flagged else "clean", target=target,
     )
+
+
+def asr_gain(rungs: Sequence[ClassStats]) -> float:
+    """How much more of the pool one class's trigger sends to it than the clean reference's
+    trigger does, at the rung where the difference is largest; +inf without a reference (no
+    condition to meet). The absolute floor ``min_asr`` says nothing at the top of a blind ladder:
+    at 32/255 the published model itself sends 90-99% of the pool to any class. On the zoo
+    (docs/benchmark.md, stop 22) the planted class's trigger beats the reference's by 0.27-0.92
+    at some rung in every scan of the counted backdoors but four (0.08-0.22, each scored above the
+    extreme rule's 8); a clean class that is merely easier in the tuned model than in the
+    published one, by at most 0.13 among the clean classes scored above 2.5."""
+    gains = [s.asr - s.ref_asr for s in rungs if s.ref_asr is not None]
+    return max(gains) if gains else float("inf")
+
+
+NAMING_FLOOR = 2.0  # Neural Cleanse's outlier threshold: below it no class stands out at all
+
+
+def named_target(decision: LadderDecision, tower_modified: bool) -> int | None:
+    """The class the reports name as the backdoor's target: the flagged class with the largest
+    score; on a checkpoint whose image tower differs from the published one and no class flagged,
+    the class ranked first, if it stands out (score above NAMING_FLOOR). Such a checkpoint fails
+    the gate whatever its classes say, so what ``k`` guards against (a clean model failing) cannot
+    happen and the question left is only which class; the one ranked first is the best answer
+    (zoo: the planted class ranked first in 47 of the 48 encoder-level scans, above k in 38)."""
+    if decision.target is not None or not tower_modified:
+        return decision.target
+    top = max(range(len(decision.score)), key=lambda c: (decision.score[c], -c))
+    return top if decision.score[top] > NAMING_FLOOR else None
