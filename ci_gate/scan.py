@@ -133,8 +133,17 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
             )
         else:
             ref = reference_stats(loaded, clf.class_names, pool.images, settings, device, backbone=published)
+    gain = det.min_asr_gain if ref is not None else None
+    rung_stats = _rung_stats(triggers, rates, clean_losses, ref)
+    _refuse_non_finite(req.checkpoint, rung_stats, statistic)
+    decision = decide_ladder(rung_stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain)
     patch = None
-    if encoder.modified and ref is not None:
+    if encoder.modified and ref is not None and decision.target is not None:
+        warnings.append(
+            f"the checkpoint's towers are modified and the L-inf ladder already flagged class '{clf.class_names[decision.target]}': "
+            "the mask-and-pattern (patch) inversion, which runs to name a modified tower's target, was not needed"
+        )
+    elif encoder.modified and ref is not None:
         # a modified tower fails the gate already; the patch family (what an L-inf ball cannot
         # reach: BadNets-like patches, strong blends) is what can still name the target. A tower
         # whose logits break only on patched images loses the family, not its failing verdict
@@ -148,29 +157,16 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
                 t.rungs.extend(found[t.index].rungs)
                 ref[t.index] = ref[t.index] + patch_ref[t.index]
             warnings.append(
-                f"because the checkpoint's towers are modified, a mask-and-pattern (patch) inversion also ran, at mask areas "
-                f"{', '.join(f'{a:.0%}' for a in patch.areas)} of the image; its rungs follow the L-inf ones in every class's rungs"
+                f"because the checkpoint's towers are modified and the L-inf ladder flagged no class, a mask-and-pattern (patch) inversion "
+                f"also ran, at mask areas {', '.join(f'{a:.0%}' for a in patch.areas)} of the image; its rungs follow the L-inf ones in every class's rungs"
             )
+            rung_stats = _rung_stats(triggers, rates, clean_losses, ref)
+            _refuse_non_finite(req.checkpoint, rung_stats, statistic)
+            decision = decide_ladder(rung_stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain)
         else:
             patch = None
             warnings.append("the checkpoint's towers are modified and give non-finite logits on patched images: the patch family was dropped")
     t_inv = time.perf_counter()
-
-    rung_stats = [
-        [
-            ClassStats(
-                asr=t.rungs[r].asr, base_rate=float(rates[t.index]), final_loss=t.rungs[r].final_loss, clean_loss=float(clean_losses[t.index]),
-                ref_asr=None if ref is None else ref[t.index][r].asr,
-                ref_final_loss=None if ref is None else ref[t.index][r].final_loss,
-                ref_clean_loss=None if ref is None else ref[t.index][r].clean_loss,
-            )
-            for t in triggers
-        ]
-        for r in range(len(triggers[0].rungs))
-    ]
-    _refuse_non_finite(req.checkpoint, rung_stats, statistic)
-    gain = det.min_asr_gain if ref is not None else None
-    decision = decide_ladder(rung_stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain)
     target = named_target(decision, encoder.modified)
 
     n_ckpt = len(meta.learner.class_names)
@@ -264,6 +260,22 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
         warnings=warnings,
     )
     return ScanOutput(result, tuple(trigger_images), tuple(example_images))
+
+
+def _rung_stats(triggers, rates: torch.Tensor, clean_losses: torch.Tensor, ref) -> list[list[ClassStats]]:
+    """[rung][class] inputs of the statistics: the inversion's, the clean pool's, the reference's."""
+    return [
+        [
+            ClassStats(
+                asr=t.rungs[r].asr, base_rate=float(rates[t.index]), final_loss=t.rungs[r].final_loss, clean_loss=float(clean_losses[t.index]),
+                ref_asr=None if ref is None else ref[t.index][r].asr,
+                ref_final_loss=None if ref is None else ref[t.index][r].final_loss,
+                ref_clean_loss=None if ref is None else ref[t.index][r].clean_loss,
+            )
+            for t in triggers
+        ]
+        for r in range(len(triggers[0].rungs))
+    ]
 
 
 def _refuse_non_finite(path: Path, rung_stats: list[list[ClassStats]], statistic: str) -> None:

@@ -158,3 +158,41 @@ def stub_scan(monkeypatch, verdict: str = "clean") -> dict:
 
     monkeypatch.setitem(sys.modules, "ci_gate.scan", types.SimpleNamespace(scan=scan))
     return seen
+
+
+def make_ladder_result(folder: Path, *, target_asr: float = 0.6, ref_asr: float = 0.1, gain: float = 30.0, modified: bool = False):
+    """A result as a ladder scan with the published reference writes it, decided by the bundled
+    default policy: class 2 gains ``gain`` margins over the reference at the middle budget, its
+    trigger reaching ``target_asr`` (the reference's: ``ref_asr``) from the third budget on.
+    Returns (result, default policy)."""
+    from ci_gate.policy import load_policy
+    from ci_gate.result import Detection, EncoderInfo, RungResult, TensorChange
+    from ci_gate.scoring import ClassStats, decide_ladder, named_target
+
+    base = make_result(folder, verdict="clean", with_images=False)
+    policy, _ = load_policy("default")
+    det = policy.detection
+    eps = policy.inversion.epsilon
+    gains = {2: [0.0, 2.0, gain, gain * 2 / 3, 1.0]}  # margins at logit scale 100
+    target_ref = [0.1, 0.1, ref_asr, ref_asr, ref_asr]
+    rungs_stats = [[ClassStats(asr=target_asr if (c == 2 and r >= 2) else 0.2, base_rate=0.1, final_loss=1.0 - gains.get(c, [0.1 * ((c % 3) - 1)] * 5)[r], clean_loss=2.0,
+                               ref_asr=target_ref[r] if c == 2 else 0.1, ref_final_loss=1.0, ref_clean_loss=2.0) for c in range(len(base.classes))] for r in range(len(eps))]
+    d = decide_ladder(rungs_stats, det.statistic, det.k, det.min_asr, det.mad_floor, det.extreme, det.min_asr_gain)
+    target = named_target(d, modified)
+    classes = []
+    for c, cls in enumerate(base.classes):
+        b = d.rung[c]
+        classes.append(ClassResult(
+            index=c, name=cls.name, from_checkpoint=True, asr=rungs_stats[b][c].asr, base_rate=0.1, final_loss=rungs_stats[b][c].final_loss, clean_loss=2.0,
+            statistic=d.statistic[b][c], anomaly=d.score[c], status=d.status[c], trigger_linf=eps[b], epsilon=eps[b], ref_clean_loss=2.0,
+            rungs=[RungResult(epsilon=e, asr=rungs_stats[r][c].asr, final_loss=rungs_stats[r][c].final_loss, ref_asr=rungs_stats[r][c].ref_asr, ref_final_loss=1.0, statistic=d.statistic[r][c], anomaly=d.anomaly[r][c]) for r, e in enumerate(eps)],
+        ))
+    encoder = base.encoder
+    if modified:
+        change = TensorChange(name="visual.proj", max_abs=0.25, rel_l2=0.01)
+        encoder = EncoderInfo(status="modified", reference="pub.safetensors", n_tensors=40, n_changed=1, max_rel_l2=0.01, changed=[change])
+    saved = base.model_copy(update={
+        "classes": classes, "verdict": d.verdict, "target_index": target, "target_class": None if target is None else classes[target].name, "encoder": encoder,
+        "detection": Detection(statistic=det.statistic, k=det.k, min_asr=det.min_asr, min_asr_gain=det.min_asr_gain, extreme=det.extreme, median=0.0, mad=0.0, epsilons=list(eps), reference="published"),
+    })
+    return saved, policy

@@ -107,33 +107,9 @@ def test_ladder_input_errors():
 
 
 def _saved_ladder_result(tmp_path):
-    """A result as a ladder scan writes it: class 2 stands out at the third budget."""
-    from ci_gate.policy import load_policy
-    from ci_gate.result import ClassResult, Detection, RungResult
-    from result_factory import make_result
+    from result_factory import make_ladder_result
 
-    base = make_result(tmp_path, verdict="clean", with_images=False)
-    policy, _ = load_policy("default")
-    det = policy.detection
-    eps = policy.inversion.epsilon
-    # per rung: the target (class 2) gains over the reference at the middle budgets
-    gains = {2: [0.0, 2.0, 30.0, 20.0, 1.0]}  # margins at logit scale 100
-    rungs_stats = [[ClassStats(asr=0.6 if (c == 2 and r >= 2) else 0.2, base_rate=0.1, final_loss=1.0 - gains.get(c, [0.1 * ((c % 3) - 1)] * 5)[r], clean_loss=2.0,
-                               ref_asr=0.1, ref_final_loss=1.0, ref_clean_loss=2.0) for c in range(len(base.classes))] for r in range(len(eps))]
-    d = decide_ladder(rungs_stats, det.statistic, det.k, det.min_asr, det.mad_floor, det.extreme)
-    classes = []
-    for c, cls in enumerate(base.classes):
-        b = d.rung[c]
-        classes.append(ClassResult(
-            index=c, name=cls.name, from_checkpoint=True, asr=rungs_stats[b][c].asr, base_rate=0.1, final_loss=rungs_stats[b][c].final_loss, clean_loss=2.0,
-            statistic=d.statistic[b][c], anomaly=d.score[c], status=d.status[c], trigger_linf=eps[b], epsilon=eps[b], ref_clean_loss=2.0,
-            rungs=[RungResult(epsilon=e, asr=rungs_stats[r][c].asr, final_loss=rungs_stats[r][c].final_loss, ref_asr=0.1, ref_final_loss=1.0, statistic=d.statistic[r][c], anomaly=d.anomaly[r][c]) for r, e in enumerate(eps)],
-        ))
-    saved = base.model_copy(update={
-        "classes": classes, "verdict": d.verdict, "target_index": d.target, "target_class": None if d.target is None else classes[d.target].name,
-        "detection": Detection(statistic=det.statistic, k=det.k, min_asr=det.min_asr, extreme=det.extreme, median=0.0, mad=0.0, epsilons=list(eps), reference="published"),
-    })
-    return saved, policy
+    return make_ladder_result(tmp_path)
 
 
 def test_rescoring_a_saved_result_is_the_scans_decision_and_follows_new_settings(tmp_path):

@@ -149,6 +149,24 @@ def test_a_backbone_that_differs_from_the_published_one_is_reported(cifar_models
     assert [c.anomaly for c in again.classes] == pytest.approx([c.anomaly for c in saved.classes])
 
 
+def test_a_modified_tower_whose_ladder_flags_a_class_skips_the_patch_family(cifar_models, tmp_path):
+    from safetensors.torch import save_file
+
+    published = {k: v.clone().contiguous() for k, v in cifar_models.backbone_state.items()}
+    name = next(k for k in published if k.startswith("visual.") and published[k].is_floating_point())
+    published[name] += 0.01
+    path = tmp_path / "published.safetensors"
+    save_file(published, str(path))
+    proc = _verify(cifar_models.backdoored.path, tmp_path / "out", "--reference-weights", str(path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    # the target is named by the L-inf ladder already: the patch family, there to name one, is not run
+    assert result["encoder"]["status"] == "modified" and result["verdict"] == "backdoor"
+    assert result["target_class"] == cifar_models.target
+    assert result["detection"]["patch_areas"] == [] and all(r["family"] == "linf" for c in result["classes"] for r in c["rungs"])
+    assert any("was not needed" in w for w in result["warnings"])
+
+
 def test_unusable_reference_weights_are_bad_input(cifar_models, tmp_path):
     bogus = tmp_path / "bogus.safetensors"
     bogus.write_bytes(b"not a weights file")

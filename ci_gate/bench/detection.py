@@ -44,6 +44,7 @@ DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MODES = ("published", "none")
 TODAY = ["inversion.epsilon=4/255", "inversion.eval_images=null"]  # the default policy before the ladder
 K_SWEEP = (3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
+GAIN_SWEEP = (0.0, 0.1, 0.2, 0.3)  # detection.min_asr_gain; 0: the absolute ASR floor alone (stop 21's rule)
 PROFILES = {
     # baselines: epochs over the pool and pool size (the paper: 5 epochs over the full pool)
     "quick": {"baseline_epochs": 2, "baseline_pool": 256, "seeds": (0,)},
@@ -67,10 +68,11 @@ def scan_key(policy: Policy) -> dict:
     return policy.model_dump(mode="json", exclude={"detection", "report", "name"})
 
 
-# schema 1.3 added the patch family, which runs only on a modified image tower: a 1.2 scan of any
-# other tower is what this version's scan gives; 1.4 changed only the decision, which is re-made
-_SAME_UNLESS_MODIFIED = {"1.2"}
-_SAME = {"1.3", RESULT_SCHEMA_VERSION}
+# schema 1.3 added the patch family, which runs only on a modified image tower (since 1.4 only
+# when the L-inf ladder flags no class there): a 1.2 or 1.3 scan of any other tower is what this
+# version's scan gives, its decision re-made
+_SAME_UNLESS_MODIFIED = {"1.2", "1.3"}
+_SAME = {RESULT_SCHEMA_VERSION}
 
 
 def _same_scan(old: Result) -> bool:
@@ -203,11 +205,14 @@ def evaluate(models: list[ZooModel], results: dict[tuple[str, str, int], Result]
         if not have:
             continue
         rows = [gate_row(m, results[(m.id, mode, seeds[0])]) for m in have]
+        # the same verdicts, a target named only when a class is flagged (no name by rank on a modified tower)
+        outlier_names = [r | {"target_pred": None} if results[(r["model"], mode, seeds[0])].target_by_rank else r for r in rows]
         universal = [gate_row(m, results[(m.id, mode, seeds[0])]) | {"asr": m.asr, "clean_asr": m.clean_asr} for m in models if m.universal and (m.id, mode, seeds[0]) in results]
         by_seed = {m.id: {s: results[(m.id, mode, s)].gate_fails("backdoor") for s in seeds if (m.id, mode, s) in results} for m in have}
         out["modes"][mode] = {
             "overall": summary(rows),
             "prompt_level": summary([r for r in rows if r["learner"] != "zeroshot"]),
+            "outlier_names_only": summary(outlier_names),
             "asr_bar_only": summary([gate_row(m, results[(m.id, mode, seeds[0])]) for m in by_asr if (m.id, mode, seeds[0]) in results]),
             "universal": universal,
             "per_attack": breakdown(rows, "attack"),
@@ -232,6 +237,15 @@ def evaluate(models: list[ZooModel], results: dict[tuple[str, str, int], Result]
                 variant = policy.model_copy(update={"detection": det})
                 rows = [gate_row(m, rescore(results[(m.id, mode, seeds[0])], variant)) for m in have]
                 out["variants"][f"{mode}:{stat}:k={k}"] = summary(rows)
+    # the reference-relative ASR floor, over every seed (flips included)
+    have = [m for m in counted if all((m.id, "published", s) in results for s in seeds)]
+    for gain in GAIN_SWEEP:
+        variant = policy.model_copy(update={"detection": policy.detection.model_copy(update={"min_asr_gain": gain})})
+        decided = {(m.id, s): rescore(results[(m.id, "published", s)], variant) for m in have for s in seeds}
+        rows = [gate_row(m, decided[(m.id, seeds[0])]) for m in have]
+        by_seed = {m.id: {s: decided[(m.id, s)].gate_fails("backdoor") for s in seeds} for m in have}
+        clean_failing = sum(1 for m in have if not m.backdoored and any(by_seed[m.id].values()))
+        out["variants"][f"published:min_asr_gain={gain:g}"] = summary(rows) | {"flips": flips(by_seed), "clean_failing_any_seed": clean_failing}
     return out
 
 
@@ -264,7 +278,10 @@ def write_markdown(report: dict, path: Path) -> None:
     for mode, label in labels.items():
         if mode not in ev["modes"]:
             continue
-        views = {"overall": "", "prompt_level": " (prompt-level only)", "asr_bar_only": " (ASR bar only: universal triggers counted)"}
+        views = {
+            "overall": "", "outlier_names_only": " (targets named only when flagged: no name by rank on a modified tower)",
+            "prompt_level": " (prompt-level only)", "asr_bar_only": " (ASR bar only: universal triggers counted)",
+        }
         for view, suffix in views.items():
             o = ev["modes"][mode].get(view, {})
             if not o.get("n"):
@@ -300,7 +317,8 @@ def write_markdown(report: dict, path: Path) -> None:
     lines += ["", "## Variants re-decided from the saved results (accuracy / AUROC / target F1, FP, FN)", "", "| mode:statistic:k | accuracy | AUROC | target F1 | FP | FN |", "|---|---|---|---|---|---|"]
     for name, o in ev["variants"].items():
         cf = o.get("confusion", {})
-        lines.append(f"| {name} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {cf.get('fp')} | {cf.get('fn')} |")
+        seeds_note = f" (flips {len(o['flips'])}: {', '.join(o['flips']) or '-'}; clean models failing at some seed: {o['clean_failing_any_seed']})" if "flips" in o else ""
+        lines.append(f"| {name}{seeds_note} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {cf.get('fp')} | {cf.get('fn')} |")
     lines += ["", "## Zoo", "", "| model | clean acc | ASR | on clean models | implanted | " + " | ".join(ev["modes"]) + " |", "|---|---|---|---|---|" + "---|" * len(ev["modes"])]
     rows = {mode: {r["model"]: r for r in ev["modes"][mode]["rows"]} for mode in ev["modes"]}
     for z in report["zoo"]:

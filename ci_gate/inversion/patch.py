@@ -9,7 +9,7 @@ seeded batches, evaluated on the same images), so the same ladder decision score
 
 It runs only where the L-inf scan cannot be the whole story and time is not the user's: on a
 checkpoint whose image tower differs from the published one (the gate fails already; the patch
-family names the backdoor's target). About ``2 * steps * len(areas)`` forward-backward passes of a
+family names the backdoor's target), and only when the L-inf ladder flagged no class there. About ``2 * steps * len(areas)`` forward-backward passes of a
 class batch, for the model and for the reference.
 """
 
