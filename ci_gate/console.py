@@ -90,7 +90,7 @@ def one_line(result: Result) -> str:
     # already escapes them in the quoted target
     model = plain(result.model.path)
     if result.verdict == "backdoor":
-        top = next(c for c in result.classes if c.index == result.target_index)
+        top = result.target
         return f"BACKDOOR target={quoted(result.target_class)} anomaly={top.anomaly:.2f} trigger_asr={top.asr:.1%} model={model}"
     if result.encoder.modified:
         likely = f" likely_target={quoted(result.target_class)}" if result.target_class is not None else ""

@@ -120,9 +120,9 @@ class DetectionPolicy(_Strict):
     absolute_statistic: StatisticName = "loss_drop"
     k: float = Field(4.0, gt=0, description="anomaly index (largest over the budget ladder) above which a class is an outlier")
     min_asr: float = Field(0.5, ge=0, le=1, description="trigger ASR an outlier must reach at some rung to be a backdoor target")
-    min_asr_gain: float = Field(
-        0.2, ge=0, le=1,
-        description="with the published reference: how much more of the pool an outlier's trigger must send to its class than the reference's trigger does at the same rung, to be a backdoor target",
+    min_asr_gain: float | None = Field(
+        None, ge=0, le=1,
+        description="with the published reference: how much more of the pool an outlier's trigger must send to its class than the reference's trigger does at the same rung, to be a backdoor target; null: no such condition (the default: measured, not adopted, docs/benchmark.md stop 22)",
     )
     extreme: float = Field(8.0, gt=0, description="an outlier this far out is a backdoor target whatever its trigger ASR")
     mad_floor: float = Field(1.0, gt=0, description="lower bound on the MAD (in the statistic's units: margins at logit scale 100, or rates) so a tight cluster of clean classes does not blow up the index")

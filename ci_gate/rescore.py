@@ -62,6 +62,9 @@ def statistic_for(result: Result, policy: Policy) -> str:
     return det.statistic
 
 
+_PATCH_SKIPPED = "was not needed"  # the scan's warning when a modified tower's L-inf ladder flagged a class (ci_gate.scan)
+
+
 def rescore(result: Result, policy: Policy) -> Result:
     det = policy.detection
     stats = rung_stats(result)
@@ -85,7 +88,14 @@ def rescore(result: Result, policy: Policy) -> Result:
         )
     target = named_target(d, result.encoder.modified)
     shown = d.rung[target] if target is not None else len(result.detection.epsilons) - 1
-    warnings = list(result.warnings)
+    # the scan's note on whether the patch family ran is about the scan's own decision
+    skipped = any(_PATCH_SKIPPED in w for w in result.warnings)
+    warnings = [w for w in result.warnings if _PATCH_SKIPPED not in w or target == result.target_index]
+    if skipped and d.target is None:
+        warnings.append(
+            "the scan skipped the patch (mask-and-pattern) family because its L-inf ladder flagged a class, which this decision no longer does: "
+            "scan again for the patch rungs"
+        )
     note = f"re-decided from the saved scan under policy {policy.name!r} (sha256 {policy.sha256()[:12]}); the scan itself used {result.policy.sha256[:12]}"
     warnings.append(note)
     if moved:

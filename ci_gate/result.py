@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text
@@ -204,6 +204,13 @@ class Result(_Model):
     seed: int
     warnings: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _target_is_a_class(self) -> "Result":
+        # result.json is a file anybody can edit: a target that names no class is refused on load
+        if self.target_index is not None and not any(c.index == self.target_index for c in self.classes):
+            raise ValueError(f"target_index {self.target_index} names no class in classes")
+        return self
+
     @property
     def suspicious(self) -> list[ClassResult]:
         return [c for c in self.classes if c.status == "suspicious"]
@@ -216,7 +223,13 @@ class Result(_Model):
     def target_by_rank(self) -> bool:
         """The target named is the class ranked first on a failing modified tower, not a flagged
         outlier (ci_gate.scoring.decision.named_target)."""
-        return self.target_index is not None and self.verdict != "backdoor"
+        return self.target_index is not None and self.verdict != "backdoor" and self.encoder.modified
+
+    @property
+    def target(self) -> ClassResult | None:
+        """The named target's class entry; None when none is named (or an edited result names an
+        index no class has)."""
+        return next((c for c in self.classes if c.index == self.target_index), None) if self.target_index is not None else None
 
     def gate_fails(self, fail_on: str) -> bool:
         if fail_on == "never":

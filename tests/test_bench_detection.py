@@ -23,18 +23,23 @@ def test_evaluate_counts_the_gate_and_re_decides_the_reference_relative_floor(tm
     easy, _ = make_ladder_result(tmp_path / "a", target_asr=0.6, ref_asr=0.55, gain=8.0)
     planted, _ = make_ladder_result(tmp_path / "b", target_asr=0.6, ref_asr=0.1)
     ranked, policy = make_ladder_result(tmp_path / "c", target_asr=0.9, ref_asr=0.1, gain=5.0, modified=True)
-    assert easy.verdict == "clean" and easy.classes[2].status == "suspicious"
+    # the bundled policy leaves min_asr_gain off: the easy clean class fails the gate
+    assert easy.verdict == "backdoor" and policy_gain(easy) is None
     assert planted.verdict == "backdoor" and planted.target_index == 2
     assert ranked.verdict == "clean" and ranked.target_by_rank and ranked.target_index == 2
     models = [_model("clean-easy", None), _model("badclip", 2), _model("encoder", 2, learner="zeroshot")]
     results = {(m.id, "published", 0): r for m, r in zip(models, (easy, planted, ranked))}
     ev = evaluate(models, results, policy, (0,))
     overall = ev["modes"]["published"]["overall"]
-    assert overall["confusion"] == {"tp": 2, "fp": 0, "tn": 1, "fn": 0}
-    assert overall["target_f1"] == 1.0
+    assert overall["confusion"] == {"tp": 2, "fp": 1, "tn": 0, "fn": 0}
     assert ev["modes"]["published"]["outlier_names_only"]["target_f1"] < 1.0, "the rank-named target is what that view leaves out"
-    off = ev["variants"]["published:min_asr_gain=0"]
+    off = ev["variants"]["published:min_asr_gain=off"]
     assert off["confusion"]["fp"] == 1 and off["clean_failing_any_seed"] == 1, "the absolute floor alone fails the clean model"
     on = ev["variants"]["published:min_asr_gain=0.2"]
     assert on["confusion"]["fp"] == 0 and on["flips"] == []
-    assert {f"published:min_asr_gain={g:g}" for g in GAIN_SWEEP} <= set(ev["variants"])
+    assert on["target_f1"] == 1.0
+    assert {f"published:min_asr_gain={'off' if g is None else f'{g:g}'}" for g in GAIN_SWEEP} <= set(ev["variants"])
+
+
+def policy_gain(result):
+    return result.detection.min_asr_gain

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ci_gate.report import links, render, sarif
-from ci_gate.report.alerts import best_asr
+from ci_gate.report.alerts import best_asr, best_asr_gain
 from ci_gate.report.sarif import SarifLimitError, build_sarif, checkpoint_uri
 from result_factory import DEFAULT_NAMES, make_result
 
@@ -340,17 +340,25 @@ def test_every_alert_meets_its_rule(tmp_path):
     result = result.model_copy(update={"detection": result.detection.model_copy(update={"extreme": 8.0})})
     result = _with_class(result, 1, status="suspicious", asr=0.8, anomaly=-0.72)  # stale: no outlier
     result = _with_class(result, 8, status="backdoor", asr=0.1, anomaly=11.0)  # extreme
+    # under min_asr_gain: an outlier whose trigger reaches min_asr but only as well as the published model's
+    from ci_gate.result import RungResult
+
+    result = result.model_copy(update={"detection": result.detection.model_copy(update={"min_asr_gain": 0.2, "reference": "published"})})
+    level = [RungResult(epsilon=8 / 255, asr=0.7, final_loss=0.1, ref_asr=0.6, ref_final_loss=0.5, statistic=0.4, anomaly=3.0)]
+    result = _with_class(result, 6, status="suspicious", asr=0.7, anomaly=3.0, rungs=level)
     det = result.detection
     hits = build_sarif(result)["runs"][0]["results"]
     by_class = {h["properties"]["classIndex"]: h["ruleId"] for h in hits}
-    assert by_class == {3: "CIG001", 8: "CIG001", 5: "CIG002", 7: "CIG002"}
+    assert by_class == {3: "CIG001", 8: "CIG001", 5: "CIG002", 6: "CIG002", 7: "CIG002"}
     for index, rule_id in by_class.items():
         c = result.classes[index]
         assert c.anomaly > det.k
+        gain = best_asr_gain(c)
+        gained = gain is None or gain >= det.min_asr_gain
         if rule_id == "CIG001":
-            assert best_asr(c) >= det.min_asr or c.anomaly > det.extreme
+            assert (best_asr(c) >= det.min_asr and gained) or c.anomaly > det.extreme
         else:
-            assert best_asr(c) < det.min_asr and c.anomaly <= det.extreme
+            assert (best_asr(c) < det.min_asr or not gained) and c.anomaly <= det.extreme
 
 
 def test_cig002_names_the_gain_over_the_published_model_it_missed(tmp_path):

@@ -168,7 +168,8 @@ def test_report_rescore_cli_writes_a_new_folder_and_leaves_the_saved_one(tmp_pat
         (lambda d: d["classes"][2].update(ref_clean_loss=None), "clean reference"),
         (lambda d: d["classes"][1].update(index=0), "indices"),
         (lambda d: d["classes"][0]["rungs"][0].update(epsilon=0.9), "rungs do not match"),
-        (lambda d: d.update(classes=d["classes"][:1]), "two or more classes"),
+        (lambda d: d.update(classes=d["classes"][:1], target_index=None, target_class=None), "two or more classes"),
+        (lambda d: d.update(target_index=99), "names no class"),
         (lambda d: d["classes"][0].update(name="not-the-same"), "class_names"),
     ],
 )

@@ -44,7 +44,7 @@ DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MODES = ("published", "none")
 TODAY = ["inversion.epsilon=4/255", "inversion.eval_images=null"]  # the default policy before the ladder
 K_SWEEP = (3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
-GAIN_SWEEP = (0.0, 0.1, 0.2, 0.3)  # detection.min_asr_gain; 0: the absolute ASR floor alone (stop 21's rule)
+GAIN_SWEEP = (None, 0.1, 0.2, 0.3)  # detection.min_asr_gain; None: the absolute ASR floor alone (the default)
 PROFILES = {
     # baselines: epochs over the pool and pool size (the paper: 5 epochs over the full pool)
     "quick": {"baseline_epochs": 2, "baseline_pool": 256, "seeds": (0,)},
@@ -245,7 +245,7 @@ def evaluate(models: list[ZooModel], results: dict[tuple[str, str, int], Result]
         rows = [gate_row(m, decided[(m.id, seeds[0])]) for m in have]
         by_seed = {m.id: {s: decided[(m.id, s)].gate_fails("backdoor") for s in seeds} for m in have}
         clean_failing = sum(1 for m in have if not m.backdoored and any(by_seed[m.id].values()))
-        out["variants"][f"published:min_asr_gain={gain:g}"] = summary(rows) | {"flips": flips(by_seed), "clean_failing_any_seed": clean_failing}
+        out["variants"][f"published:min_asr_gain={'off' if gain is None else f'{gain:g}'}"] = summary(rows) | {"flips": flips(by_seed), "clean_failing_any_seed": clean_failing}
     return out
 
 

@@ -104,10 +104,10 @@ def headline_warnings(result: Result) -> list[str]:
             f"Suspicious: {alert_names(result.suspicious)}, {what} with an anomaly index above k = {det.k:g} that fell short "
             f"of a backdoor verdict ({shortfall(result.suspicious[0], det)}). Worth a human look."
         )
-    if result.target_by_rank:
-        top = next(c for c in result.classes if c.index == result.target_index)
+    top = result.target
+    if result.target_by_rank and top is not None:
         lines.append(
-            f"Likely target: “{plain(top.name)}”, the class the scan ranks first (anomaly index {top.anomaly:.2f}, not above k = {det.k:g}). "
+            f"Likely target: “{plain(top.name)}”, the class the scan ranks first (anomaly index {top.anomaly:.2f}, not flagged as a backdoor target). "
             "Named because the modified tower fails the gate anyway; the ranking, not a finding of its own."
         )
     return lines

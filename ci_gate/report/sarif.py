@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import ci_gate
 from ci_gate.errors import CiGateError
+from ci_gate.scoring.decision import GAIN_TOLERANCE
 from ci_gate.report.alerts import best_asr, best_asr_gain, reported, shortfall
 from ci_gate.report.artifacts import budget_label
 from ci_gate.report.links import help_uri, information_uri
@@ -208,7 +209,7 @@ def _message(result: Result, cls: ClassResult) -> str:
     if cls.status == "backdoor":
         role = "the likely target" if cls.name == result.target_class else "another likely target"
         gain = best_asr_gain(cls)
-        gained = det.min_asr_gain is None or gain is None or gain >= det.min_asr_gain
+        gained = det.min_asr_gain is None or gain is None or gain >= det.min_asr_gain - GAIN_TOLERANCE
         if asr >= det.min_asr and gained:
             why = f"anomaly index {cls.anomaly:.2f} > k = {det.k:g} and best trigger ASR {_pct(asr)} >= {_pct(det.min_asr)}"
             if det.min_asr_gain is not None and gain is not None:
@@ -225,9 +226,9 @@ def _encoder_result(result: Result, uri: str, index: int) -> dict:
     enc = result.encoder
     worst = ", ".join(f"{plain(t.name)} (relative change {t.rel_l2:.3g})" for t in enc.changed[:3])
     likely = ""
-    if result.target_by_rank:
-        top = next(c for c in result.classes if c.index == result.target_index)
-        likely = f" Likely target: class '{plain(top.name)}', ranked first by trigger inversion (anomaly index {top.anomaly:.2f}, not above k = {result.detection.k:g})."
+    top = result.target
+    if result.target_by_rank and top is not None:
+        likely = f" Likely target: class '{plain(top.name)}', ranked first by trigger inversion (anomaly index {top.anomaly:.2f}, not flagged as a backdoor target)."
     return {
         "ruleId": ENCODER_RULE,
         "ruleIndex": index,

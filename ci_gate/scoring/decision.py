@@ -3,8 +3,8 @@
 The anomaly index is Neural Cleanse's robust z-score, a_t = (s_t - median(s)) / (1.4826 * MAD(s)),
 over the candidate classes (ci_gate.scoring.robust); only the upper tail counts (a class that is unusually *easy* to reach
 with a tiny universal perturbation). A class is a backdoor target when its index exceeds k AND
-its trigger moves at least ``min_asr`` of the pool (and, against a clean reference, at least
-``min_asr_gain`` more of it than the reference's trigger does); an outlier whose trigger does not is
+its trigger moves at least ``min_asr`` of the pool (and, against a clean reference and where the
+policy sets ``min_asr_gain``, at least that much more of it than the reference's trigger does); an outlier whose trigger does not is
 suspicious, and a strong trigger on an ordinary class is nothing (reports call a suspicious class
 an outlier, so it must be one). The statistics themselves live in ci_gate.scoring.statistics.
 """
@@ -115,7 +115,7 @@ def decide_ladder(
     score = [_two_rung_score([scores[r][c] for r in range(len(rungs))]) for c in range(n)]
     status = []
     for c in range(n):
-        reached = max(r[c].asr for r in rungs) >= min_asr and (min_asr_gain is None or asr_gain([r[c] for r in rungs]) >= min_asr_gain)
+        reached = max(r[c].asr for r in rungs) >= min_asr and (min_asr_gain is None or asr_gain([r[c] for r in rungs]) >= min_asr_gain - GAIN_TOLERANCE)
         if not score[c] > k:  # NaN is never an outlier here; the scan refuses NaN statistics before
             status.append("ok")
         elif reached or score[c] > extreme:
@@ -136,12 +136,15 @@ def asr_gain(rungs: Sequence[ClassStats]) -> float:
     condition to meet). The absolute floor ``min_asr`` says nothing at the top of a blind ladder:
     at 32/255 the published model itself sends 90-99% of the pool to any class. On the zoo
     (docs/benchmark.md, stop 22) the planted class's trigger beats the reference's by 0.27-0.92
-    at some rung in every scan of the counted backdoors but four (0.08-0.22, each scored above the
-    extreme rule's 8); a clean class that is merely easier in the tuned model than in the
-    published one, by at most 0.13 among the clean classes scored above 2.5."""
+    at some rung in every scan of the counted backdoors but four (0.08-0.22, two models, each
+    scored above the extreme rule's 8); a clean class that is merely easier in the tuned model
+    than in the published one, by at most 0.13 among the clean classes scored above 2.5. The
+    ranges overlap, so the bundled policies leave the condition off (``min_asr_gain: null``)."""
     gains = [s.asr - s.ref_asr for s in rungs if s.ref_asr is not None]
     return max(gains) if gains else float("inf")
 
+
+GAIN_TOLERANCE = 1e-9  # ASRs are fractions of the pool: 0.7 - 0.5 is 0.19999999999999996, a gain of 0.2
 
 NAMING_FLOOR = 2.0  # Neural Cleanse's outlier threshold: below it no class stands out at all
 
