@@ -102,7 +102,7 @@ def headline_warnings(result: Result) -> list[str]:
         what = "an outlier" if n == 1 else f"{n} outliers"
         lines.append(
             f"Suspicious: {alert_names(result.suspicious)}, {what} with an anomaly index above k = {det.k:g} that fell short "
-            f"of a backdoor verdict ({shortfall(result.suspicious[0], det)}). Worth a human look."
+            f"of a backdoor verdict ({shortfall(result.suspicious[0], det) if n == 1 else 'each one’s numbers are in the class table, its reason in its SARIF alert'}). Worth a human look."
         )
     top = result.target
     if result.target_by_rank and top is not None:
