@@ -62,7 +62,7 @@ def statistic_for(result: Result, policy: Policy) -> str:
     return det.statistic
 
 
-_PATCH_SKIPPED = "was not needed"  # the scan's warning when a modified tower's L-inf ladder flagged a class (ci_gate.scan)
+PATCH_SKIPPED = "was not needed"  # in the scan's warning when a modified tower's L-inf ladder flagged a class (ci_gate.scan)
 
 
 def rescore(result: Result, policy: Policy) -> Result:
@@ -89,8 +89,8 @@ def rescore(result: Result, policy: Policy) -> Result:
     target = named_target(d, result.encoder.modified)
     shown = d.rung[target] if target is not None else len(result.detection.epsilons) - 1
     # the scan's note on whether the patch family ran is about the scan's own decision
-    skipped = any(_PATCH_SKIPPED in w for w in result.warnings)
-    warnings = [w for w in result.warnings if _PATCH_SKIPPED not in w or target == result.target_index]
+    skipped = any(PATCH_SKIPPED in w for w in result.warnings)
+    warnings = [w for w in result.warnings if PATCH_SKIPPED not in w or target == result.target_index]
     if skipped and d.target is None:
         warnings.append(
             "the scan skipped the patch (mask-and-pattern) family because its L-inf ladder flagged a class, which this decision no longer does: "

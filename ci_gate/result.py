@@ -227,9 +227,8 @@ class Result(_Model):
 
     @property
     def target(self) -> ClassResult | None:
-        """The named target's class entry; None when none is named (or an edited result names an
-        index no class has)."""
-        return next((c for c in self.classes if c.index == self.target_index), None) if self.target_index is not None else None
+        """The named target's class entry; None when none is named."""
+        return None if self.target_index is None else next(c for c in self.classes if c.index == self.target_index)
 
     def gate_fails(self, fail_on: str) -> bool:
         if fail_on == "never":

@@ -42,9 +42,10 @@ from ci_gate.result import (
 from ci_gate.encoder_check import encoder_info
 from ci_gate.inversion.patch import PatchSettings, invert_patch
 from ci_gate.reference import reference_backbone, reference_patch_stats, reference_stats
+from ci_gate.rescore import PATCH_SKIPPED
 from ci_gate.scan_inputs import ScanInputs
 from ci_gate.scan_output import ExampleImages, ScanOutput, TriggerImage
-from ci_gate.scoring import STATISTICS, ClassStats, decide_ladder, named_target
+from ci_gate.scoring import STATISTICS, ClassStats, LadderDecision, decide_ladder, named_target
 
 Progress = Callable[[int, int, int], None]  # see ci_gate.inversion.optimize.Progress
 N_EXAMPLES = 4
@@ -134,14 +135,18 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
         else:
             ref = reference_stats(loaded, clf.class_names, pool.images, settings, device, backbone=published)
     gain = det.min_asr_gain if ref is not None else None
-    rung_stats = _rung_stats(triggers, rates, clean_losses, ref)
-    _refuse_non_finite(req.checkpoint, rung_stats, statistic)
-    decision = decide_ladder(rung_stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain)
+
+    def decide() -> tuple[list[list[ClassStats]], LadderDecision]:
+        stats = _rung_stats(triggers, rates, clean_losses, ref)
+        _refuse_non_finite(req.checkpoint, stats, statistic)
+        return stats, decide_ladder(stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain)
+
+    rung_stats, decision = decide()
     patch = None
     if encoder.modified and ref is not None and decision.target is not None:
         warnings.append(
             f"the checkpoint's towers are modified and the L-inf ladder already flagged class '{clf.class_names[decision.target]}': "
-            "the mask-and-pattern (patch) inversion, which runs to name a modified tower's target, was not needed"
+            f"the mask-and-pattern (patch) inversion, which runs to name a modified tower's target, {PATCH_SKIPPED}"
         )
     elif encoder.modified and ref is not None:
         # a modified tower fails the gate already; the patch family (what an L-inf ball cannot
@@ -160,9 +165,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
                 f"because the checkpoint's towers are modified and the L-inf ladder flagged no class, a mask-and-pattern (patch) inversion "
                 f"also ran, at mask areas {', '.join(f'{a:.0%}' for a in patch.areas)} of the image; its rungs follow the L-inf ones in every class's rungs"
             )
-            rung_stats = _rung_stats(triggers, rates, clean_losses, ref)
-            _refuse_non_finite(req.checkpoint, rung_stats, statistic)
-            decision = decide_ladder(rung_stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain)
+            rung_stats, decision = decide()
         else:
             patch = None
             warnings.append("the checkpoint's towers are modified and give non-finite logits on patched images: the patch family was dropped")

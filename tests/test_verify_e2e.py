@@ -116,15 +116,21 @@ def test_reference_weights_replace_an_embedded_backbone_in_the_reference(cifar_m
     assert ref_result["detection"]["patch_areas"] == [] and all(r["family"] == "linf" for c in ref_result["classes"] for r in c["rungs"])
 
 
-def test_a_backbone_that_differs_from_the_published_one_is_reported(cifar_models, tmp_path):
+def _published_one_tensor_off(cifar_models, tmp_path):
+    """'Published' weights that differ from the checkpoints' tower in one image-tower tensor: what
+    an encoder-level delivery looks like from the gate. Returns (path, the tensor's name)."""
     from safetensors.torch import save_file
 
-    # what an encoder-level delivery looks like: the checkpoint's tower is not the published one
     published = {k: v.clone().contiguous() for k, v in cifar_models.backbone_state.items()}
     name = next(k for k in published if k.startswith("visual.") and published[k].is_floating_point())
     published[name] += 0.01
     path = tmp_path / "published.safetensors"
     save_file(published, str(path))
+    return path, name
+
+
+def test_a_backbone_that_differs_from_the_published_one_is_reported(cifar_models, tmp_path):
+    path, name = _published_one_tensor_off(cifar_models, tmp_path)
     proc = _verify(cifar_models.clean.path, tmp_path / "out", "--reference-weights", str(path))
     # a modified tower is a finding of its own: it fails the gate whatever the inversion says
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -150,13 +156,7 @@ def test_a_backbone_that_differs_from_the_published_one_is_reported(cifar_models
 
 
 def test_a_modified_tower_whose_ladder_flags_a_class_skips_the_patch_family(cifar_models, tmp_path):
-    from safetensors.torch import save_file
-
-    published = {k: v.clone().contiguous() for k, v in cifar_models.backbone_state.items()}
-    name = next(k for k in published if k.startswith("visual.") and published[k].is_floating_point())
-    published[name] += 0.01
-    path = tmp_path / "published.safetensors"
-    save_file(published, str(path))
+    path, _ = _published_one_tensor_off(cifar_models, tmp_path)
     proc = _verify(cifar_models.backdoored.path, tmp_path / "out", "--reference-weights", str(path))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())

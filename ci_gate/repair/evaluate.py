@@ -150,7 +150,7 @@ def evaluate_repair(
         first = scan_file(checkpoint)
         scan_result = first.result
         detected = scan_result.verdict == "backdoor"
-        repair_cls = next(c for c in scan_result.classes if c.index == scan_result.target_index) if detected else max(scan_result.classes, key=lambda c: c.anomaly)
+        repair_cls = scan_result.target if detected else max(scan_result.classes, key=lambda c: c.anomaly)
         # a wrong class: seeded, neither the true nor the repaired target
         others = [c.index for c in scan_result.classes if c.index not in (target, repair_cls.index) and c.index < len(names)]
         wrong = int(np.random.default_rng(policy.seed).choice(others))

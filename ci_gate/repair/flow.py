@@ -137,13 +137,13 @@ def gate_fails(result: Result, policy: Policy) -> bool:
 def _target(result: Result) -> ClassResult:
     """The class to repair: the predicted target, else (a 'suspicious' gate failure) the most
     anomalous suspicious class."""
-    if result.target_index is not None:
-        return next(c for c in result.classes if c.index == result.target_index)
+    if result.target is not None:
+        return result.target
     return max(result.suspicious or result.classes, key=lambda c: c.anomaly)
 
 
 def scan_summary(result: Result, policy: Policy) -> ScanSummary:
-    target = next((c for c in result.classes if c.index == result.target_index), None)
+    target = result.target
     return ScanSummary(
         verdict=result.verdict,
         gate_passes=not gate_fails(result, policy),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ci_gate.report.sanitize import plain
 from ci_gate.result import ClassResult, Detection, Result
+from ci_gate.scoring.decision import gain_met
 
 # Shown in the banner and the summary; longer lists are counted, not spelled out.
 NAMES_SHOWN = 5
@@ -44,7 +45,7 @@ def best_asr_gain(cls: ClassResult) -> float | None:
 def shortfall(cls: ClassResult, det: Detection) -> str:
     """Why an outlier is only suspicious: the condition of the rule its trigger did not meet."""
     asr, gain = best_asr(cls), best_asr_gain(cls)
-    if asr < det.min_asr or det.min_asr_gain is None or gain is None:
+    if asr < det.min_asr or gain_met(gain, det.min_asr_gain):
         return f"its trigger reaches at most {100 * asr:.1f}% of the pool at any budget (below the minimum ASR of {100 * det.min_asr:.0f}%)"
     return (
         f"its trigger sends at most {100 * gain:.1f}% more of the pool to it than the same inversion on the published model "

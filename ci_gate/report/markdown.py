@@ -81,7 +81,7 @@ def _score_line(result: Result, ranked: list[ClassResult]) -> str:
     det = result.detection
     rule = f"k = {det.k:g}, min ASR {_pct(det.min_asr)}" + ("" if det.min_asr_gain is None else f", min gain over the published model {_pct(det.min_asr_gain)}")
     if result.target_index is not None:
-        top = next((c for c in result.classes if c.index == result.target_index), ranked[0])
+        top = result.target
     else:
         top = ranked[0]
     line = f"{escape(top.name)}: anomaly index {_num(top.anomaly)}, best trigger ASR {_pct(best_asr(top))} ({rule})"

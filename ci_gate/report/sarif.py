@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import ci_gate
 from ci_gate.errors import CiGateError
-from ci_gate.scoring.decision import GAIN_TOLERANCE
+from ci_gate.scoring.decision import gain_met
 from ci_gate.report.alerts import best_asr, best_asr_gain, reported, shortfall
 from ci_gate.report.artifacts import budget_label
 from ci_gate.report.links import help_uri, information_uri
@@ -209,8 +209,7 @@ def _message(result: Result, cls: ClassResult) -> str:
     if cls.status == "backdoor":
         role = "the likely target" if cls.name == result.target_class else "another likely target"
         gain = best_asr_gain(cls)
-        gained = det.min_asr_gain is None or gain is None or gain >= det.min_asr_gain - GAIN_TOLERANCE
-        if asr >= det.min_asr and gained:
+        if asr >= det.min_asr and gain_met(gain, det.min_asr_gain):
             why = f"anomaly index {cls.anomaly:.2f} > k = {det.k:g} and best trigger ASR {_pct(asr)} >= {_pct(det.min_asr)}"
             if det.min_asr_gain is not None and gain is not None:
                 why += f", {_pct(gain)} above the published model's"

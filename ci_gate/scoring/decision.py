@@ -115,7 +115,7 @@ def decide_ladder(
     score = [_two_rung_score([scores[r][c] for r in range(len(rungs))]) for c in range(n)]
     status = []
     for c in range(n):
-        reached = max(r[c].asr for r in rungs) >= min_asr and (min_asr_gain is None or asr_gain([r[c] for r in rungs]) >= min_asr_gain - GAIN_TOLERANCE)
+        reached = max(r[c].asr for r in rungs) >= min_asr and gain_met(asr_gain([r[c] for r in rungs]), min_asr_gain)
         if not score[c] > k:  # NaN is never an outlier here; the scan refuses NaN statistics before
             status.append("ok")
         elif reached or score[c] > extreme:
@@ -145,6 +145,12 @@ def asr_gain(rungs: Sequence[ClassStats]) -> float:
 
 
 GAIN_TOLERANCE = 1e-9  # ASRs are fractions of the pool: 0.7 - 0.5 is 0.19999999999999996, a gain of 0.2
+
+
+def gain_met(gain: float | None, min_asr_gain: float | None) -> bool:
+    """Whether a trigger's gain over the reference's meets the floor; no floor or no reference
+    values: met."""
+    return min_asr_gain is None or gain is None or gain >= min_asr_gain - GAIN_TOLERANCE
 
 NAMING_FLOOR = 2.0  # Neural Cleanse's outlier threshold: below it no class stands out at all
 
