@@ -89,19 +89,22 @@ def test_truncated_checkpoint_is_bad_input(cifar_models, tmp_path):
 
 
 REF = ["--set", "detection.statistic=ref_loss_gain"]
+# for tests of the wiring (which reference, which rungs), not of detection power: a smaller pool
+# and evaluation subset keep the scans cheap; the benchmark measures what they find
+SMALL = ["--set", "pool.max_images=128", "--set", "inversion.eval_images=64"]
 
 
 def test_reference_weights_replace_an_embedded_backbone_in_the_reference(cifar_models, tmp_path):
     from safetensors.torch import save_file
 
-    own = _verify(cifar_models.clean.path, tmp_path / "own", *REF)
+    own = _verify(cifar_models.clean.path, tmp_path / "own", *REF, *SMALL)
     assert own.returncode == 0, own.stdout + own.stderr
     own_result = json.loads((tmp_path / "own" / "result.json").read_text())
     assert any("--reference-weights" in w for w in own_result["warnings"])
 
     published = tmp_path / "published.safetensors"
     save_file({k: v.contiguous() for k, v in cifar_models.backbone_state.items()}, str(published))
-    ref = _verify(cifar_models.clean.path, tmp_path / "ref", *REF, "--reference-weights", str(published))
+    ref = _verify(cifar_models.clean.path, tmp_path / "ref", *REF, *SMALL, "--reference-weights", str(published))
     assert ref.returncode == 0, ref.stdout + ref.stderr
     ref_result = json.loads((tmp_path / "ref" / "result.json").read_text())
     assert not any("--reference-weights" in w for w in ref_result["warnings"])
@@ -131,7 +134,7 @@ def _published_one_tensor_off(cifar_models, tmp_path):
 
 def test_a_backbone_that_differs_from_the_published_one_is_reported(cifar_models, tmp_path):
     path, name = _published_one_tensor_off(cifar_models, tmp_path)
-    proc = _verify(cifar_models.clean.path, tmp_path / "out", "--reference-weights", str(path))
+    proc = _verify(cifar_models.clean.path, tmp_path / "out", "--reference-weights", str(path), *SMALL)
     # a modified tower is a finding of its own: it fails the gate whatever the inversion says
     assert proc.returncode == 1, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
