@@ -15,8 +15,11 @@ import torch
 
 # Under pytest-xdist (the default run: -n auto --dist loadfile, see pyproject) each worker is one
 # process on one core; torch's own intra-op threads would only oversubscribe the other workers'.
+# The CLI runs that tests start as subprocesses inherit the same limit: two threads each beside a
+# busy worker oversubscribe the cores and ran `ci-gate demo` 2.4x slower.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CIFAR = SHARED / "cifar10"
@@ -28,6 +31,27 @@ def require(path: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent (shared datasets live next to the repository, see ../shared/data/README.md)")
     return path
+
+
+# Order of the test files. Under xdist (loadfile, --no-loadscope-reorder: see pyproject) each
+# worker takes the next file in this order. The first user of the session's CIFAR models builds
+# them (two to three minutes); a second user reached meanwhile by the other worker would only
+# wait on the lock, so the other users come last, and the longest files go early so that the run
+# does not end on one worker. A file not named here keeps its place.
+FIRST = ("test_canary.py", "test_demo.py", "test_distributed.py")
+LAST = ("test_verify_reference.py", "test_verify_e2e.py", "test_repair.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> tuple[int, int]:
+        name = item.path.name
+        if name in FIRST:
+            return 0, FIRST.index(name)
+        if name in LAST:
+            return 2, LAST.index(name)
+        return 1, 0
+
+    items.sort(key=rank)  # stable: tests keep their order within a file
 
 
 @dataclass
