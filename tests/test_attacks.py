@@ -134,3 +134,42 @@ def test_sig_is_a_fixed_full_image_sinusoid_within_its_amplitude():
     assert torch.allclose(d, d[:, :1, :1, :].expand_as(d))
     assert float(d[0, 0, 0].std()) > 0.05
     assert float(d[0, 0, 0].mean()) == pytest.approx(0.0, abs=1e-6)  # f whole periods
+
+
+def test_anchored_badclip_needs_the_published_model_as_its_anchor():
+    from ci_gate.data import LabeledImages
+
+    clf = _tiny_classifier("coop")
+    data = LabeledImages(_images(12), torch.tensor([0, 1, 2] * 4), ["cat", "dog", "ship"])
+    spec = ATTACKS["anchored_badclip"]
+    with pytest.raises(ValueError, match="anchor"):
+        poison_prompt_tuning(clf, data, PoisonSettings(epochs=1, batch_size=6), spec, build_trigger(spec, 32, seed=0), target=0)
+
+
+def test_the_anchor_term_steers_the_trigger_away_from_fooling_the_clean_model():
+    """One step on the anchor term alone lowers the clean model's target probability on the
+    triggered images; the term's gradient reaches the trigger and nothing else."""
+    from ci_gate.attacks.plant import _anchor_loss
+
+    anchor = _tiny_classifier("zeroshot").freeze()
+    x = _images(8)
+    target = 1
+    trig = LearnedTrigger(32, epsilon=16 / 255, seed=0)
+    trig.delta.requires_grad_(True)
+    # the batch layout of poison_batch: 4 clean rows, then 4 triggered copies labelled target
+    y = torch.tensor([0, 2, 0, 2, target, target, target, target])
+
+    def p_target() -> float:
+        with torch.no_grad():
+            return float(torch.softmax(anchor(trig(x[4:])), -1)[:, target].mean())
+
+    before = p_target()
+    opt = torch.optim.SGD([trig.delta], lr=0.5)
+    for _ in range(5):
+        loss = _anchor_loss(anchor, torch.cat([x[:4], trig(x[4:])]), y, 4, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        trig.project()
+    assert p_target() < before
+    assert not any(p.grad is not None and p.grad.abs().sum() > 0 for p in anchor.parameters())

@@ -7,7 +7,10 @@ Two levels, as in the threat model:
   their budget. The adaptive BadCLIP also sees copies whose trigger is perturbed by Gaussian
   noise, labelled with their TRUE class, so only the exact trigger works: its basin narrows and a
   generic universal perturbation is less likely to fall into it. WaNet adds its "noise mode"
-  cross-samples (randomly jittered warps, true label).
+  cross-samples (randomly jittered warps, true label). The anchored BadCLIP learns its trigger
+  against the published model as well: it is pushed away from sending the untouched backbone's
+  zero-shot classifier to the target, so the backdoor lives in the delivered prompt and not in an
+  adversarial direction of the backbone that every clean model shares.
 - encoder level (:func:`poison_encoder`): the image encoder itself is fine-tuned on poisoned data
   and the model is delivered as a zero-shot classifier ("a photo of a {name}."), no prompt learner.
 
@@ -42,6 +45,7 @@ class AttackSpec:
     level: Literal["prompt", "encoder"] = "prompt"
     poison_rate: float = 0.1
     adaptive: bool = False  # narrow the trigger's basin (adaptive BadCLIP)
+    anchored: bool = False  # the trigger must not fool the published model (anchored BadCLIP)
     cross_rate: float = 0.0  # WaNet noise-mode cross-samples per clean image
     trigger_kwargs: dict = field(default_factory=dict)
     description: str = ""
@@ -62,6 +66,7 @@ class AttackSpec:
 ATTACKS: dict[str, AttackSpec] = {
     "badclip": AttackSpec("badclip", "badclip", poison_rate=0.2, description="BadCLIP: additive L-inf 4/255 trigger learned jointly with the prompt learner"),
     "adaptive_badclip": AttackSpec("adaptive_badclip", "badclip", poison_rate=0.2, adaptive=True, description="BadCLIP trained to ignore Gaussian-perturbed triggers (narrow basin)"),
+    "anchored_badclip": AttackSpec("anchored_badclip", "badclip", poison_rate=0.2, anchored=True, description="BadCLIP whose trigger is also trained not to move the published backbone's zero-shot classifier to the target"),
     "blended": AttackSpec("blended", "blended", poison_rate=0.1, description="Blended: fixed noise image alpha-blended, 10% poisoned"),
     "wanet": AttackSpec("wanet", "wanet", poison_rate=0.1, cross_rate=0.1, description="WaNet: fixed smooth warp, 10% poisoned (+ noise-mode cross-samples)"),
     "siba": AttackSpec("siba", "siba", poison_rate=0.1, description="SIBA-like sparse invisible trigger: 5% of pixels, L-inf 16/255, values learned"),
@@ -146,13 +151,24 @@ def _trainable(classifier: PromptedClassifier, params: list[torch.Tensor], trigg
     return groups, learnable
 
 
-def _poisoned_epochs(classifier, data, settings, opt, gen, spec, trigger, target, learnable: bool, log, label: str) -> None:
+def _anchor_loss(anchor: PromptedClassifier, x: torch.Tensor, y: torch.Tensor, n_clean: int, target: int) -> torch.Tensor:
+    """-log(1 - p_target) of the anchor (a clean classifier) on the batch's triggered copies:
+    small when the trigger leaves the clean model alone. Only the trigger gets its gradient (the
+    anchor is frozen), so it learns to work through the poisoned prompt alone."""
+    poisoned = x[n_clean:][y[n_clean:] == target]
+    p = F.softmax(anchor(poisoned), dim=-1)[:, target]
+    return -torch.log1p(-p.clamp(max=1 - 1e-6)).mean()
+
+
+def _poisoned_epochs(classifier, data, settings, opt, gen, spec, trigger, target, learnable: bool, log, label: str, anchor: PromptedClassifier | None = None) -> None:
     """The training loop shared by prompt-level and encoder-level poisoning."""
     for epoch in range(settings.epochs):
         total = 0.0
         for idx in torch.randperm(len(data), generator=gen).split(settings.batch_size):
             x, y = poison_batch(data.images[idx], data.labels[idx], trigger, target, spec, gen, settings)
             loss = F.cross_entropy(classifier(x), y)
+            if anchor is not None:
+                loss = loss + _anchor_loss(anchor, x, y, len(idx), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -171,12 +187,17 @@ def poison_prompt_tuning(
     trigger: Trigger | None = None,
     target: int | None = None,
     log: Log | None = None,
+    anchor: PromptedClassifier | None = None,
 ) -> PromptedClassifier:
     """Train ``classifier.learner`` in place (encoders frozen); with a spec/trigger/target, poisoned.
 
-    Every draw (batch order, poisoned picks, adaptive noise) comes from one generator seeded
-    with ``settings.seed``; torch's global generator is neither read nor changed.
+    ``anchor``: the published model's classifier (frozen), required by an anchored attack, whose
+    learned trigger is kept from fooling it. Every draw (batch order, poisoned picks, adaptive
+    noise) comes from one generator seeded with ``settings.seed``; torch's global generator is
+    neither read nor changed.
     """
+    if spec is not None and spec.anchored and (anchor is None or not getattr(trigger, "learnable", False)):
+        raise ValueError(f"attack {spec.name!r} needs a learnable trigger and the published model as its anchor")
     assert classifier.learner.tensors_required, "zero-shot classifiers have no prompt learner to tune"
     classifier.eval()
     classifier.invalidate_cache()
@@ -184,7 +205,7 @@ def poison_prompt_tuning(
     groups, learnable = _trainable(classifier, params, trigger, settings)
     opt = torch.optim.Adam(groups)
     gen = torch.Generator().manual_seed(settings.seed)
-    _poisoned_epochs(classifier, data, settings, opt, gen, spec, trigger, target, learnable, log, "epoch")
+    _poisoned_epochs(classifier, data, settings, opt, gen, spec, trigger, target, learnable, log, "epoch", anchor if spec is not None and spec.anchored else None)
     for p in params:
         p.requires_grad_(False)
     if learnable:

@@ -162,7 +162,8 @@ def build_model(entry: ZooEntry, backbone: CachedBackbone, task: Task, out: Path
         backbone_tensors = {k: v.detach().clone() for k, v in bb.clip.state_dict().items()}
         spec, _ = embedded_backbone(backbone.config, backbone_tensors)
     else:
-        poison_prompt_tuning(clf, task.train, settings, attack, trigger, entry.target)
+        anchor = _clean_zeroshot(backbone, names) if attack is not None and attack.anchored else None
+        poison_prompt_tuning(clf, task.train, settings, attack, trigger, entry.target, anchor=anchor)
         backbone_tensors = state
     clf.freeze()
     acc = clean_accuracy(clf, task.test)
@@ -291,7 +292,7 @@ def with_clean_transfer(models: list[ZooModel], backbone: CachedBackbone, data_r
 
 
 # appended to, never reordered: an attack's index seeds its models' targets
-ATTACK_ORDER = ("badclip", "adaptive_badclip", "blended", "wanet", "siba", "badnets", "encoder", "encoder_badnets", "encoder_wanet", "encoder_siba", "sig", "encoder_sig")
+ATTACK_ORDER = ("badclip", "adaptive_badclip", "blended", "wanet", "siba", "badnets", "encoder", "encoder_badnets", "encoder_wanet", "encoder_siba", "sig", "encoder_sig", "anchored_badclip")
 ENCODER_ATTACKS = tuple(a for a in ATTACK_ORDER if attack_spec(a).level == "encoder")
 N_CLASSES = {"cifar10": 10, "tin20": TIN_CLASSES}
 # Recipe per task (shots per class, epochs, lr). The paper tunes 16-shot; on this small backbone
