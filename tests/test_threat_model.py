@@ -128,6 +128,17 @@ def test_an_extra_class_that_reads_like_a_checkpoint_class_is_refused(original):
     assert load_classifier(path, extra_classes=["cat", "zebra"]).classifier.class_names[-1] == "zebra"
 
 
+@pytest.mark.parametrize("twin", ["stop&#32;sign", "ｓｔｏｐ sign", "stop&amp;#32;sign", "Stop  Sign"])
+def test_two_classes_the_tokenizer_reads_alike_are_bad_input(original, tmp_path, twin):
+    # the twin ties with "stop sign" on every input: its margin is pinned at 0, the scan can never
+    # flag the target, and deployment's argmax still picks the first of the two
+    path, _, _ = original
+    mutated = _rewrite(path, tmp_path / "twins.safetensors", _set(["learner", "class_names"], ["cat", "stop sign", "ship", twin]))
+    with pytest.raises(InputError, match=r"class_names\[1\] and \[3\] give the text encoder the same tokens|\[1\] and \[3\] give the same prompt") as exc:
+        load_classifier(mutated)
+    assert str(mutated) in str(exc.value)
+
+
 @pytest.mark.parametrize("port", ["-1", "0", "70000"])
 def test_a_bad_master_port_is_bad_input(port):
     from ci_gate.distributed import Shard

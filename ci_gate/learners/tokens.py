@@ -28,6 +28,18 @@ from torch import nn
 ClassTokenPosition = Literal["end", "middle", "front"]
 
 
+def _refuse_twins(tokens: torch.Tensor) -> None:
+    """Two classes whose prompts tokenize alike tie on every input: each one's margin is pinned at
+    0, so the scan can never flag it, while deployment's argmax still picks the first. The
+    tokenizer undoes more than any check on the raw strings could (HTML escapes, full-width
+    letters, ftfy's fixes: "stop&#32;sign" is "stop sign"), so the ids decide."""
+    first: dict[tuple[int, ...], int] = {}
+    for i, row in enumerate(tokens.tolist()):
+        j = first.setdefault(tuple(row), i)
+        if j != i:
+            raise ValueError(f"learner.class_names[{j}] and [{i}] give the text encoder the same tokens: two classes no input can tell apart")
+
+
 class PromptTokens(nn.Module):
     """Frozen token embeddings of the prompts "X*M {name}." for a list of class names."""
 
@@ -40,6 +52,7 @@ class PromptTokens(nn.Module):
         if (tokens[:, -1] != 0).any():
             i = int((tokens[:, -1] != 0).nonzero()[0])
             raise ValueError(f"learner.class_names[{i}] is too long for the text encoder's context of {tokens.shape[1]} tokens")
+        _refuse_twins(tokens)
         with torch.no_grad():
             emb = clip.token_embedding(tokens).detach()
         self.n_ctx = n_ctx
