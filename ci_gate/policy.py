@@ -355,25 +355,19 @@ def _apply_override(data: dict[str, Any], item: str) -> tuple[tuple[str, ...], s
 
 
 def resolve_policy_path(spec: str) -> Path:
-    """A policy argument is a path, or the name of a bundled policy (``strict``, ``strict.yaml``...).
+    """A policy argument is the name of a bundled policy (``strict``, ``strict.yaml``...) or a path.
 
-    An existing file always wins; otherwise a bare name, with or without ``.yaml``/``.yml``, is
-    looked up among the bundled policies."""
+    A bundled name always means the bundled policy, even beside a file of that name: the gate runs
+    in the repository a pull request can add files to, and a file called ``default`` there must
+    not replace the policy the workflow asked for (``./default`` reads such a file)."""
     path = Path(spec)
-    if _exists(path) or "/" in spec or "\\" in spec:
+    if "/" in spec or "\\" in spec:
         return path
     name = spec
     for suffix in (".yaml", ".yml"):
         name = name.removesuffix(suffix)
     bundled = bundled_policy(name)
     return bundled if bundled is not None else path
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except (OSError, ValueError):  # a name too long, or with a NUL byte: reported when read
-        return True
 
 
 def _read_policy_file(path: Path, spec: str) -> dict[str, Any]:

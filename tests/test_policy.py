@@ -76,8 +76,12 @@ def test_bundled_names_with_a_suffix(tmp_path, monkeypatch):
     for spec in ("strict.yaml", "strict.yml", "permissive.yaml"):
         policy, folder = load_policy(spec)
         assert policy.name == spec.split(".")[0] and folder is not None and (folder / "strict.yaml").is_file()
-    (tmp_path / "strict.yaml").write_text("version: 1\nname: mine\n")
-    assert load_policy("strict.yaml")[0].name == "mine"  # a real file wins
+    # a file named like a bundled policy (a pull request can add one) does not replace it
+    for spec in ("default", "strict.yaml"):
+        (tmp_path / spec).write_text("version: 1\nname: mine\nreport: {fail_on: never}\n")
+        policy, _ = load_policy(spec)
+        assert policy.name == spec.split(".")[0] and policy.report.fail_on != "never"
+        assert load_policy(f"./{spec}")[0].name == "mine"  # read as a file when given as a path
     with pytest.raises(InputError, match=r"^\.\./strict: policy file not found"):
         load_policy("../strict")  # a path is never looked up among the bundled names
 
