@@ -129,7 +129,8 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
             # encoder-level backdoor and cancel it, so score without a reference
             statistic = det.absolute_statistic
             warnings.append(
-                f"the checkpoint embeds its backbone and no published weights were given to check it: the towers are unverified "
+                f"the checkpoint's backbone is not a published one it can be checked against (it embeds its tower, or names a weights file "
+                f"instead of a pretrained tag) and no published weights were given: the towers are unverified "
                 f"and classes were scored with the reference-free '{statistic}'; pass --reference-weights with the published backbone"
             )
         else:

@@ -160,3 +160,29 @@ def test_truncated_safetensors_weights(files, tmp_path: Path) -> None:
 def test_missing_weights_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         build_backbone(_spec(), weights=tmp_path / "nope.safetensors")
+
+
+def test_a_pretrained_tag_is_the_tag_even_beside_a_file_of_that_name(files, tmp_path, monkeypatch) -> None:
+    """A file called 'openai' in the working directory (a pull request can add one) must not stand
+    in for the published weights: it would read as unverified and demote the scan to the
+    reference-free statistic. The tag is fetched, as open_clip does."""
+    import open_clip
+
+    from ci_gate.model.backbone import resolve_weights
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "openai").write_bytes(files["safetensors"].read_bytes())
+    fetched = []
+    monkeypatch.setattr(open_clip, "download_pretrained", lambda cfg, cache_dir=None: fetched.append(cfg) or str(files["safetensors"]))
+    assert resolve_weights(BackboneSpec(architecture="ViT-B-16", pretrained="openai"), None, None) == files["safetensors"]
+    assert fetched, "the tag was not fetched"
+    # a name that is no tag of the architecture still reads the file it names
+    (tmp_path / "mine.safetensors").write_bytes(b"")
+    assert resolve_weights(BackboneSpec(architecture="ViT-B-16", pretrained="mine.safetensors"), None, None) == Path("mine.safetensors")
+
+
+def test_backbone_weights_for_an_embedded_tower_are_refused(state, files) -> None:
+    spec, _ = embedded_backbone(TINY, state)
+    with pytest.raises(InputError, match="--reference-weights") as err:
+        build_backbone(spec, embedded=state, weights=files["safetensors"])
+    assert err.value.path == str(files["safetensors"])

@@ -159,19 +159,28 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def pretrained_tag_cfg(spec: BackboneSpec) -> dict:
+    """open_clip's entry for the checkpoint's 'pretrained' as a tag of its architecture ({} if none)."""
+    if spec.architecture is None or spec.pretrained is None:
+        return {}
+    return open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained) or {}
+
+
 def resolve_weights(spec: BackboneSpec, weights: Path | None, cache_dir: Path | None) -> Path:
-    """Find the weights file: an explicit path wins, then a file named by 'pretrained', then a tag."""
+    """Find the weights file: an explicit path wins, then a pretrained tag, then a file named by
+    'pretrained'. A tag comes before a file, as in open_clip: a file called ``openai`` in the
+    working directory (a pull request can add one) must not stand in for the published weights."""
     if weights is not None:
         if not weights.is_file():
             raise InputError(weights, "backbone weights file not found")
         return weights
     ref = spec.pretrained
     assert ref is not None
-    if Path(ref).is_file():
+    cfg = pretrained_tag_cfg(spec)
+    if not cfg and Path(ref).is_file():
         return Path(ref)
     if spec.architecture is None:
         raise InputError(ref, "backbone weights file not found (inline configs need a local weights file)")
-    cfg = open_clip.get_pretrained_cfg(spec.architecture, ref)
     if not cfg:
         raise InputError(ref, f"neither a file nor a pretrained tag of {spec.architecture}; pass --backbone-weights FILE")
     try:
@@ -192,12 +201,16 @@ def build_backbone(
     notes: list[str] = []
     verified = False
     if spec.embedded:
+        if weights is not None:
+            # the embedded tower is what deployment runs; the user meant to check it against theirs
+            raise InputError(weights, "--backbone-weights is not used for a checkpoint that embeds its backbone; pass it as --reference-weights to compare the embedded tower with it")
         state = dict(embedded or {})
         digest = backbone_digest(state)
         reference = "embedded"
     else:
         path = resolve_weights(spec, weights, cache_dir)
-        verified = weights is not None or not Path(str(spec.pretrained)).is_file()
+        # a tag, or the user's own file: the published tower; a file the checkpoint names is not
+        verified = weights is not None or bool(pretrained_tag_cfg(spec))
         digest = sha256_file(path)
         if spec.sha256 and digest != spec.sha256:
             raise InputError(path, f"backbone weights SHA-256 {digest[:12]}... does not match the pinned {spec.sha256[:12]}...")

@@ -95,7 +95,7 @@ def headline_warnings(result: Result) -> list[str]:
         )
     elif enc.status == "unverified":
         lines.append(
-            "Unverified towers: the checkpoint embeds its backbone and no published weights were given to compare it with, "
+            "Unverified towers: the checkpoint embeds its backbone (or names a weights file, not a pretrained tag) and no published weights were given to compare it with, "
             "so an encoder-level backdoor cannot be ruled out by the tensor comparison."
         )
     if result.suspicious:
