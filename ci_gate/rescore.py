@@ -5,11 +5,19 @@ ladder, the clean reference's values included), so a statistic, ``k``, ``min_asr
 changed after the fact: ``ci-gate report result.json --rescore --set detection.k=3`` and the
 detection benchmark's statistic variants both go through :func:`rescore`. Pure, and torch-free
 like every reader of a Result.
+
+The file is trusted for what was scanned, nothing more: the policy that decides is the caller's
+(:func:`redecision_policy`), so an edited result.json cannot turn its own gate off. Its numbers
+still decide; integrity against whoever wrote the file needs a signature or a new scan.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+
+from pydantic import ValidationError
 
 from ci_gate.errors import InputError
 from ci_gate.policy import Policy
@@ -34,8 +42,12 @@ def rung_stats(result: Result) -> list[list[ClassStats]]:
     published = result.detection.reference == "published"
     for c in result.classes:
         values = [c.base_rate, c.clean_loss] + [v for r in c.rungs for v in (r.asr, r.final_loss)]
+        refs = [c.ref_clean_loss] + [v for r in c.rungs for v in (r.ref_asr, r.ref_final_loss)]
+        if not published and any(v is not None for v in refs):
+            # a scan without a trusted reference records none: this is an edit that would switch
+            # the decision to the weaker reference-free statistic
+            raise InputError(None, f"class {c.index} has the clean reference's values though detection.reference is {result.detection.reference!r}")
         if published:
-            refs = [c.ref_clean_loss] + [v for r in c.rungs for v in (r.ref_asr, r.ref_final_loss)]
             if any(v is None for v in refs):
                 raise InputError(None, f"class {c.index} lacks the clean reference's values though detection.reference is 'published'")
             values += refs
@@ -52,6 +64,38 @@ def rung_stats(result: Result) -> list[list[ClassStats]]:
         ]
         for r in range(n)
     ]
+
+
+# The sections of a policy that shaped the scan (what was inverted, on which images, under which
+# seed): the saved per-class values depend on them, so a re-decision keeps the scan's. The rest,
+# the decision's settings and report.fail_on among them, comes from whoever re-decides: a saved
+# result is a file anybody could have edited, and its own fail_on could switch the gate off.
+SCAN_SHAPE = ("seed", "device", "pool", "candidates", "inversion")
+
+
+def settings_sha256(settings: dict) -> str:
+    """Policy.sha256() of the policy whose ``model_dump(mode="json")`` is ``settings``, as a scan
+    records the two side by side (ci_gate.scan)."""
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def scanned_policy(result: Result) -> Policy:
+    """The policy the scan recorded, refused unless its record holds together."""
+    try:
+        policy = Policy.model_validate(result.policy.settings)
+    except ValidationError:
+        raise InputError(None, "policy.settings is not a valid policy") from None
+    # after validation: a valid policy is shallow, so hashing it cannot exhaust the stack
+    if settings_sha256(result.policy.settings) != result.policy.sha256:
+        raise InputError(None, "policy.sha256 does not match policy.settings: the scan's recorded policy was edited")
+    return policy
+
+
+def redecision_policy(result: Result, policy: Policy) -> Policy:
+    """``policy`` with the scan shape of the result's own policy (SCAN_SHAPE)."""
+    scanned = scanned_policy(result).model_dump(mode="json")
+    return Policy.model_validate({**policy.model_dump(mode="json"), **{key: scanned[key] for key in SCAN_SHAPE}})
 
 
 def statistic_for(result: Result, policy: Policy) -> str:

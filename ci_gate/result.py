@@ -111,6 +111,15 @@ class PolicyInfo(_Model):
     sha256: str
     settings: dict = Field(description="the full, validated policy after overrides")
 
+    @field_validator("settings")
+    @classmethod
+    def _report_is_a_mapping(cls, value: dict) -> dict:
+        # reporters and gates read their keys from settings["report"] (ci_gate.report.settings):
+        # anything but a mapping there would crash them rather than be refused as bad input
+        if not isinstance(value.get("report") or {}, dict):
+            raise ValueError("policy.settings.report is not a mapping")
+        return value
+
 
 Family = Literal["linf", "patch"]
 
@@ -251,14 +260,33 @@ class Result(_Model):
         return path
 
 
+# A scan of ten thousand classes writes about 40 MiB; a file far larger is a mistake or an attempt
+# to exhaust the memory of whoever renders it.
+MAX_RESULT_BYTES = 64 << 20
+
+
+def _read_bounded(path: Path) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_RESULT_BYTES + 1)
+    except OSError as exc:
+        raise InputError(path, f"cannot read the result file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_RESULT_BYTES:
+        raise InputError(path, f"result file larger than {MAX_RESULT_BYTES >> 20} MiB")
+    return raw
+
+
 def load_result(path: str | Path) -> Result:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "result file not found")
+    raw = _read_bounded(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(path, f"not valid JSON: {exc}") from exc
+    except RecursionError:  # the decoder recurses per nesting level: a file built to exhaust the stack
+        raise InputError(path, "not valid JSON: nested too deeply") from None
     version = str(data.get("schema_version", "")) if isinstance(data, dict) else ""
     if version.split(".")[0] != RESULT_SCHEMA_VERSION.split(".")[0]:
         raise InputError(path, f"unsupported result schema version {version!r} (this ci-gate reads {RESULT_SCHEMA_VERSION})")

@@ -109,7 +109,21 @@ def test_ladder_input_errors():
 def _saved_ladder_result(tmp_path):
     from result_factory import make_ladder_result
 
-    return make_ladder_result(tmp_path)
+    from ci_gate.result import PolicyInfo
+
+    # the policy recorded as a scan records it (rescore refuses settings its sha256 does not match)
+    saved, policy = make_ladder_result(tmp_path)
+    info = PolicyInfo(name=policy.name, path=None, sha256=policy.sha256(), settings=policy.model_dump(mode="json"))
+    return saved.model_copy(update={"policy": info}), policy
+
+
+def _without_reference(result):
+    """What a scan without a trusted reference writes: no ref_* values."""
+    classes = [
+        c.model_copy(update={"ref_clean_loss": None, "rungs": [r.model_copy(update={"ref_asr": None, "ref_final_loss": None}) for r in c.rungs]})
+        for c in result.classes
+    ]
+    return result.model_copy(update={"classes": classes, "detection": result.detection.model_copy(update={"reference": "none"})})
 
 
 def test_rescoring_a_saved_result_is_the_scans_decision_and_follows_new_settings(tmp_path):
@@ -127,8 +141,7 @@ def test_rescoring_a_saved_result_is_the_scans_decision_and_follows_new_settings
     lenient, _ = load_policy("default", ["detection.k=1000", "detection.extreme=2000"])
     assert rescore(saved, lenient).verdict == "clean"
     # without a trusted reference the reference-free statistic decides, as in the scan
-    blind = saved.model_copy(update={"detection": saved.detection.model_copy(update={"reference": "none"})})
-    assert rescore(blind, policy).detection.statistic == det.absolute_statistic
+    assert rescore(_without_reference(saved), policy).detection.statistic == det.absolute_statistic
 
 
 def test_report_rescore_cli_writes_a_new_folder_and_leaves_the_saved_one(tmp_path, capsys):

@@ -46,16 +46,27 @@ def referenced_paths(result: Result) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
+def relative_parts(rel: str) -> tuple[str, ...] | None:
+    """The components of an artifact path as a path below a folder; None when it is absolute, climbs
+    out with ``..`` or names the folder itself (a scan writes none of these)."""
+    posix = PurePosixPath(rel.replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts or not posix.parts:
+        return None
+    return posix.parts
+
+
 def resolve(result_dir: Path, rel: str) -> Path | None:
     """The file for a relative artifact path, or None if it is absent or points outside result_dir."""
-    posix = PurePosixPath(rel.replace("\\", "/"))
-    if posix.is_absolute() or ".." in posix.parts:
+    parts = relative_parts(rel)
+    if parts is None:
         return None
     root = result_dir.resolve()
-    path = (root / Path(*posix.parts)).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
+    try:
+        path = (root / Path(*parts)).resolve()
+        found = path.is_relative_to(root) and path.is_file()
+    except (OSError, ValueError):  # a name too long, or with a NUL byte: no such file, not a crash
         return None
-    return path
+    return path if found else None
 
 
 def read_png(result_dir: Path, rel: str) -> bytes | None:
