@@ -37,6 +37,7 @@ from ci_gate.checkpoint.format import (
     load_checkpoint,
 )
 from ci_gate.cli import main
+from ci_gate.errors import InputError
 from ci_gate.learners import KINDS
 
 # what must never reach a terminal from a message about attacker-written data
@@ -360,6 +361,16 @@ CASES = [
     pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c["vision_cfg"].update(timm_model_name="vit_base_patch16_224", timm_model_pretrained=True))),
                  r"vision_cfg.timm_model_pretrained: an inline config may not download tower weights", id="config-downloads-weights"),
     pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c["vision_cfg"].update(mlp_ratio=1e300))), r"vision_cfg.mlp_ratio 1e\+300 is outside", id="config-mlp-ratio-huge"),
+    # the text tower must read the CLIP tokenizer's ids, the only tokenizer ci-gate prompts with
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c["text_cfg"].update(vocab_size=100))),
+                 r"metadata.backbone.config: text_cfg.vocab_size 100 is smaller than the vocabulary of the CLIP tokenizer .*\(49408 tokens\)", id="config-vocab-below-tokenizer"),
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c["text_cfg"].update(embed_cls=True))), r"metadata.backbone.config: text_cfg.embed_cls: ", id="config-text-embed-cls"),
+    pytest.param(_mk("m.safetensors", lambda: inline_config(lambda c: c["text_cfg"].update(pool_type="eos"))),
+                 r"metadata.backbone.config: text_cfg.eos_id 2: pool_type 'eos' pools at that token, and the CLIP tokenizer ends every prompt with 49407", id="config-eos-pool-other-token"),
+    pytest.param(_mk("m.safetensors", lambda: meta_text(in_field("backbone", architecture="ViT-L-14-CLIPA"))),
+                 r"metadata.backbone.architecture: ViT-L-14-CLIPA's text_cfg.vocab_size 32000 is smaller", id="architecture-vocab-below-tokenizer"),
+    pytest.param(_mk("m.safetensors", lambda: meta_text(in_field("backbone", architecture="ViT-H-14-worldwide"))),
+                 r"metadata.backbone.architecture: ViT-H-14-worldwide's text_cfg.eos_id 2: pool_type 'eos'", id="architecture-other-tokenizer"),
     # the tensors
     pytest.param(tensors_case({"ctx": torch.zeros(4, WIDTH, dtype=torch.int32)}), r"tensor 'ctx' has dtype I32; learner tensors must be F32, F16 or BF16", id="ctx-int32"),
     pytest.param(tensors_case({"ctx": torch.zeros(4, WIDTH, dtype=torch.bool)}), r"tensor 'ctx' has dtype BOOL", id="ctx-bool"),
@@ -388,6 +399,9 @@ CASES = [
     pytest.param(_mk("m.safetensors", lambda: st_bytes(embedded(digest_of={"other": torch.ones(1)})[0], L(), embedded()[1])), r"do not match their pinned SHA-256", id="backbone-digest-mismatch"),
     pytest.param(_mk("m.safetensors", lambda: st_bytes(embedded()[0], L())), r"embedded but the file has no backbone tensors", id="embedded-without-backbone"),
     pytest.param(_mk("m.safetensors", lambda: st_bytes(meta_dict(), L(), {"w": torch.zeros(2)})), r"backbone tensors present but metadata says the backbone is not embedded", id="backbone-not-declared"),
+    # zero-shot has no learner tensors, and ignored backbone tensors would still ride along with the file
+    pytest.param(_mk("m.safetensors", lambda: st_bytes(meta_dict("zeroshot", n_ctx=0, ctx_init=None), {}, {"visual.proj": torch.zeros(2)})),
+                 r"backbone tensors present but metadata says the backbone is not embedded", id="zeroshot-backbone-not-declared"),
 ]
 
 
@@ -490,3 +504,73 @@ def test_valid_safetensors_named_bin_passes_the_loader_and_fails_later_at_the_po
     assert code == 2
     assert stderr.startswith(f"ci-gate: error: {pool}: pool has "), stderr
     assert str(path) not in stderr
+
+
+# --- real towers: the inline config is read by open_clip, the prompts by the CLIP tokenizer -------
+
+
+def _tiny_zeroshot(path: Path, text_cfg: dict) -> Path:
+    """A zero-shot checkpoint whose embedded tiny-32 tower is built from the edited config, so its
+    tensors fit it: only the prompts' token ids (or positions) can fail it."""
+    from ci_gate.model.small import random_clip_state, small_config
+
+    cfg = small_config("tiny-32")
+    cfg["text_cfg"].update(text_cfg)
+    state = random_clip_state(cfg, seed=0)
+    meta = meta_dict("zeroshot", n_ctx=0, ctx_init=None)
+    meta["backbone"] = {"architecture": None, "config": cfg, "pretrained": None, "sha256": backbone_digest(state), "quick_gelu": False, "embedded": True}
+    meta["preprocessing"]["image_size"] = 32
+    path.write_bytes(st_bytes(meta, {}, state))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text_cfg", "problem"),
+    [
+        # token ids up to 49407 index a 100-row embedding: IndexError (a device assert on CUDA), exit 3
+        pytest.param({"vocab_size": 100}, "text_cfg.vocab_size 100 is smaller than the vocabulary of the CLIP tokenizer", id="vocab-100"),
+        pytest.param({"vocab_size": 49407}, "text_cfg.vocab_size 49407 is smaller", id="vocab-one-short"),
+        # 78 positions for 77 tokens: RuntimeError in CLIP.encode_text, exit 3
+        pytest.param({"embed_cls": True}, "text_cfg.embed_cls: CLIP's built-in text tower has no class embedding", id="embed-cls"),
+        # pooled at the start token for every class: identical text features, a scan of nothing (exit 0)
+        pytest.param({"pool_type": "eos", "eos_id": 2}, "text_cfg.eos_id 2: pool_type 'eos' pools at that token", id="eos-pool-at-another-token"),
+    ],
+)
+def test_text_tower_that_cannot_read_the_tokenizer_is_exit_2(tmp_path: Path, pool: Path, capsys, one_thread, text_cfg: dict, problem: str) -> None:
+    path = _tiny_zeroshot(tmp_path / "m.safetensors", text_cfg)
+    code, stdout, stderr = run_cli(["verify", str(path), "--pool", str(pool), "--out", str(tmp_path / "out"), "--quiet"], capsys)
+    assert (code, stdout) == (2, ""), stderr
+    assert len(stderr.splitlines()) == 1 and stderr.startswith(f"ci-gate: error: {path}: metadata.backbone.config: {problem}"), stderr
+
+
+def test_a_context_too_short_for_the_zero_shot_prompts_is_exit_2(tmp_path: Path, one_thread) -> None:
+    from ci_gate.errors import InputError
+    from ci_gate.model.factory import load_classifier
+
+    # 6 tokens: the tokenizer would cut every prompt to "a photo of a", one text feature for all
+    # classes, a scan of nothing
+    path = _tiny_zeroshot(tmp_path / "m.safetensors", {"context_length": 6})
+    with pytest.raises(InputError, match=r"class_names\[0\] is too long for the text encoder's context of 6 tokens") as err:
+        load_classifier(path)
+    assert str(path) in str(err.value)
+
+
+def test_text_tower_that_reads_the_tokenizer_loads(tmp_path: Path, one_thread) -> None:
+    from ci_gate.model.factory import load_classifier
+
+    # a larger table than the tokenizer needs, and EOS pooling at its end token, are fine
+    path = _tiny_zeroshot(tmp_path / "m.safetensors", {"vocab_size": 49500, "pool_type": "eos", "eos_id": 49407})
+    assert load_classifier(path).classifier.class_names == ["cat", "dog", "golden_retriever"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_backbone_tensors_without_embedded_are_refused_for_every_kind(tmp_path: Path, kind: str) -> None:
+    from checkpoint_edit import rewrite_metadata, tiny_checkpoint
+
+    src = tiny_checkpoint(tmp_path / "embedded.safetensors", kind, ["cat", "dog"])
+    # the same file with the backbone declared as published weights: its tensors would be ignored
+    dst = rewrite_metadata(src, tmp_path / "stray.safetensors", lambda m: m["backbone"].update(embedded=False, pretrained="published.pt"))
+    with pytest.raises(InputError, match="backbone tensors present but metadata says the backbone is not embedded") as err:
+        load_checkpoint(dst)
+    assert err.value.path == str(dst)
+    assert load_checkpoint(src).backbone_tensors

@@ -146,6 +146,34 @@ def test_export_cli_refuses_what_the_gate_did_not_pass(models, tmp_path, capsys)
     assert out.exists() == (got == 0) and (got != 0 or stdout.split()[0] == sha256_file(out))
 
 
+def _modified_tower_under_never(real: Path, out: Path) -> Path:
+    """The real verify's result as `verify --fail-on never` writes it for a modified tower: verdict
+    clean, exit 0, and report.fail_on never in its settings."""
+    policy = load_result(real).policy
+    settings = {**policy.settings, "report": {**policy.settings.get("report", {}), "fail_on": "never"}}
+    return with_verdict(real, out, "clean", encoder=EncoderInfo(status="modified", n_tensors=9, n_changed=1),
+                        policy=policy.model_copy(update={"settings": settings}))
+
+
+def test_export_and_attest_refuse_a_modified_tower_whatever_fail_on(models, tmp_path, capsys):
+    coop = models["coop"]
+    never = _modified_tower_under_never(coop["real"], tmp_path / "never.json")
+    out = tmp_path / "m.onnx"
+    code, stdout, err = run_cli(["export", coop["checkpoint"], "--onnx", out, "--result", never], capsys)
+    assert (code, stdout) == (1, "") and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and "failed its gate: the delivered towers are modified" in err and "1 of 9 tensors" in err, err
+    # an export attested against that result (only the result's digest differs from the clean
+    # export's, and metadata_props lie outside the graph digest): attest fails it on the gate alone
+    onnx_file = _rewrite(coop["onnx"], tmp_path / "never.onnx", meta={"result_sha256": sha256_file(never)})
+    code, stdout, err = run_cli(["attest", onnx_file, "--result", never, "--quiet"], capsys)
+    assert (code, stdout) == (1, "")
+    assert err.startswith(f"ci-gate: error: {onnx_file}: attestation fails: gate (result): the result failed its gate: the delivered towers are modified"), err
+    # --allow-unverified still exports it, recording why
+    code, _, err = run_cli(["export", coop["checkpoint"], "--onnx", out, "--result", never, "--allow-unverified"], capsys)
+    meta = {p.key[len(PREFIX):]: p.value for p in onnx.load(str(out)).metadata_props}
+    assert code == 0 and meta["verified"] == "false" and "towers are modified" in meta["unverified_reasons"]
+
+
 def test_allow_unverified_is_recorded_and_attest_refuses_it(models, tmp_path, capsys):
     coop = models["coop"]
     out = tmp_path / "unverified.onnx"

@@ -9,6 +9,7 @@ load, which is why it is the only format ci-gate reads directly.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -171,11 +172,20 @@ class BackboneSpec(_Meta):
     quick_gelu: StrictBool | None = None
     embedded: StrictBool = False
 
+    @field_validator("architecture")
+    @classmethod
+    def _architecture(cls, architecture: str | None) -> str | None:
+        if architecture is not None:
+            check_named_text_tower(architecture)
+        return architecture
+
     @field_validator("config")
     @classmethod
     def _config(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:
         if config is not None:
             check_inline_config(config)
+            if builtin_text_tower(config):
+                check_tokenizer_fit(config["text_cfg"], "text_cfg")
         return config
 
     @model_validator(mode="after")
@@ -244,6 +254,54 @@ def check_inline_config(config: dict[str, Any]) -> None:
                 raise ValueError(f"{key}.{name}: an inline config may not download tower weights; embed or pin them")
             if name == "mlp_ratio" and not 0 < value <= 64:
                 raise ValueError(f"{key}.mlp_ratio {value} is outside (0, 64]")
+
+
+@functools.cache
+def clip_tokenizer_ids() -> tuple[int, int]:
+    """(vocabulary size, end-of-text id) of the tokenizer every prompt goes through: open_clip's
+    CLIP BPE tokenizer, whatever the text tower (ci_gate.model.backbone builds no other)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tokenizer = SimpleTokenizer()
+    return len(tokenizer.encoder), tokenizer.eot_token_id
+
+
+def builtin_text_tower(config: dict[str, Any]) -> bool:
+    """Whether CLIP builds the config's text tower itself; the backbone loader refuses custom and
+    Hugging Face text towers (ci_gate.model.backbone), naming them, so only these are checked."""
+    return "custom_text" not in config and "hf_model_name" not in config.get("text_cfg", {})
+
+
+def check_tokenizer_fit(text_cfg: dict[str, Any], where: str) -> None:
+    """Raise ValueError if a built-in text tower cannot read the CLIP tokenizer's output as
+    open_clip's CLIP.encode_text runs it: ids out of its embedding table index out of range (a
+    device-side assert on CUDA), and a tower that pools at another end token reads position 0,
+    the same start token, for every class. Separate from check_inline_config, which accepts what
+    open_clip builds: some of its registered towers are built for another tokenizer."""
+    from open_clip.model import CLIPTextCfg
+
+    vocab, eot = clip_tokenizer_ids()
+    size = text_cfg.get("vocab_size", CLIPTextCfg.vocab_size)
+    if size < vocab:
+        raise ValueError(f"{where}.vocab_size {_show(size, 24)} is smaller than the vocabulary of the CLIP tokenizer every prompt is tokenized with ({vocab} tokens)")
+    if text_cfg.get("embed_cls"):
+        # CLIP keeps the tower's context_length + 1 positions but drops its class embedding
+        raise ValueError(f"{where}.embed_cls: CLIP's built-in text tower has no class embedding; its context_length + 1 positions do not fit the tokenizer's context_length tokens")
+    pool, eos = text_cfg.get("pool_type", CLIPTextCfg.pool_type), text_cfg.get("eos_id", CLIPTextCfg.eos_id)
+    if pool == "eos" and eos != eot:
+        raise ValueError(f"{where}.eos_id {_show(eos, 24)}: pool_type 'eos' pools at that token, and the CLIP tokenizer ends every prompt with {eot}")
+
+
+def check_named_text_tower(architecture: str) -> None:
+    """check_tokenizer_fit for a registered open_clip architecture: some (CLIPA, the 'worldwide'
+    towers) are built-in text towers trained with another tokenizer. An unknown name is left to
+    the backbone loader, which refuses it by name."""
+    import open_clip
+
+    cfg = open_clip.get_model_config(architecture)
+    if cfg is None or not builtin_text_tower(cfg):
+        return
+    check_tokenizer_fit(cfg.get("text_cfg", {}), f"{architecture}'s text_cfg")
 
 
 def _bounded(name: str, value: int) -> None:
@@ -552,5 +610,7 @@ def _check_layout(path: Path, meta: CheckpointMeta, layout: dict[str, tuple[str,
     if meta.backbone.embedded:
         if not backbone:
             raise InputError(path, "metadata says the backbone is embedded but the file has no backbone tensors")
-    elif backbone and learner_type.tensors_required:
+    elif backbone:
+        # every learner kind, zero-shot included: the scan loads the published weights, so a tower
+        # in the file would ride along with it (and in its SHA-256) without ever being scanned
         raise InputError(path, "backbone tensors present but metadata says the backbone is not embedded")

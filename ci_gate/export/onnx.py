@@ -92,13 +92,18 @@ def check_result(result_path: Path | None, checkpoint_sha256: str, backbone_sha2
 
 
 def not_clean(result: Result) -> str | None:
-    """Why a result does not let its model ship, or None: the verdict, and the gate the policy set."""
+    """Why a result does not let its model ship, or None: the verdict, a modified tower, and the
+    gate the policy set."""
     if result.verdict != "clean":
         target = f" (target '{result.target_class}')" if result.target_class else ""
         return f"verdict is {result.verdict}{target}"
+    if result.encoder.modified:
+        # whatever report.fail_on says: 'never' only keeps verify's exit code at 0, and a tower
+        # that is not the published one must not ship with an attestation that says verified
+        return f"failed its gate: the delivered towers are modified (encoder.status modified, {result.encoder.n_changed} of {result.encoder.n_tensors} tensors changed)"
     fail_on = str(result.policy.settings.get("report", {}).get("fail_on", "backdoor"))
     if result.gate_fails(fail_on):
-        return "failed its gate (modified encoder or suspicious classes under report.fail_on=" + fail_on + ")"
+        return "failed its gate (suspicious classes under report.fail_on=" + fail_on + ")"
     return None
 
 

@@ -28,6 +28,14 @@ from torch import nn
 ClassTokenPosition = Literal["end", "middle", "front"]
 
 
+def check_prompt_tokens(tokens: torch.Tensor) -> None:
+    """The tokenized prompts of every class, one row each, must fit the context and differ."""
+    if (tokens[:, -1] != 0).any():
+        i = int((tokens[:, -1] != 0).nonzero()[0])
+        raise ValueError(f"learner.class_names[{i}] is too long for the text encoder's context of {tokens.shape[1]} tokens")
+    _refuse_twins(tokens)
+
+
 def _refuse_twins(tokens: torch.Tensor) -> None:
     """Two classes whose prompts tokenize alike tie on every input: each one's margin is pinned at
     0, so the scan can never flag it, while deployment's argmax still picks the first. The
@@ -49,10 +57,7 @@ class PromptTokens(nn.Module):
         texts = [f"{placeholder} {name.replace('_', ' ')}." for name in class_names]
         tokens = tokenizer(texts)
         eos = _eos_positions(tokenizer, tokens)
-        if (tokens[:, -1] != 0).any():
-            i = int((tokens[:, -1] != 0).nonzero()[0])
-            raise ValueError(f"learner.class_names[{i}] is too long for the text encoder's context of {tokens.shape[1]} tokens")
-        _refuse_twins(tokens)
+        check_prompt_tokens(tokens)
         with torch.no_grad():
             emb = clip.token_embedding(tokens).detach()
         self.n_ctx = n_ctx

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ci_gate.learners.base import Learner
-from ci_gate.learners.tokens import PromptTokens
+from ci_gate.learners.tokens import PromptTokens, check_prompt_tokens
 
 if TYPE_CHECKING:
     from ci_gate.model.text import TextEncoder
@@ -43,6 +43,8 @@ class ZeroShot(Learner):
 
     def bind(self, backbone, class_names: list[str], n_ctx: int) -> PromptTokens:
         tokens = backbone.tokenizer([TEMPLATE.format(n.replace("_", " ")) for n in class_names])
+        # the tokenizer truncates silently: a short context would leave every class "a photo of a"
+        check_prompt_tokens(tokens)
         with torch.no_grad():
             self.features = F.normalize(backbone.clip.encode_text(tokens).float(), dim=-1)
         return PromptTokens(backbone.clip, backbone.tokenizer, class_names, 0)
