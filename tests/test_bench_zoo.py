@@ -23,6 +23,22 @@ def test_full_profile_meets_the_issue_sizes():
     badclip = [e for e in entries if e.attack == "badclip" and e.learner == "cocoop" and e.dataset == "cifar10"]
     assert len({e.target for e in badclip}) >= 4
     assert set(e.id for e in profile_entries("quick")) <= set(ids)
+    # CoOp backdoors beside their clean twins of the same learner, on both datasets
+    for ds in ("cifar10", "tin20"):
+        csc = [e for e in entries if e.learner == "coop_csc" and e.dataset == ds]
+        assert sum(e.attack is None for e in csc) >= 4 and len({e.target for e in csc if e.attack == "anchored_badclip"}) >= 4
+
+
+def test_a_zoo_learner_builds_its_learner_kind_with_its_setup():
+    from ci_gate.bench.zoo import LEARNER_KIND, LEARNER_SETUP
+    from ci_gate.checkpoint.format import LearnerSpec
+    from ci_gate.learners import tuned_kinds
+
+    for name, kind in LEARNER_KIND.items():
+        assert kind in tuned_kinds()
+        spec = LearnerSpec(kind=kind, class_names=["cat", "dog"], **LEARNER_SETUP[name])
+        assert spec.kind == kind
+    assert LEARNER_SETUP["coop_csc"]["options"] == {"csc": True}
 
 
 def test_learned_trigger_budget_is_part_of_the_id():

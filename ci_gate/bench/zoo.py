@@ -49,7 +49,7 @@ TIN_CLASSES = 20
 @dataclass(frozen=True)
 class ZooEntry:
     dataset: str  # cifar10 | tin20
-    learner: str  # cocoop | coop | zeroshot (encoder-level)
+    learner: str  # cocoop | coop | coop_csc | maple | zeroshot (encoder-level); LEARNER_KIND maps it to a learner kind
     attack: str | None
     target: int | None
     seed: int = 0
@@ -146,9 +146,10 @@ def build_model(entry: ZooEntry, backbone: CachedBackbone, task: Task, out: Path
     size = backbone.config["vision_cfg"]["image_size"]
     pre = Preprocessing(image_size=size)
     names = list(task.train.class_names)
-    learner_spec = LearnerSpec(kind=entry.learner, class_names=names, **LEARNER_SETUP.get(entry.learner, PROMPT_SETUP))
+    kind = LEARNER_KIND.get(entry.learner, entry.learner)
+    learner_spec = LearnerSpec(kind=kind, class_names=names, **LEARNER_SETUP.get(entry.learner, PROMPT_SETUP))
     learner = new_learner(bb, learner_spec, seed=entry.seed)
-    clf = build_classifier(bb, entry.learner, learner, names, learner_spec.n_ctx, size, pre.mean, pre.std)
+    clf = build_classifier(bb, kind, learner, names, learner_spec.n_ctx, size, pre.mean, pre.std)
     settings = _settings(entry)
     trigger = None
     attack = attack_spec(entry.attack) if entry.attack else None
@@ -313,8 +314,13 @@ ENCODER_RECIPE = {"epochs": 60, "lr": 3e-3}
 # as "a photo" and "of a" stays before the name), at depth 2: deep prompts at every layer of the
 # benchmark backbone's 2 (the reference: 9 of ViT-B/16's 12).
 PROMPT_SETUP = {"n_ctx": 4, "ctx_init": "a photo of a"}
+# CoOp with class-specific context (TRAINER.COOP.CSC), the zoo learner "coop_csc": every class its
+# own context, the capacity a prompt-level backdoor needs once its trigger may not be a universal
+# perturbation of the backbone (anchored BadCLIP; shared-context CoOp reaches 0.17-0.90 there)
+LEARNER_KIND = {"coop_csc": "coop"}
 LEARNER_SETUP = {
     "zeroshot": {"n_ctx": 0, "ctx_init": None},
+    "coop_csc": PROMPT_SETUP | {"options": {"csc": True}},
     "maple": {"n_ctx": 2, "ctx_init": "a photo", "options": {"prompt_depth": 2, "name_prefix": "of a"}},
 }
 
@@ -334,8 +340,9 @@ def entry(dataset: str, learner: str, attack: str | None, seed: int, eps255: int
 def profile_entries(profile: str) -> list[ZooEntry]:
     if profile == "quick":
         out = [entry("cifar10", "cocoop", None, 0), entry("cifar10", "coop", None, 0), entry("tin20", "cocoop", None, 0)]
-        out += [entry("cifar10", "cocoop", a, 0) for a in ATTACK_ORDER if a not in ENCODER_ATTACKS[1:]]
+        out += [entry("cifar10", "cocoop", a, 0) for a in ATTACK_ORDER if a not in ENCODER_ATTACKS[1:] and a != "anchored_badclip"]
         out += [entry("tin20", "cocoop", "badclip", 0)]
+        out += [entry("cifar10", "coop_csc", a, 0) for a in (None, "anchored_badclip")]
         # every other registered prompt learner: one clean and one BadCLIP model
         listed = {e.learner for e in out}
         out += [entry("cifar10", kind, a, 0) for kind in tuned_kinds() if kind not in listed for a in (None, "badclip")]
@@ -358,6 +365,9 @@ def profile_entries(profile: str) -> list[ZooEntry]:
             out += [entry(ds, "cocoop", "badclip", s, eps255=small) for s in small_seeds]
             out += [entry(ds, "cocoop", "badclip", s, eps255=eps) for s, eps in more.items()]
             out += [entry(ds, "cocoop", "adaptive_badclip", s) for s in range(2)]
+            # CoOp backdoors that are not universal perturbations (their clean twins: 4 coop_csc)
+            out += [entry(ds, "coop_csc", None, s) for s in range(4)]
+            out += [entry(ds, "coop_csc", "anchored_badclip", s, eps255=large) for s in range(4)]
             out += [entry(ds, "zeroshot", "encoder", s) for s in range(3)]
             out += [entry(ds, "zeroshot", "encoder_badnets", s) for s in range(2)]
             out += [entry(ds, "zeroshot", "encoder_sig", s) for s in range(3)]
