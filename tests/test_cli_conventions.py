@@ -38,11 +38,13 @@ def test_a_bundled_policy_is_found_by_name_with_or_without_suffix(tmp_path, monk
     assert folder == policies_dir().resolve()
 
 
-def test_a_local_file_wins_over_the_bundled_name(tmp_path, monkeypatch):
+def test_a_bundled_name_wins_over_a_local_file_a_path_reads_the_file(tmp_path, monkeypatch):
+    # a pull request can add the file: it must not replace the policy the workflow names
     monkeypatch.chdir(tmp_path)
     (tmp_path / "strict.yaml").write_text("version: 1\nname: mine\n")
-    assert load_policy("strict.yaml")[0].name == "mine"
-    assert load_policy("strict")[0].name == "strict"  # a bare name is the bundled one
+    assert load_policy("strict.yaml")[0].name == "strict"
+    assert load_policy("strict")[0].name == "strict"
+    assert load_policy("./strict.yaml")[0].name == "mine"
 
 
 # --- verify --format json --output ----------------------------------------------------------

@@ -166,9 +166,11 @@ def test_bundled_names_work_with_or_without_a_suffix(tmp_path, capsys, monkeypat
     for spec in ("strict", "strict.yaml", "strict.yml"):
         code, _, err = run(["verify", "absent.safetensors", "--policy", spec, "--pool", "pool", "--out", "out"], capsys)
         assert code == 2 and "absent.safetensors" in err and "policy" not in err, err
-    # a file of that name in the working folder wins over the bundled one
+    # a file of that name in the working folder does not replace the bundled one; as a path it is read
     (tmp_path / "strict.yaml").write_text("name: local\n")
-    code, _, err = run(["verify", "absent.safetensors", "--policy", "strict.yaml", "--out", "out"], capsys)
+    code, _, err = run(["verify", "absent.safetensors", "--policy", "strict.yaml", "--pool", "pool", "--out", "out"], capsys)
+    assert code == 2 and "absent.safetensors" in err and "policy" not in err, err
+    code, _, err = run(["verify", "absent.safetensors", "--policy", "./strict.yaml", "--out", "out"], capsys)
     assert code == 2 and "strict.yaml: a policy must state its version: 1" in err
 
 
