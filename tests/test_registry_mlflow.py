@@ -313,6 +313,29 @@ def test_scan_new_scans_each_untagged_version_once(registry, server, files, tmp_
     assert registry.get_model_version(name, third).tags["ci_gate.verdict"] == "backdoor"
 
 
+def test_promote_refuses_a_modified_tower_whatever_fail_on(registry, server, files, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from ci_gate.model.small import random_clip_state, small_config
+
+    # the published weights the user holds differ from the checkpoint's embedded tower in one tensor
+    published = random_clip_state(small_config("tiny-32"), seed=0)
+    changed = next(k for k in published if k.startswith("visual.") and published[k].is_floating_point())
+    published[changed] = published[changed] + 0.01
+    ref = tmp_path / "published.safetensors"
+    save_file({k: v.contiguous() for k, v in published.items()}, str(ref))
+    never = tmp_path / "never.yaml"
+    never.write_text(TINY_POLICY.replace("name: tiny", "name: tiny-never") + "report: {fail_on: never}\n")
+    v = _register(registry, NAME, files["ckpt"])
+    code, _, err = _verify(capsys, files, server, f"models:/{NAME}/{v}", tmp_path / "out", "policy", "--policy", str(never), "--reference-weights", str(ref), "--quiet")
+    assert code == 0, err  # fail_on: never keeps the job green...
+    assert load_result(tmp_path / "out" / "result.json").encoder.modified
+    code, out, err = _cli(capsys, "registry", "promote", f"models:/{NAME}/{v}", "--alias", "staging", "--policy", str(never), "--tracking-uri", server.uri)
+    # ...it does not make the towers the published ones
+    assert code == 1 and "its encoder differs from the published weights" in out + err
+    assert registry.get_registered_model(NAME).aliases.get("staging") is None
+
+
 def test_promote_refuses_a_version_whose_checkpoint_changed_after_the_scan(registry, server, verified, files, tmp_path, capsys):
     # last in this module: it re-logs the clean version's checkpoint
     v = verified["clean"]["version"]

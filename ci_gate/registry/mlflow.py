@@ -213,7 +213,9 @@ class MlflowRegistry:
                 raise GateFailure(f"{uri}: the {PREFIX}verdict/target tags do not match the logged result")
             if result.verdict == "backdoor":
                 raise GateFailure(f"{uri} verified as BACKDOOR (target {result.target_class!r}) under policy {policy.name!r}; not promoted")
-            if result.gate_fails(policy.report.fail_on):
+            # a modified tower is refused whatever fail_on: 'never' keeps a CI job green, it does
+            # not make the delivered towers the published ones (as export and attest)
+            if result.encoder.modified or result.gate_fails(policy.report.fail_on):
                 why = "its encoder differs from the published weights" if result.encoder.modified else f"report.fail_on={policy.report.fail_on}"
                 raise GateFailure(f"{uri} fails the gate under policy {policy.name!r} ({why}); not promoted")
             # the version's bytes now are the bytes that were scanned: a re-logged artifact is
