@@ -35,11 +35,11 @@ def require(path: Path) -> Path:
 
 # Order of the test files. Under xdist (loadfile, --no-loadscope-reorder: see pyproject) each
 # worker takes the next file in this order. The first user of the session's CIFAR models builds
-# them (two to three minutes); a second user reached meanwhile by the other worker would only
-# wait on the lock, so the other users come last, and the longest files go early so that the run
-# does not end on one worker. A file not named here keeps its place.
-FIRST = ("test_canary.py", "test_demo.py", "test_distributed.py")
-LAST = ("test_verify_reference.py", "test_verify_e2e.py", "test_repair.py")
+# them (two to three minutes) while the other worker runs the long files that do not need them;
+# the models' other users come next (once built, they load in a second), and the many short files
+# last, so that both workers finish together. A file not named here is a short one.
+FIRST = ("test_canary.py", "test_demo.py", "test_distributed.py", "test_report_folder.py")
+CIFAR_USERS = ("test_repair.py", "test_verify_reference.py", "test_verify_e2e.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -47,9 +47,9 @@ def pytest_collection_modifyitems(config, items):
         name = item.path.name
         if name in FIRST:
             return 0, FIRST.index(name)
-        if name in LAST:
-            return 2, LAST.index(name)
-        return 1, 0
+        if name in CIFAR_USERS:
+            return 1, CIFAR_USERS.index(name)
+        return 2, 0
 
     items.sort(key=rank)  # stable: tests keep their order within a file
 
