@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ci_gate.errors import InputError
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write via a temporary file in the same folder and rename, so readers never see half a file."""
@@ -38,3 +40,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def read_bounded(path: Path, limit: int, what: str, shown_limit: str) -> bytes:
+    """The bytes of an input file of at most ``limit`` bytes (``what``: "policy file"...): a larger
+    one is bad input read no further, so an oversized file cannot exhaust memory."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise InputError(path, f"cannot read the {what}: {exc.strerror or exc}") from None
+    if len(raw) > limit:
+        raise InputError(path, f"{what} larger than {shown_limit}")
+    return raw

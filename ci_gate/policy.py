@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ci_gate.errors import InputError
+from ci_gate.io import read_bounded
 from ci_gate.report.formats import format_names
 from ci_gate.scoring.statistics import STATISTICS
 from ci_gate.resources import bundled_policy, bundled_policy_names
@@ -195,8 +196,13 @@ class Policy(_Strict):
         return value
 
     def sha256(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return settings_sha256(self.model_dump(mode="json"))
+
+
+def settings_sha256(settings: dict[str, Any]) -> str:
+    """The hash a scan records for a policy, from its JSON settings (also how a saved record is checked)."""
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class _DuplicateKey(Exception):
@@ -379,13 +385,7 @@ def _read_policy_file(path: Path, spec: str) -> dict[str, Any]:
         raise InputError(_show(spec), f"policy file not found (bundled policies: {', '.join(bundled_policy_names())})")
     if not is_file:
         raise InputError(path, "not a regular file")
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_POLICY_BYTES + 1)
-    except OSError as exc:
-        raise InputError(path, f"cannot read the policy file: {exc.strerror or exc}") from None
-    if len(raw) > MAX_POLICY_BYTES:
-        raise InputError(path, f"policy file larger than {MAX_POLICY_BYTES // 1024} KiB")
+    raw = read_bounded(path, MAX_POLICY_BYTES, "policy file", f"{MAX_POLICY_BYTES // 1024} KiB")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

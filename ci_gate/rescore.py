@@ -13,14 +13,12 @@ still decide; integrity against whoever wrote the file needs a signature or a ne
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 
 from pydantic import ValidationError
 
 from ci_gate.errors import InputError
-from ci_gate.policy import Policy
+from ci_gate.policy import Policy, settings_sha256
 from ci_gate.result import ClassResult, Result
 from ci_gate.scoring import STATISTICS, ClassStats, decide_ladder, named_target
 
@@ -71,13 +69,6 @@ def rung_stats(result: Result) -> list[list[ClassStats]]:
 # the decision's settings and report.fail_on among them, comes from whoever re-decides: a saved
 # result is a file anybody could have edited, and its own fail_on could switch the gate off.
 SCAN_SHAPE = ("seed", "device", "pool", "candidates", "inversion")
-
-
-def settings_sha256(settings: dict) -> str:
-    """Policy.sha256() of the policy whose ``model_dump(mode="json")`` is ``settings``, as a scan
-    records the two side by side (ci_gate.scan)."""
-    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def scanned_policy(result: Result) -> Policy:

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ci_gate.errors import InputError
-from ci_gate.io import atomic_write_text
+from ci_gate.io import atomic_write_text, read_bounded
 from ci_gate.learners import LearnerKind
 
 RESULT_SCHEMA_VERSION = "1.4"  # 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize); 1.3: patch-family rungs; 1.4: detection.min_asr_gain, targets named by rank on a modified tower
@@ -265,22 +265,11 @@ class Result(_Model):
 MAX_RESULT_BYTES = 64 << 20
 
 
-def _read_bounded(path: Path) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_RESULT_BYTES + 1)
-    except OSError as exc:
-        raise InputError(path, f"cannot read the result file: {exc.strerror or exc}") from None
-    if len(raw) > MAX_RESULT_BYTES:
-        raise InputError(path, f"result file larger than {MAX_RESULT_BYTES >> 20} MiB")
-    return raw
-
-
 def load_result(path: str | Path) -> Result:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "result file not found")
-    raw = _read_bounded(path)
+    raw = read_bounded(path, MAX_RESULT_BYTES, "result file", f"{MAX_RESULT_BYTES >> 20} MiB")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -141,16 +141,6 @@ def _rescored(result, result_json: Path, result_dir: Path, formats: str | None, 
         raise typer.Exit(1)
 
 
-def _named_files(result) -> list[tuple[str, str]]:
-    """(field, path) of every file the result names: the only files of its folder a rescore copies."""
-    named = []
-    for i, cls in enumerate(result.classes):
-        named += [(f"classes[{i}].{field}", rel) for field in ("trigger_png", "trigger_tensor") if (rel := getattr(cls, field))]
-    for i, example in enumerate(result.examples):
-        named += [(f"examples[{i}].clean_png", example.clean_png), (f"examples[{i}].triggered_png", example.triggered_png)]
-    return named
-
-
 def _artifact_sources(result, result_json: Path, result_dir: Path) -> list[tuple[tuple[str, ...], Path]]:
     """(path below the new folder, file in the result's folder) for each file the result names.
 
@@ -158,11 +148,11 @@ def _artifact_sources(result, result_json: Path, result_dir: Path) -> list[tuple
     absolute path or one climbing out with '..' (a scan writes neither) is refused, since below
     the staging folder it would point outside --out. Files that are absent, or links out of the
     result's folder, are not copied (the reports show a placeholder, as `ci-gate report` does)."""
-    from ci_gate.report.artifacts import relative_parts, resolve
+    from ci_gate.report.artifacts import named_files, relative_parts, resolve
     from ci_gate.report.sanitize import plain
 
     sources = []
-    for field, rel in _named_files(result):
+    for field, rel in named_files(result):
         parts = relative_parts(rel)
         if parts is None:
             raise InputError(result_json, f"{field} {plain(rel)!r} is not a path inside the result's folder")

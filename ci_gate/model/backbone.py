@@ -25,7 +25,7 @@ from open_clip.model import CLIP
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from safetensors.torch import load_file
 
-from ci_gate.checkpoint.format import BackboneSpec, Preprocessing, backbone_digest
+from ci_gate.checkpoint.format import BackboneSpec, Preprocessing, backbone_digest, builtin_text_tower
 from ci_gate.errors import InputError
 from ci_gate.io import sha256_file
 
@@ -224,7 +224,7 @@ def build_backbone(
     for key in _OPENAI_MARKERS:
         state.pop(key, None)
 
-    if "custom_text" in cfg or "hf_model_name" in cfg.get("text_cfg", {}):
+    if not builtin_text_tower(cfg):
         raise InputError(None, f"backbone {spec.architecture or 'inline'}: only CLIP models with the built-in text tower are supported")
     try:
         clip = CLIP(**cfg, quick_gelu=quick_gelu)

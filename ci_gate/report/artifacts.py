@@ -35,15 +35,19 @@ def trigger_gain(epsilon: float) -> float:
     return 1.0 / (2.0 * epsilon)
 
 
+def named_files(result: Result) -> list[tuple[str, str]]:
+    """(field, path) of every file the Result names, trigger tensors included, in report order."""
+    named = []
+    for i, cls in enumerate(result.classes):
+        named += [(f"classes[{i}].{field}", rel) for field in ("trigger_png", "trigger_tensor") if (rel := getattr(cls, field))]
+    for i, example in enumerate(result.examples):
+        named += [(f"examples[{i}].clean_png", example.clean_png), (f"examples[{i}].triggered_png", example.triggered_png)]
+    return named
+
+
 def referenced_paths(result: Result) -> list[str]:
-    """Every artifact path the Result names, in report order, without duplicates."""
-    paths: list[str] = []
-    for cls in result.classes:
-        if cls.trigger_png:
-            paths.append(cls.trigger_png)
-    for example in result.examples:
-        paths.extend((example.clean_png, example.triggered_png))
-    return list(dict.fromkeys(paths))
+    """Every image path the Result names, in report order, without duplicates."""
+    return list(dict.fromkeys(rel for field, rel in named_files(result) if not field.endswith(".trigger_tensor")))
 
 
 def relative_parts(rel: str) -> tuple[str, ...] | None:
