@@ -74,9 +74,18 @@ def _traceback(exc: BaseException) -> str:
 
 def one_line(text: str) -> str:
     """Messages are one line: a line break in a file name or value could otherwise forge
-    further lines in a CI log (a line starting with ``::`` is a GitHub workflow command)."""
+    further lines in a CI log (a line starting with ``::`` is a GitHub workflow command, and so
+    is ``##[...]`` anywhere in a line)."""
     flat = " ".join(_redact(text).split())
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", flat)
+    flat = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", flat)
+    try:
+        from ci_gate.report.sanitize import log_safe, visible
+    except Exception:  # the error path must not fail on its own imports
+        return flat
+    # bidi and zero-width characters visible too, and no "##[...]" workflow command anywhere in
+    # the line (GitHub's runner honours that legacy form mid-line): a class name quoted in an
+    # error message must not mask the log or forge an annotation
+    return log_safe(visible(flat), unwrapped_line=True)
 
 
 def _describe(exc: BaseException) -> str:

@@ -116,8 +116,21 @@ class PolicyInfo(_Model):
     def _report_is_a_mapping(cls, value: dict) -> dict:
         # reporters and gates read their keys from settings["report"] (ci_gate.report.settings):
         # anything but a mapping there would crash them rather than be refused as bad input
-        if not isinstance(value.get("report") or {}, dict):
+        report = value.get("report") or {}
+        if not isinstance(report, dict):
             raise ValueError("policy.settings.report is not a mapping")
+        # the alert settings reporters print and decide with (fail_on, the SARIF levels): a
+        # result.json anybody could edit held Markdown there ("fail_on": "backdoor) |\n## clean")
+        # that the summary printed as it was, or a level SARIF had no severity for (a crash)
+        from ci_gate.policy import ReportPolicy
+        from ci_gate.report.settings import KEYS
+
+        shown = {key: report[key] for key in KEYS if key in report}
+        try:
+            ReportPolicy.model_validate(shown)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ValueError(f"policy.settings.report.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
         return value
 
 

@@ -266,8 +266,12 @@ def outputs_command(
         _write_outputs(github_output, values)
         if step_summary is not None:
             append_step_summary(step_summary, summary_markdown(result, SummaryLinks(run_url, artifact_name)))
+        from ci_gate.report.sanitize import plain
+
         for name, value in values.items():
-            _echo(f"{name}={value}")
+            # the log line, not the output: target-class is the checkpoint author's text, and a
+            # "##[set-output ...]" or "##[add-mask]" in it would be a workflow command to the runner
+            _echo(f"{name}={plain(value, None)}")
 
 
 def register(root: typer.Typer) -> None:

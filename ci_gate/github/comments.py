@@ -34,8 +34,12 @@ class _CommentShape(BaseModel):
 def marker_line(key: str | None = None) -> str:
     if not key:
         return MARKER
-    # "--" cannot appear inside an HTML comment; a key is a path, so nothing is lost.
-    return f"<!-- ci-gate key={key.replace('--', '-').replace('>', '')} -->"
+    # "--" cannot appear inside an HTML comment (one pass of replace leaves "--" of "---"); a key
+    # is a path, so nothing is lost. A line break would end the marker line (_is_ours reads one).
+    key = " ".join(key.replace(">", "").split())
+    while "--" in key:
+        key = key.replace("--", "-")
+    return f"<!-- ci-gate key={key} -->"
 
 
 def comment_body(markdown: str, key: str | None = None) -> str:

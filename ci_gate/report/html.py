@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,11 +71,17 @@ def _missing_note(rel: str) -> markupsafe.Markup:
     return markupsafe.Markup("Report: image <code>{}</code> is missing or not a PNG inside the result folder.").format(visible(rel, TEXT_LIMIT))
 
 
+# An inlined image as artifacts.png_data_uri writes it: nothing but base64 after the prefix.
+_DATA_URI_VALUE = re.compile(re.escape(DATA_URI) + r"[A-Za-z0-9+/]*={0,2}")
+
+
 def _finalize(value):
     # Every {{ expression }} passes here before autoescaping: names and paths from the checkpoint
     # lose their control and bidi characters (a U+202E in a class name would reorder the page).
     if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
-        if value.startswith(DATA_URI):
+        # only a real data URI skips visible() (whose length limit would cut the image); a class
+        # name or path that merely starts with the prefix is text like any other
+        if _DATA_URI_VALUE.fullmatch(value):
             return value
         return visible(value, TEXT_LIMIT)
     return value

@@ -144,13 +144,14 @@ def summary_markdown(result: Result, links: SummaryLinks = SummaryLinks()) -> st
     lines = [
         title,
         # the gate is the table's header row: one line less, and what a reviewer reads first
-        f"| Gate | {'**fails**' if gate_fails else 'passes'} (fail-on: {settings['fail_on']}), policy {escape(policy.name)} (sha256 `{policy.sha256[:12]}`) |",
+        f"| Gate | {'**fails**' if gate_fails else 'passes'} (fail-on: {escape(settings['fail_on'])}), policy {escape(policy.name)} (sha256 {code(policy.sha256[:12])}) |",
         "|---|---|",
     ]
     if ranked:
         lines.append(f"| Score | {_score_line(result, ranked)} |")
     lines += [
-        f"| Checkpoint | {code(model.path)} (sha256 `{model.sha256[:12]}`), {escape(model.learner_label)}, {len(model.class_names)} classes; "
+        # the digests too: a result.json fed to `ci-gate report` is anybody's text, field by field
+        f"| Checkpoint | {code(model.path)} (sha256 {code(model.sha256[:12])}), {escape(model.learner_label)}, {len(model.class_names)} classes; "
         f"scanned in {result.timings.total_s:.1f} s on {escape(result.device)} over {result.pool.n_images} pool images |",
         f"| Encoders | {_encoder_cell(result)} |",
     ]

@@ -10,8 +10,14 @@ they reach a person they pass one of these functions:
 - ``terminal``: ``visible`` plus rich's markup escaping (``[bold]`` in a name stays text).
 - ``markdown``: ``visible`` plus HTML and Markdown escaping, with ``@mentions``, bare links and
   ``#123`` references broken so a summary posted as a pull-request comment pings nobody and links
-  nowhere the author chose.
+  nowhere the author chose, and ``$`` as an entity so no math (``$\\Huge{CLEAN}$``) renders.
 - ``plain``: ``visible`` and a length limit, for SARIF message text and one-line logs.
+
+``plain``, ``terminal`` and ``quoted`` also break GitHub Actions workflow commands
+(:func:`log_safe`): the runner reads every line a step prints for ``::command::`` at its start
+(after leading spaces; rich wraps long lines, so a name can start one) and for the legacy
+``##[command]`` *anywhere* in it, so a class name ``##[add-mask]backdoor`` printed in the job log
+would mask the verdict, ``##[error]...`` forge an annotation and ``##[set-output ...]`` a step output.
 
 HTML goes through Jinja's autoescaping, with ``visible`` applied to every expression
 (ci_gate/report/html.py).
@@ -48,15 +54,31 @@ def visible(text: object, limit: int | None = None) -> str:
     return "".join(_visible_char(ch) for ch in s)
 
 
+# "##[" anywhere and "::" (a line may start there once wrapped) are workflow commands to the
+# Actions runner; their second character is written as the visible escape visible() uses.
+_WORKFLOW_COMMAND = re.compile(r"##\[|::")
+_COMMAND_BREAK = {"##[": "#\\x23[", "::": ":\\x3a"}
+
+
+def log_safe(text: str, *, unwrapped_line: bool = False) -> str:
+    """``text`` with no GitHub Actions workflow command left in it (``##[...]``, ``::...::``).
+
+    ``unwrapped_line``: ``text`` is a whole line printed as it is (never wrapped) that starts with
+    ci-gate's own words, so no ``::`` in it can start a runner line; only ``##[`` is broken."""
+    if unwrapped_line:
+        return text.replace("##[", _COMMAND_BREAK["##["])
+    return _WORKFLOW_COMMAND.sub(lambda m: _COMMAND_BREAK[m.group()], text)
+
+
 def plain(text: object, limit: int = DISPLAY_LIMIT) -> str:
-    return visible(text, limit)
+    return log_safe(visible(text, limit))
 
 
 def terminal(text: object, limit: int | None = DISPLAY_LIMIT) -> str:
-    """For rich's console.print: visible, and rich markup shown as text."""
+    """For rich's console.print: visible, no workflow command, and rich markup shown as text."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(visible(text, limit))
+    return rich_escape(log_safe(visible(text, limit)))
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~#!<>()])")
@@ -69,6 +91,9 @@ _BREAKS = (
     (re.compile(r"@"), "@" + _ZWSP),
     (re.compile(r"(?<=:)(?=//)"), _ZWSP),
     (re.compile(r"(?i)\b(www)\."), r"\1" + _ZWSP + "."),
+    # GitHub renders $...$ and $$...$$ as math (\Huge, \color, \text: any text, any size) and,
+    # by its own docs, a backslash does not stop a "$" outside math from opening it: an entity does
+    (re.compile(r"\$"), "&#36;"),
 )
 _ENTITY = re.compile(r"(&#?\w+;)")
 
@@ -91,4 +116,4 @@ def quoted(text: object, limit: int = DISPLAY_LIMIT) -> str:
     """A Python-style quoted name for one-line logs: repr() already writes every non-printable
     character (controls, bidi overrides) as an escape; only the length needs bounding."""
     s = str(text)
-    return repr(s if len(s) <= limit else s[:limit] + "…")
+    return log_safe(repr(s if len(s) <= limit else s[:limit] + "…"))

@@ -195,12 +195,22 @@ def _budget(epsilon: float | None, family: str = "linf") -> str:
     return "" if epsilon is None else f", scored at budget {budget_label(epsilon, family)}"
 
 
+_SARIF_LINK_CHARS = re.compile(r"([\\\[\]])")
+
+
+def message_text(text: object) -> str:
+    """Author-chosen text inside a SARIF plain-text message: ``plain``, with ``[``, ``]`` and ``\\``
+    backslash-escaped as SARIF 2.1.0 (3.11.6) requires of literal brackets, so a class name
+    ``[approve](https://evil.example)`` is no embedded link in a viewer that renders them."""
+    return _SARIF_LINK_CHARS.sub(r"\\\1", plain(text))
+
+
 def _message(result: Result, cls: ClassResult) -> str:
     # GitHub shows message text to reviewers: the class name and path are the checkpoint author's,
     # so they arrive with control/bidi characters visible and a bounded length. Each message names
     # the condition of its rule that the class met, with the numbers.
     det = result.detection
-    name, path = plain(cls.name), plain(result.model.path)
+    name, path = message_text(cls.name), message_text(result.model.path)
     asr = best_asr(cls)
     context = f"base rate {_pct(cls.base_rate)}{_budget(cls.epsilon, cls.family)}, trigger L-inf {cls.trigger_linf:.4f}"
     # min_asr is compared with the best ASR over the budget ladder, which may be another budget's
@@ -223,11 +233,11 @@ def _message(result: Result, cls: ClassResult) -> str:
 
 def _encoder_result(result: Result, uri: str, index: int) -> dict:
     enc = result.encoder
-    worst = ", ".join(f"{plain(t.name)} (relative change {t.rel_l2:.3g})" for t in enc.changed[:3])
+    worst = ", ".join(f"{message_text(t.name)} (relative change {t.rel_l2:.3g})" for t in enc.changed[:3])
     likely = ""
     top = result.target
     if result.target_by_rank and top is not None:
-        likely = f" Likely target: class '{plain(top.name)}', ranked first by trigger inversion (anomaly index {top.anomaly:.2f}, not flagged as a backdoor target)."
+        likely = f" Likely target: class '{message_text(top.name)}', ranked first by trigger inversion (anomaly index {top.anomaly:.2f}, not flagged as a backdoor target)."
     return {
         "ruleId": ENCODER_RULE,
         "ruleIndex": index,
