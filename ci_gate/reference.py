@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ci_gate.errors import InputError
-from ci_gate.inversion import InversionSettings, base_rates, invert
+from ci_gate.inversion import ClassTrigger, InversionSettings, base_rates, eval_subset, invert, transfer
 from ci_gate.inversion.memory import choose_class_batch
 from ci_gate.inversion.patch import PatchSettings, invert_patch
 from ci_gate.model.backbone import Backbone, build_backbone
@@ -37,6 +37,9 @@ class ReferenceClass:
     asr: float
     final_loss: float
     clean_loss: float
+    # the delivered model's own trigger for the class, at the same rung, on this reference: its
+    # margin loss (ref_specificity); None when no delivered trigger was given
+    cross_loss: float | None = None
 
 
 def reference_classifier(loaded: LoadedModel, class_names: list[str], backbone: Backbone | None = None) -> PromptedClassifier:
@@ -66,12 +69,15 @@ def reference_stats(
     settings: InversionSettings,
     device: torch.device | None = None,
     backbone: Backbone | None = None,
+    delivered: list[ClassTrigger] | None = None,
 ) -> list[list[ReferenceClass]]:
     """Per candidate class (in ``class_names`` order) and per rung of the budget ladder: trigger
     ASR, final and clean margin loss of the hand-written-prompt model on the same (or the given
-    published) backbone, inverted with the same settings, batches and evaluation images."""
+    published) backbone, inverted with the same settings, batches and evaluation images, and,
+    given the ``delivered`` model's triggers, each one's margin loss on this reference."""
     clf, batch = _reference_model(loaded, class_names, settings.batch_size, device, backbone)
-    return _per_class(clf, images, invert(clf, images, settings, class_batch=batch), len(class_names))
+    cross = None if delivered is None else transfer(clf, eval_subset(images, settings), delivered, batch, settings.eval_batch_size)
+    return _per_class(clf, images, invert(clf, images, settings, class_batch=batch), len(class_names), cross)
 
 
 def reference_patch_stats(
@@ -81,10 +87,13 @@ def reference_patch_stats(
     settings: PatchSettings,
     device: torch.device | None = None,
     backbone: Backbone | None = None,
+    delivered: list[ClassTrigger] | None = None,
 ) -> list[list[ReferenceClass]]:
     """As :func:`reference_stats`, for the patch family's area rungs."""
     clf, batch = _reference_model(loaded, class_names, settings.batch_size, device, backbone)
-    return _per_class(clf, images, invert_patch(clf, images, replace(settings, class_batch=batch)), len(class_names))
+    held_out = eval_subset(images, InversionSettings(eval_images=settings.eval_images, seed=settings.seed))
+    cross = None if delivered is None else transfer(clf, held_out, delivered, batch, settings.eval_batch_size)
+    return _per_class(clf, images, invert_patch(clf, images, replace(settings, class_batch=batch)), len(class_names), cross)
 
 
 def _reference_model(loaded: LoadedModel, class_names: list[str], batch_size: int, device: torch.device | None, backbone: Backbone | None) -> tuple[PromptedClassifier, int]:
@@ -98,7 +107,10 @@ def _reference_model(loaded: LoadedModel, class_names: list[str], batch_size: in
     return clf, choose_class_batch(clf, batch_size, max(1, len(class_names)), device or torch.device("cpu"))
 
 
-def _per_class(clf: PromptedClassifier, images: torch.Tensor, triggers: list, n: int) -> list[list[ReferenceClass]]:
+def _per_class(clf: PromptedClassifier, images: torch.Tensor, triggers: list, n: int, cross: dict[int, list[tuple[float, float]]] | None) -> list[list[ReferenceClass]]:
     rates, clean = base_rates(clf, images)
     by_index = {t.index: t for t in triggers}
-    return [[ReferenceClass(asr=r.asr, final_loss=r.final_loss, clean_loss=float(clean[i])) for r in by_index[i].rungs] for i in range(n)]
+    return [
+        [ReferenceClass(asr=r.asr, final_loss=r.final_loss, clean_loss=float(clean[i]), cross_loss=None if cross is None else cross[i][k][1]) for k, r in enumerate(by_index[i].rungs)]
+        for i in range(n)
+    ]

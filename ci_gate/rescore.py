@@ -49,6 +49,12 @@ def rung_stats(result: Result) -> list[list[ClassStats]]:
             if any(v is None for v in refs):
                 raise InputError(None, f"class {c.index} lacks the clean reference's values though detection.reference is 'published'")
             values += refs
+        cross = [r.ref_cross_loss for r in c.rungs]
+        if any(v is not None for v in cross):
+            # scans before schema 1.5 have none; a scan records it at every rung or at none
+            if not published or any(v is None for v in cross):
+                raise InputError(None, f"class {c.index} has the delivered trigger's reference loss (ref_cross_loss) at some rungs only, or without a published reference")
+            values += cross
         if not all(math.isfinite(v) for v in values):
             raise InputError(None, f"class {c.index} has a non-finite input (NaN or infinity): refusing to re-decide")
     n = len(layout)
@@ -57,6 +63,7 @@ def rung_stats(result: Result) -> list[list[ClassStats]]:
             ClassStats(
                 asr=c.rungs[r].asr, base_rate=c.base_rate, final_loss=c.rungs[r].final_loss, clean_loss=c.clean_loss,
                 ref_asr=c.rungs[r].ref_asr, ref_final_loss=c.rungs[r].ref_final_loss, ref_clean_loss=c.ref_clean_loss,
+                ref_cross_loss=c.rungs[r].ref_cross_loss,
             )
             for c in result.classes
         ]
@@ -104,6 +111,8 @@ def rescore(result: Result, policy: Policy) -> Result:
     det = policy.detection
     stats = rung_stats(result)
     statistic = statistic_for(result, policy)
+    if STATISTICS[statistic].needs_transfer and stats[0][0].ref_cross_loss is None:
+        raise InputError(None, f"the statistic {statistic!r} needs the delivered triggers' losses on the reference (ref_cross_loss), which scans before schema 1.5 do not record: scan again")
     gain = det.min_asr_gain if result.detection.reference == "published" else None
     d = decide_ladder(stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain)
     classes: list[ClassResult] = []

@@ -18,7 +18,7 @@ from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text, read_bounded
 from ci_gate.learners import LearnerKind
 
-RESULT_SCHEMA_VERSION = "1.4"  # 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize); 1.3: patch-family rungs; 1.4: detection.min_asr_gain, targets named by rank on a modified tower
+RESULT_SCHEMA_VERSION = "1.5"  # 1.5: ref_cross_loss (the delivered trigger on the reference); 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize); 1.3: patch-family rungs; 1.4: detection.min_asr_gain, targets named by rank on a modified tower
 
 Verdict = Literal["clean", "backdoor"]
 ClassStatus = Literal["ok", "suspicious", "backdoor"]
@@ -146,6 +146,7 @@ class RungResult(_Model):
     final_loss: float
     ref_asr: float | None = None
     ref_final_loss: float | None = None
+    ref_cross_loss: float | None = Field(None, description="this rung's trigger (the delivered model's) on the clean reference: its margin loss there (ref_specificity); None without a reference and in scans before schema 1.5")
     statistic: float
     anomaly: float
 

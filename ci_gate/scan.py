@@ -134,7 +134,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
                 f"and classes were scored with the reference-free '{statistic}'; pass --reference-weights with the published backbone"
             )
         else:
-            ref = reference_stats(loaded, clf.class_names, pool.images, settings, device, backbone=published)
+            ref = reference_stats(loaded, clf.class_names, pool.images, settings, device, backbone=published, delivered=triggers)
     gain = det.min_asr_gain if ref is not None else None
 
     def decide() -> tuple[list[list[ClassStats]], LadderDecision]:
@@ -156,7 +156,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
         # the same memory-bound class batch as the L-inf ladder's (the mask adds one image-sized tensor per class)
         patch = PatchSettings(batch_size=inv.batch_size, eval_images=inv.eval_images, seed=policy.seed, class_batch=class_batch)
         found = {t.index: t for t in invert_patch(clf, pool.images, patch)}
-        patch_ref = reference_patch_stats(loaded, clf.class_names, pool.images, patch, device, backbone=published)
+        patch_ref = reference_patch_stats(loaded, clf.class_names, pool.images, patch, device, backbone=published, delivered=list(found.values()))
         values = [v for t in found.values() for r in t.rungs for v in (r.asr, r.final_loss)] + [v for rs in patch_ref for r in rs for v in (r.asr, r.final_loss)]
         if all(math.isfinite(v) for v in values):
             for t in triggers:
@@ -208,7 +208,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
                 rungs=[
                     RungResult(
                         epsilon=tr.epsilon, family=tr.family, asr=tr.asr, final_loss=tr.final_loss,
-                        ref_asr=rung_stats[r][c].ref_asr, ref_final_loss=rung_stats[r][c].ref_final_loss,
+                        ref_asr=rung_stats[r][c].ref_asr, ref_final_loss=rung_stats[r][c].ref_final_loss, ref_cross_loss=rung_stats[r][c].ref_cross_loss,
                         statistic=decision.statistic[r][c], anomaly=decision.anomaly[r][c],
                     )
                     for r, tr in enumerate(trig.rungs)
@@ -275,6 +275,7 @@ def _rung_stats(triggers, rates: torch.Tensor, clean_losses: torch.Tensor, ref) 
                 ref_asr=None if ref is None else ref[t.index][r].asr,
                 ref_final_loss=None if ref is None else ref[t.index][r].final_loss,
                 ref_clean_loss=None if ref is None else ref[t.index][r].clean_loss,
+                ref_cross_loss=None if ref is None else ref[t.index][r].cross_loss,
             )
             for t in triggers
         ]
@@ -287,7 +288,7 @@ def _refuse_non_finite(path: Path, rung_stats: list[list[ClassStats]], statistic
     CLEAN; the inputs that produce one (a degenerate model or pool) are refused instead."""
     for stats in rung_stats:
         for s in stats:
-            values = [s.asr, s.final_loss, s.clean_loss, s.ref_asr, s.ref_final_loss, s.ref_clean_loss]
+            values = [s.asr, s.final_loss, s.clean_loss, s.ref_asr, s.ref_final_loss, s.ref_clean_loss, s.ref_cross_loss]
             if not all(v is None or math.isfinite(v) for v in values) or not math.isfinite(STATISTICS[statistic].fn(s)):
                 raise InputError(path, f"the scan produced a non-finite '{statistic}' statistic (the model's logits are NaN or infinite on the pool); refusing to give a verdict")
 

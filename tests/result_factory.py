@@ -176,7 +176,7 @@ def make_ladder_result(folder: Path, *, target_asr: float = 0.6, ref_asr: float 
     gains = {2: [0.0, 2.0, gain, gain * 2 / 3, 1.0]}  # margins at logit scale 100
     target_ref = [0.1, 0.1, ref_asr, ref_asr, ref_asr]
     rungs_stats = [[ClassStats(asr=target_asr if (c == 2 and r >= 2) else 0.2, base_rate=0.1, final_loss=1.0 - gains.get(c, [0.1 * ((c % 3) - 1)] * 5)[r], clean_loss=2.0,
-                               ref_asr=target_ref[r] if c == 2 else 0.1, ref_final_loss=1.0, ref_clean_loss=2.0) for c in range(len(base.classes))] for r in range(len(eps))]
+                               ref_asr=target_ref[r] if c == 2 else 0.1, ref_final_loss=1.0, ref_clean_loss=2.0, ref_cross_loss=1.0) for c in range(len(base.classes))] for r in range(len(eps))]
     d = decide_ladder(rungs_stats, det.statistic, det.k, det.min_asr, det.mad_floor, det.extreme, det.min_asr_gain)
     target = named_target(d, modified)
     classes = []
@@ -185,7 +185,7 @@ def make_ladder_result(folder: Path, *, target_asr: float = 0.6, ref_asr: float 
         classes.append(ClassResult(
             index=c, name=cls.name, from_checkpoint=True, asr=rungs_stats[b][c].asr, base_rate=0.1, final_loss=rungs_stats[b][c].final_loss, clean_loss=2.0,
             statistic=d.statistic[b][c], anomaly=d.score[c], status=d.status[c], trigger_linf=eps[b], epsilon=eps[b], ref_clean_loss=2.0,
-            rungs=[RungResult(epsilon=e, asr=rungs_stats[r][c].asr, final_loss=rungs_stats[r][c].final_loss, ref_asr=rungs_stats[r][c].ref_asr, ref_final_loss=1.0, statistic=d.statistic[r][c], anomaly=d.anomaly[r][c]) for r, e in enumerate(eps)],
+            rungs=[RungResult(epsilon=e, asr=rungs_stats[r][c].asr, final_loss=rungs_stats[r][c].final_loss, ref_asr=rungs_stats[r][c].ref_asr, ref_final_loss=1.0, ref_cross_loss=1.0, statistic=d.statistic[r][c], anomaly=d.anomaly[r][c]) for r, e in enumerate(eps)],
         ))
     encoder = base.encoder
     if modified:

@@ -186,6 +186,25 @@ def test_rescore_refuses_reference_none_with_the_references_values(tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
+def test_rescore_refuses_a_result_with_the_transfer_losses_at_some_rungs_only(tmp_path, capsys):
+    path = _scan(tmp_path / "rep")
+    _edit(path, lambda d: d["classes"][2]["rungs"][1].update(ref_cross_loss=None))
+    code, err, _ = _run(["report", str(path), "--rescore", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and len(err) == 1 and str(path) in err[0] and "ref_cross_loss" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_scan_without_the_transfer_losses_is_rescored_only_by_statistics_that_do_not_need_them(tmp_path, capsys):
+    # a scan from before schema 1.5, or one edited to drop them: ref_specificity cannot decide it
+    path = _scan(tmp_path / "rep")
+    _edit(path, lambda d: [r.update(ref_cross_loss=None) for c in d["classes"] for r in c["rungs"]])
+    code, err, _ = _run(["report", str(path), "--rescore", "--set", "detection.statistic=ref_specificity", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and len(err) == 1 and "scan again" in err[0]
+    assert not (tmp_path / "out").exists()
+    code, _, _ = _run(["report", str(path), "--rescore", "--set", "detection.statistic=ref_loss_gain", "--out", str(tmp_path / "out2")], capsys)
+    assert code == 1, "the planted class still fails the gate under a statistic the saved values serve"
+
+
 # -- finding 7: results built to crash the reader -------------------------------------------------
 
 

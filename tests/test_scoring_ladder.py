@@ -9,7 +9,8 @@ from ci_gate.scoring import NAMING_FLOOR, STATISTICS, ClassStats, asr_gain, deci
 
 
 def _class(loss, ref_loss, asr=0.2):
-    return ClassStats(asr=asr, base_rate=0.1, final_loss=loss, clean_loss=2.0, ref_asr=0.1, ref_final_loss=ref_loss, ref_clean_loss=2.0)
+    # the delivered trigger does on the reference what the reference's own does (ref_specificity = ref_loss_gain)
+    return ClassStats(asr=asr, base_rate=0.1, final_loss=loss, clean_loss=2.0, ref_asr=0.1, ref_final_loss=ref_loss, ref_clean_loss=2.0, ref_cross_loss=ref_loss)
 
 
 def _rung(target_gain=0.0, target_asr=0.2, n=8, spread=0.1):
@@ -120,7 +121,7 @@ def _saved_ladder_result(tmp_path):
 def _without_reference(result):
     """What a scan without a trusted reference writes: no ref_* values."""
     classes = [
-        c.model_copy(update={"ref_clean_loss": None, "rungs": [r.model_copy(update={"ref_asr": None, "ref_final_loss": None}) for r in c.rungs]})
+        c.model_copy(update={"ref_clean_loss": None, "rungs": [r.model_copy(update={"ref_asr": None, "ref_final_loss": None, "ref_cross_loss": None}) for r in c.rungs]})
         for c in result.classes
     ]
     return result.model_copy(update={"classes": classes, "detection": result.detection.model_copy(update={"reference": "none"})})

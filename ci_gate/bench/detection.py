@@ -68,15 +68,9 @@ def scan_key(policy: Policy) -> dict:
     return policy.model_dump(mode="json", exclude={"detection", "report", "name"})
 
 
-# schema 1.3 added the patch family, which runs only on a modified image tower (since 1.4 only
-# when the L-inf ladder flags no class there): a 1.2 or 1.3 scan of any other tower is what this
-# version's scan gives, its decision re-made
-_SAME_UNLESS_MODIFIED = {"1.2", "1.3"}
-_SAME = {RESULT_SCHEMA_VERSION}
-
-
 def _same_scan(old: Result) -> bool:
-    return old.schema_version in _SAME or (old.schema_version in _SAME_UNLESS_MODIFIED and not old.encoder.modified)
+    # 1.5 records each delivered trigger's loss on the reference (ref_specificity): older scans lack an input of the default statistic
+    return old.schema_version == RESULT_SCHEMA_VERSION
 
 
 def ci_scan(model: ZooModel, policy: Policy, pool: str, out: Path, mode: str, seed: int, published: Path, cached_only: bool = False) -> Result | None:

@@ -212,6 +212,32 @@ def invert(
     return results
 
 
+def transfer(classifier: PromptedClassifier, images: torch.Tensor, triggers: list[ClassTrigger], class_batch: int = 8, eval_batch_size: int = 64) -> dict[int, list[tuple[float, float]]]:
+    """Every rung of each class's trigger (inverted on some other model) on ``classifier``: its
+    ASR and mean margin loss for its class on ``images``, measured as the inversion measures its
+    own (canonical logit scale, either trigger family)."""
+    classifier.freeze()
+    device = classifier.mean.device
+    out: dict[int, list[tuple[float, float]]] = {t.index: [] for t in triggers}
+    n = images.shape[0]
+    with torch.no_grad():
+        for r in range(len(triggers[0].rungs) if triggers else 0):
+            for start in range(0, len(triggers), class_batch):
+                group = triggers[start : start + class_batch]
+                tgt = torch.tensor([t.index for t in group], device=device)
+                hits = torch.zeros(len(group), dtype=torch.float64)
+                losses = torch.zeros(len(group), dtype=torch.float64)
+                for chunk in images.split(eval_batch_size):
+                    x = chunk.to(device)
+                    logits = classifier(torch.cat([t.rungs[r].apply(x) for t in group])).float()
+                    per = tgt.repeat_interleave(x.shape[0])
+                    hits += (logits.argmax(1) == per).view(len(group), -1).sum(1).double().cpu()
+                    losses += (margin(logits, per) * _canonical(classifier)).view(len(group), -1).sum(1).double().cpu()
+                for i, t in enumerate(group):
+                    out[t.index].append((float(hits[i]) / n, float(losses[i]) / n))
+    return out
+
+
 def invert_reference(
     classifier: PromptedClassifier,
     images: torch.Tensor,

@@ -23,6 +23,8 @@ class ClassStats:
     ref_asr: float | None = None
     ref_final_loss: float | None = None
     ref_clean_loss: float | None = None
+    # the delivered model's own trigger (this rung's) on the clean reference: its margin loss
+    ref_cross_loss: float | None = None
 
     @property
     def has_reference(self) -> bool:
@@ -35,14 +37,15 @@ class Statistic:
     fn: Callable[[ClassStats], float]
     needs_reference: bool
     doc: str
+    needs_transfer: bool = False  # reads ref_cross_loss (scans from schema 1.5 on)
 
 
 STATISTICS: dict[str, Statistic] = {}
 
 
-def _statistic(name: str, needs_reference: bool = False):
+def _statistic(name: str, needs_reference: bool = False, needs_transfer: bool = False):
     def register(fn: Callable[[ClassStats], float]) -> Callable[[ClassStats], float]:
-        STATISTICS[name] = Statistic(name, fn, needs_reference, (fn.__doc__ or "").strip())
+        STATISTICS[name] = Statistic(name, fn, needs_reference or needs_transfer, (fn.__doc__ or "").strip(), needs_transfer)
         return fn
 
     return register
@@ -91,6 +94,16 @@ def _ref_drop_gain(s: ClassStats) -> float:
     return (s.clean_loss - s.final_loss) - (s.ref_clean_loss - s.ref_final_loss)
 
 
+@_statistic("ref_specificity", needs_transfer=True)
+def _ref_specificity(s: ClassStats) -> float:
+    """How much more the delivered model gives in to its own trigger than the clean reference
+    does to the same trigger. A class that CLIP itself makes easy (a natural attractor) is
+    reached by a trigger that works on both; a backdoor planted in the prompts answers a trigger
+    the backbone with hand-written prompts does not (and an attacker who anchors the trigger
+    against the published model, to pass ``ref_loss_gain``, makes this larger)."""
+    return s.ref_cross_loss - s.final_loss
+
+
 REFERENCE_STATISTICS = tuple(n for n, st in STATISTICS.items() if st.needs_reference)
 
 
@@ -100,4 +113,6 @@ def class_statistic(kind: str, stats: ClassStats) -> float:
     st = STATISTICS[kind]
     if st.needs_reference and not stats.has_reference:
         raise ValueError(f"statistic {kind!r} needs the clean-reference inversion (ref_* fields)")
+    if st.needs_transfer and stats.ref_cross_loss is None:
+        raise ValueError(f"statistic {kind!r} needs the delivered triggers' losses on the clean reference (ref_cross_loss, scans from schema 1.5 on)")
     return st.fn(stats)
