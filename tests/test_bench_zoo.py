@@ -157,20 +157,13 @@ def test_ci_scan_reuses_a_saved_result_only_for_the_same_policy_and_pool(tmp_pat
     detection.ci_scan(model, policy, "pool", tmp_path, "none", 1, published)
     assert len(calls) == 3 and calls[-1].reference_weights is None and calls[-1].policy.seed == 1
     assert calls[-1].policy.detection == policy.detection and calls[-1].policy.inversion == policy.inversion
-    # a scan saved under schema 1.2 or 1.3 is reused unless its tower was modified (1.3 added the
-    # patch family, which only a modified tower's scan runs; 1.4 runs it only when the L-inf
-    # ladder flags no class)
+    # a scan saved under an older schema is scanned again: 1.5 added each trigger's loss on the
+    # reference (ref_cross_loss), an input the older files lack
     saved = tmp_path / "scans" / "m" / "published-s0" / "result.json"
     fresh = json.loads(saved.read_text())
     assert fresh["pool"]["source"] == "other-pool"  # the last published seed-0 scan
-    for version in ("1.2", "1.3"):
+    for version in ("1.2", "1.3", "1.4"):
         n = len(calls)
-        old = dict(fresh, schema_version=version)
-        saved.write_text(json.dumps(old))
-        detection.ci_scan(model, policy, "other-pool", tmp_path, "published", 0, published)
-        assert len(calls) == n
-        old["encoder"] = {"status": "modified", "reference": "pub", "n_tensors": 2, "n_changed": 1, "max_rel_l2": 0.1,
-                          "changed": [{"name": "visual.proj", "max_abs": 0.1, "rel_l2": 0.1}]}
-        saved.write_text(json.dumps(old))
+        saved.write_text(json.dumps(dict(fresh, schema_version=version)))
         detection.ci_scan(model, policy, "other-pool", tmp_path, "published", 0, published)
         assert len(calls) == n + 1
