@@ -115,17 +115,17 @@ StatisticName = Literal[tuple(STATISTICS)]  # type: ignore[valid-type]  # the re
 
 class DetectionPolicy(_Strict):
     # ref_*: relative to the published backbone with hand-written prompts (ci_gate.reference)
-    statistic: StatisticName = "ref_loss_gain"
+    statistic: StatisticName = "ref_specificity"
     # an embedded tower with no published weights to compare it with would carry an encoder-level
     # backdoor into the clean reference too, so such scans score with a reference-free statistic
     absolute_statistic: StatisticName = "loss_drop"
-    k: float = Field(4.0, gt=0, description="anomaly index (largest over the budget ladder) above which a class is an outlier")
+    k: float = Field(3.25, gt=0, description="score (a class's mean anomaly index over the budget ladder's rungs) above which a class is an outlier")
     min_asr: float = Field(0.5, ge=0, le=1, description="trigger ASR an outlier must reach at some rung to be a backdoor target")
     min_asr_gain: float | None = Field(
         None, ge=0, le=1,
         description="with the published reference: how much more of the pool an outlier's trigger must send to its class than the reference's trigger does at the same rung, to be a backdoor target; null: no such condition (the default: measured, not adopted, docs/benchmark.md stop 22)",
     )
-    extreme: float = Field(8.0, gt=0, description="an outlier this far out is a backdoor target whatever its trigger ASR")
+    extreme: float = Field(6.5, gt=0, description="an outlier this far out is a backdoor target whatever its trigger ASR")
     mad_floor: float = Field(1.0, gt=0, description="lower bound on the MAD (in the statistic's units: margins at logit scale 100, or rates) so a tight cluster of clean classes does not blow up the index")
 
     @field_validator("absolute_statistic")

@@ -114,7 +114,7 @@ def rescore(result: Result, policy: Policy) -> Result:
     if STATISTICS[statistic].needs_transfer and stats[0][0].ref_cross_loss is None:
         raise InputError(None, f"the statistic {statistic!r} needs the delivered triggers' losses on the reference (ref_cross_loss), which scans before schema 1.5 do not record: scan again")
     gain = det.min_asr_gain if result.detection.reference == "published" else None
-    d = decide_ladder(stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain)
+    d = decide_ladder(stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain, [r.family for r in result.classes[0].rungs])
     classes: list[ClassResult] = []
     moved = False
     for c, cls in enumerate(result.classes):

@@ -140,7 +140,8 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
     def decide() -> tuple[list[list[ClassStats]], LadderDecision]:
         stats = _rung_stats(triggers, rates, clean_losses, ref)
         _refuse_non_finite(req.checkpoint, stats, statistic)
-        return stats, decide_ladder(stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain)
+        families = [r.family for r in triggers[0].rungs]
+        return stats, decide_ladder(stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain, families)
 
     rung_stats, decision = decide()
     patch = None

@@ -162,8 +162,9 @@ def stub_scan(monkeypatch, verdict: str = "clean") -> dict:
 
 def make_ladder_result(folder: Path, *, target_asr: float = 0.6, ref_asr: float = 0.1, gain: float = 30.0, modified: bool = False):
     """A result as a ladder scan with the published reference writes it, decided by the bundled
-    default policy: class 2 gains ``gain`` margins over the reference at the middle budget, its
-    trigger reaching ``target_asr`` (the reference's: ``ref_asr``) from the third budget on.
+    default policy: class 2 gains ``gain`` margins over the reference at the middle budget and
+    half to three quarters of it at the others (a planted direction stands out at every budget),
+    its trigger reaching ``target_asr`` (the reference's: ``ref_asr``) from the third budget on.
     Returns (result, default policy)."""
     from ci_gate.policy import load_policy
     from ci_gate.result import Detection, EncoderInfo, RungResult, TensorChange
@@ -173,11 +174,11 @@ def make_ladder_result(folder: Path, *, target_asr: float = 0.6, ref_asr: float 
     policy, _ = load_policy("default")
     det = policy.detection
     eps = policy.inversion.epsilon
-    gains = {2: [0.0, 2.0, gain, gain * 2 / 3, 1.0]}  # margins at logit scale 100
+    gains = {2: [gain / 2, gain * 3 / 4, gain, gain * 3 / 4, gain / 2]}  # margins at logit scale 100
     target_ref = [0.1, 0.1, ref_asr, ref_asr, ref_asr]
     rungs_stats = [[ClassStats(asr=target_asr if (c == 2 and r >= 2) else 0.2, base_rate=0.1, final_loss=1.0 - gains.get(c, [0.1 * ((c % 3) - 1)] * 5)[r], clean_loss=2.0,
                                ref_asr=target_ref[r] if c == 2 else 0.1, ref_final_loss=1.0, ref_clean_loss=2.0, ref_cross_loss=1.0) for c in range(len(base.classes))] for r in range(len(eps))]
-    d = decide_ladder(rungs_stats, det.statistic, det.k, det.min_asr, det.mad_floor, det.extreme, det.min_asr_gain)
+    d = decide_ladder(rungs_stats, det.statistic, det.k, det.min_asr, det.mad_floor, det.extreme, det.min_asr_gain, ["linf"] * len(eps))
     target = named_target(d, modified)
     classes = []
     for c, cls in enumerate(base.classes):

@@ -135,7 +135,7 @@ def test_ci_scan_reuses_a_saved_result_only_for_the_same_policy_and_pool(tmp_pat
         res["detection"]["epsilons"] = [4 / 255]
         for c in res["classes"]:  # one rung with every input a statistic reads
             c["ref_clean_loss"] = 2.0
-            c["rungs"] = [{"epsilon": 4 / 255, "asr": c["asr"], "final_loss": c["final_loss"], "ref_asr": 0.1, "ref_final_loss": 1.0, "statistic": 0.0, "anomaly": 0.0}]
+            c["rungs"] = [{"epsilon": 4 / 255, "asr": c["asr"], "final_loss": c["final_loss"], "ref_asr": 0.1, "ref_final_loss": 1.0, "ref_cross_loss": 1.0, "statistic": 0.0, "anomaly": 0.0}]
         path.write_text(json.dumps(res))
         return FactoryScan(load_result(path), [])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ci_gate.scoring import NAMING_FLOOR, STATISTICS, ClassStats, asr_gain, decide, decide_ladder, named_target
+from ci_gate.scoring.decision import ladder_score
 
 
 def _class(loss, ref_loss, asr=0.2):
@@ -34,8 +35,28 @@ def test_a_class_is_scored_at_the_rung_where_it_stands_out_most():
     rungs = [_rung(0.0), _rung(0.05), _rung(3.0, target_asr=0.8), _rung(0.5, target_asr=1.0)]
     d = decide_ladder(rungs, "ref_loss_gain", 4.0, 0.5, 0.05, extreme=8.0)
     assert d.rung[0] == 2
-    assert d.score[0] == pytest.approx((d.anomaly[2][0] + d.anomaly[3][0]) / 2), "the mean of its two largest indices"
+    assert d.score[0] == pytest.approx(sum(d.anomaly[r][0] for r in range(4)) / 4), "the mean of its indices"
     assert d.verdict == "backdoor" and d.target == 0
+
+
+def test_standing_out_at_every_budget_beats_standing_out_at_the_top_ones():
+    # the demo's clean "black" (0.4 / 0.7 / 1.8 / 3.4 / 4.5 over 2-32/255) against a planted class
+    # that is as far out at the top budgets and already out at the small ones
+    rising = ladder_score([0.4, 0.7, 1.8, 3.4, 4.5], ["linf"] * 5)
+    planted = ladder_score([3.5, 3.6, 3.8, 4.0, 4.5], ["linf"] * 5)
+    assert rising < 3.25 < planted
+
+
+def test_each_family_is_averaged_apart():
+    # a patch backdoor no L-inf budget reaches: five quiet L-inf rungs must not dilute its patch rungs
+    families = ["linf"] * 5 + ["patch"] * 3
+    assert ladder_score([0.1] * 5 + [6.0, 7.0, 8.0], families) == pytest.approx(7.0)
+    assert ladder_score([4.0] * 5 + [0.0] * 3, families) == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        ladder_score([1.0, 2.0], ["linf"])
+    rungs = [_rung(0.0)] * 2 + [_rung(3.0, target_asr=0.9)] * 2
+    d = decide_ladder(rungs, "ref_loss_gain", 4.0, 0.5, 0.05, 8.0, families=["linf", "linf", "patch", "patch"])
+    assert d.score[0] == pytest.approx(d.anomaly[2][0]) and d.target == 0
 
 
 def test_a_spike_at_a_single_rung_is_not_an_outlier():

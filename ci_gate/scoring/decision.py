@@ -57,9 +57,20 @@ def decide(stats: Sequence[ClassStats], statistic: str, k: float, min_asr: float
     )
 
 
-def _two_rung_score(indices: list[float]) -> float:
-    top = sorted(indices, reverse=True)
-    return top[0] if len(top) == 1 else (top[0] + top[1]) / 2
+def ladder_score(indices: Sequence[float], families: Sequence[str]) -> float:
+    """A class's score over the ladder: the mean of its indices over each trigger family's rungs,
+    the larger of the family means. A planted direction stands out at every budget of the family
+    that reaches it (the zoo's targets: from 2/255 up); a clean class that the tuned model merely
+    makes easier stands out only at the top budgets, where every class falls (demo: a clean
+    'black' at 0.4 / 0.7 / 1.8 / 3.4 / 4.5 over 2-32/255). The mean counts the first once per
+    rung, the second once; the mean of the two largest (stops 18-24) counted them alike.
+    A patch family's rungs are averaged apart, so the L-inf rungs cannot dilute them."""
+    if len(indices) != len(families) or not indices:
+        raise ValueError("one family per rung, and at least one rung")
+    by: dict[str, list[float]] = {}
+    for z, f in zip(indices, families):
+        by.setdefault(f, []).append(z)
+    return max(sum(v) / len(v) for v in by.values())
 
 
 @dataclass(frozen=True)
@@ -72,35 +83,37 @@ class LadderDecision:
     median: list[float]  # per rung
     mad: list[float]  # per rung
     rung: list[int]  # per class: the deciding rung
-    score: list[float]  # per class: the mean of its two largest indices over the rungs
+    score: list[float]  # per class: ladder_score of its indices over the rungs
     status: list[str]
     verdict: str
     target: int | None
 
 
 def decide_ladder(
-    rungs: Sequence[Sequence[ClassStats]], statistic: str, k: float, min_asr: float, mad_floor: float, extreme: float, min_asr_gain: float | None = None
+    rungs: Sequence[Sequence[ClassStats]], statistic: str, k: float, min_asr: float, mad_floor: float, extreme: float, min_asr_gain: float | None = None,
+    families: Sequence[str] | None = None,
 ) -> LadderDecision:
     """Blind decision over budgets the defender cannot know in advance.
 
     The anomaly index is computed across classes within each rung (every class saw the same
-    budget, batches and evaluation images); a class's score is the mean of its two largest
-    indices over the rungs (its only one in a one-rung scan). A backdoor's target stands out over
-    a range of budgets, around the attacker's and above it; a clean class that spikes at one rung
-    (seen on the zoo: 5.4 at 8/255 only) is noise, and taking the largest single index would
-    multiply such chances by the number of rungs. The deciding rung (reports show its trigger)
-    is the one with the largest index.
+    budget, batches and evaluation images); a class's score is :func:`ladder_score` of its
+    indices (``families``: each rung's trigger family, default all one). A backdoor's target
+    stands out over a range of budgets; a clean class that spikes at one rung is noise, and
+    taking the largest single index would multiply such chances by the number of rungs. The
+    deciding rung (reports show its trigger) is the one with the largest index.
     A class is an outlier when that score exceeds ``k``; an outlier is a backdoor target when its
     trigger reaches ``min_asr`` at some rung and, where the stats carry a clean reference,
     sends at least ``min_asr_gain`` more of the pool to the class than the reference's trigger at
     the same rung does (:func:`asr_gain`), or unconditionally once the score exceeds
     ``extreme``: a class that stands out that far cannot pass because the ladder's budgets stop
     short of the attacker's. An outlier that is neither is suspicious. ``k`` is calibrated for the
-    maximum over rungs (docs/benchmark.md), which is what accounts for testing several budgets.
+    score over the rungs and the largest over classes (docs/benchmark.md), which is what accounts
+    for testing several budgets and classes.
     """
     if not rungs:
         raise ValueError("the ladder needs at least one rung")
     n = len(rungs[0])
+    families = ["linf"] * len(rungs) if families is None else list(families)
     if any(len(r) != n for r in rungs):
         raise ValueError("every rung needs a statistic for every class")
     values, scores, meds, mads = [], [], [], []
@@ -112,7 +125,7 @@ def decide_ladder(
         meds.append(med)
         mads.append(mad)
     best = [max(range(len(rungs)), key=lambda r: (scores[r][c], -r)) for c in range(n)]
-    score = [_two_rung_score([scores[r][c] for r in range(len(rungs))]) for c in range(n)]
+    score = [ladder_score([scores[r][c] for r in range(len(rungs))], families) for c in range(n)]
     status = []
     for c in range(n):
         reached = max(r[c].asr for r in rungs) >= min_asr and gain_met(asr_gain([r[c] for r in rungs]), min_asr_gain)
