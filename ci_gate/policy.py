@@ -125,8 +125,19 @@ class DetectionPolicy(_Strict):
         None, ge=0, le=1,
         description="with the published reference: how much more of the pool an outlier's trigger must send to its class than the reference's trigger does at the same rung, to be a backdoor target; null: no such condition (the default: measured, not adopted, docs/benchmark.md stop 22)",
     )
+    absolute_k: float = Field(
+        5.0, gt=0,
+        description="k when absolute_statistic decides (no trusted reference): nothing cancels the backbone's natural attractors then, and clean zoo models reach 4.2 (docs/benchmark.md, stop 25)",
+    )
     extreme: float = Field(6.5, gt=0, description="an outlier this far out is a backdoor target whatever its trigger ASR")
     mad_floor: float = Field(1.0, gt=0, description="lower bound on the MAD (in the statistic's units: margins at logit scale 100, or rates) so a tight cluster of clean classes does not blow up the index")
+
+    def rule(self, trusted_reference: bool) -> tuple[str, float]:
+        """The (statistic, k) that decide a scan: a ref_* statistic needs a trusted reference;
+        without one, the reference-free statistic with its own k."""
+        if STATISTICS[self.statistic].needs_reference and not trusted_reference:
+            return self.absolute_statistic, self.absolute_k
+        return self.statistic, self.k
 
     @field_validator("absolute_statistic")
     @classmethod

@@ -96,12 +96,9 @@ def redecision_policy(result: Result, policy: Policy) -> Policy:
     return Policy.model_validate({**policy.model_dump(mode="json"), **{key: scanned[key] for key in SCAN_SHAPE}})
 
 
-def statistic_for(result: Result, policy: Policy) -> str:
-    """The scan's rule: a reference statistic needs a trusted reference, else the absolute one."""
-    det = policy.detection
-    if STATISTICS[det.statistic].needs_reference and result.detection.reference != "published":
-        return det.absolute_statistic
-    return det.statistic
+def rule_for(result: Result, policy: Policy) -> tuple[str, float]:
+    """The scan's (statistic, k): a reference statistic needs a trusted reference, else the absolute one."""
+    return policy.detection.rule(result.detection.reference == "published")
 
 
 PATCH_SKIPPED = "was not needed"  # in the scan's warning when a modified tower's L-inf ladder flagged a class (ci_gate.scan)
@@ -110,11 +107,11 @@ PATCH_SKIPPED = "was not needed"  # in the scan's warning when a modified tower'
 def rescore(result: Result, policy: Policy) -> Result:
     det = policy.detection
     stats = rung_stats(result)
-    statistic = statistic_for(result, policy)
+    statistic, k = rule_for(result, policy)
     if STATISTICS[statistic].needs_transfer and stats[0][0].ref_cross_loss is None:
         raise InputError(None, f"the statistic {statistic!r} needs the delivered triggers' losses on the reference (ref_cross_loss), which scans before schema 1.5 do not record: scan again")
     gain = det.min_asr_gain if result.detection.reference == "published" else None
-    d = decide_ladder(stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain, [r.family for r in result.classes[0].rungs])
+    d = decide_ladder(stats, statistic, k, det.min_asr, det.mad_floor, det.extreme, gain, [r.family for r in result.classes[0].rungs])
     classes: list[ClassResult] = []
     moved = False
     for c, cls in enumerate(result.classes):
@@ -151,7 +148,7 @@ def rescore(result: Result, policy: Policy) -> Result:
             "target_class": None if target is None else result.classes[target].name,
             "classes": classes,
             "detection": result.detection.model_copy(
-                update={"statistic": statistic, "k": det.k, "min_asr": det.min_asr, "min_asr_gain": gain, "extreme": det.extreme, "median": d.median[shown], "mad": d.mad[shown]}
+                update={"statistic": statistic, "k": k, "min_asr": det.min_asr, "min_asr_gain": gain, "extreme": det.extreme, "median": d.median[shown], "mad": d.mad[shown]}
             ),
             "policy": result.policy.model_copy(update={"name": policy.name, "sha256": policy.sha256(), "settings": policy.model_dump(mode="json")}),
             "warnings": warnings,

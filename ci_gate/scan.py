@@ -122,12 +122,12 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
             "prompt tuning never changes the encoders, so this fails the gate on its own"
         )
     det = policy.detection
-    statistic, ref = det.statistic, None
-    if STATISTICS[statistic].needs_reference:
+    # the only tower at hand may be the delivered one: a reference built on it would carry an
+    # encoder-level backdoor and cancel it, so an unverified tower is scored without a reference
+    statistic, k = det.rule(trusted_reference=encoder.status != "unverified")
+    ref = None
+    if STATISTICS[det.statistic].needs_reference:
         if encoder.status == "unverified":
-            # the only tower at hand is the delivered one: a reference built on it would carry an
-            # encoder-level backdoor and cancel it, so score without a reference
-            statistic = det.absolute_statistic
             warnings.append(
                 f"the checkpoint's backbone is not a published one it can be checked against (it embeds its tower, or names a weights file "
                 f"instead of a pretrained tag) and no published weights were given: the towers are unverified "
@@ -141,7 +141,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
         stats = _rung_stats(triggers, rates, clean_losses, ref)
         _refuse_non_finite(req.checkpoint, stats, statistic)
         families = [r.family for r in triggers[0].rungs]
-        return stats, decide_ladder(stats, statistic, det.k, det.min_asr, det.mad_floor, det.extreme, gain, families)
+        return stats, decide_ladder(stats, statistic, k, det.min_asr, det.mad_floor, det.extreme, gain, families)
 
     rung_stats, decision = decide()
     patch = None
@@ -252,7 +252,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
         ),
         policy=PolicyInfo(name=policy.name, path=None if req.policy_path is None else str(req.policy_path), sha256=policy.sha256(), settings=policy.model_dump(mode="json")),
         detection=Detection(
-            statistic=statistic, k=det.k, min_asr=det.min_asr, min_asr_gain=gain, extreme=det.extreme,
+            statistic=statistic, k=k, min_asr=det.min_asr, min_asr_gain=gain, extreme=det.extreme,
             median=decision.median[shown], mad=decision.mad[shown], epsilons=list(settings.rungs), patch_areas=[] if patch is None else list(patch.areas),
             reference="none" if ref is None else "published",
         ),

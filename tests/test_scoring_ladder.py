@@ -163,7 +163,20 @@ def test_rescoring_a_saved_result_is_the_scans_decision_and_follows_new_settings
     lenient, _ = load_policy("default", ["detection.k=1000", "detection.extreme=2000"])
     assert rescore(saved, lenient).verdict == "clean"
     # without a trusted reference the reference-free statistic decides, as in the scan
-    assert rescore(_without_reference(saved), policy).detection.statistic == det.absolute_statistic
+    free = rescore(_without_reference(saved), policy).detection
+    assert (free.statistic, free.k) == (det.absolute_statistic, det.absolute_k)
+
+
+def test_the_reference_free_statistic_has_its_own_threshold():
+    from ci_gate.policy import load_policy
+
+    policy, _ = load_policy("default", ["detection.absolute_k=7"])
+    det = policy.detection
+    assert det.rule(trusted_reference=True) == (det.statistic, det.k)
+    assert det.rule(trusted_reference=False) == (det.absolute_statistic, 7.0)
+    # a reference-free main statistic keeps k whatever the reference
+    free, _ = load_policy("default", ["detection.statistic=loss_drop"])
+    assert free.detection.rule(trusted_reference=False) == ("loss_drop", free.detection.k)
 
 
 def test_report_rescore_cli_writes_a_new_folder_and_leaves_the_saved_one(tmp_path, capsys):
