@@ -59,12 +59,12 @@ def decide(stats: Sequence[ClassStats], statistic: str, k: float, min_asr: float
 
 def ladder_score(indices: Sequence[float], families: Sequence[str]) -> float:
     """A class's score over the ladder: the mean of its indices over each trigger family's rungs,
-    the larger of the family means. A planted direction stands out at every budget of the family
-    that reaches it (the zoo's targets: from 2/255 up); a clean class that the tuned model merely
-    makes easier stands out only at the top budgets, where every class falls (demo: a clean
-    'black' at 0.4 / 0.7 / 1.8 / 3.4 / 4.5 over 2-32/255). The mean counts the first once per
-    rung, the second once; the mean of the two largest (stops 18-24) counted them alike.
-    A patch family's rungs are averaged apart, so the L-inf rungs cannot dilute them."""
+    the larger of the family means. A planted direction stands out over most of the ladder (the
+    demo's backdoor: 2.4 / 3.5 / 5.4 / 6.0 / 2.7 over 2-32/255); a clean class that the tuned model
+    merely makes easier stands out only at the top budgets, where every class falls (the demo's
+    clean 'black': 0.4 / 0.7 / 1.8 / 3.4 / 4.5). The mean of the two largest indices (stops 18-24)
+    scored those two alike (4.0 and 5.7). A patch family's rungs are averaged apart, so quiet
+    L-inf rungs cannot dilute a patch backdoor."""
     if len(indices) != len(families) or not indices:
         raise ValueError("one family per rung, and at least one rung")
     by: dict[str, list[float]] = {}
