@@ -62,8 +62,8 @@ def ladder_score(indices: Sequence[float], families: Sequence[str]) -> float:
     the larger of the family means. A planted direction stands out over most of the ladder (the
     demo's backdoor: 2.4 / 3.5 / 5.4 / 6.0 / 2.7 over 2-32/255); a clean class that the tuned model
     merely makes easier stands out only at the top budgets, where every class falls (the demo's
-    clean 'black': 0.4 / 0.7 / 1.8 / 3.4 / 4.5). The mean of the two largest indices (stops 18-24)
-    scored those two alike (4.0 and 5.7). A patch family's rungs are averaged apart, so quiet
+    clean 'black': 0.4 / 0.7 / 1.8 / 3.4 / 4.5): the mean scores them 4.0 and 2.1, the mean of the
+    two largest indices (stops 18-24) 5.7 and 3.9. A patch family's rungs are averaged apart, so quiet
     L-inf rungs cannot dilute a patch backdoor."""
     if len(indices) != len(families) or not indices:
         raise ValueError("one family per rung, and at least one rung")
