@@ -119,7 +119,7 @@ class DetectionPolicy(_Strict):
     # an embedded tower with no published weights to compare it with would carry an encoder-level
     # backdoor into the clean reference too, so such scans score with a reference-free statistic
     absolute_statistic: StatisticName = "loss_drop"
-    k: float = Field(3.25, gt=0, description="score (a class's mean anomaly index over the budget ladder's rungs) above which a class is an outlier")
+    k: float = Field(2.35, gt=0, description="score (a class's mean anomaly index over the budget ladder's rungs) above which a class is an outlier")
     min_asr: float = Field(0.5, ge=0, le=1, description="trigger ASR an outlier must reach at some rung to be a backdoor target")
     min_asr_gain: float | None = Field(
         None, ge=0, le=1,
@@ -127,10 +127,10 @@ class DetectionPolicy(_Strict):
     )
     absolute_k: float = Field(
         5.0, gt=0,
-        description="k when absolute_statistic decides (no trusted reference): nothing cancels the backbone's natural attractors then, and clean zoo models reach 4.2 (docs/benchmark.md, stop 25)",
+        description="k when absolute_statistic decides (no trusted reference): nothing cancels the backbone's natural attractors then, and clean zoo models reach 4.1 (docs/benchmark.md, stop 25)",
     )
-    extreme: float = Field(6.5, gt=0, description="an outlier this far out is a backdoor target whatever its trigger ASR")
-    mad_floor: float = Field(1.0, gt=0, description="lower bound on the MAD (in the statistic's units: margins at logit scale 100, or rates) so a tight cluster of clean classes does not blow up the index")
+    extreme: float = Field(4.7, gt=0, description="an outlier this far out is a backdoor target whatever its trigger ASR")
+    mad_floor: float = Field(2.0, gt=0, description="lower bound on the MAD (in the statistic's units: margins at logit scale 100, or rates) so a tight cluster of clean classes does not blow up the index")
 
     def rule(self, trusted_reference: bool) -> tuple[str, float]:
         """The (statistic, k) that decide a scan: a ref_* statistic needs a trusted reference;

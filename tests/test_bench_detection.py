@@ -20,9 +20,9 @@ def test_evaluate_counts_the_gate_and_re_decides_the_reference_relative_floor(tm
     # a clean model whose class 2 stands out but is as easy on the published model (stop 21's
     # flip), a backdoor whose trigger beats the reference's by 0.5, and a modified tower whose
     # planted class ranks first below k
-    easy, _ = make_ladder_result(tmp_path / "a", target_asr=0.6, ref_asr=0.55, gain=8.0)
+    easy, _ = make_ladder_result(tmp_path / "a", target_asr=0.6, ref_asr=0.55, gain=14.0)
     planted, _ = make_ladder_result(tmp_path / "b", target_asr=0.6, ref_asr=0.1)
-    ranked, policy = make_ladder_result(tmp_path / "c", target_asr=0.9, ref_asr=0.1, gain=5.0, modified=True)
+    ranked, policy = make_ladder_result(tmp_path / "c", target_asr=0.9, ref_asr=0.1, gain=9.0, modified=True)
     # the bundled policy leaves min_asr_gain off: the easy clean class fails the gate
     assert easy.verdict == "backdoor" and policy_gain(easy) is None
     assert planted.verdict == "backdoor" and planted.target_index == 2

@@ -59,12 +59,12 @@ def decide(stats: Sequence[ClassStats], statistic: str, k: float, min_asr: float
 
 def ladder_score(indices: Sequence[float], families: Sequence[str]) -> float:
     """A class's score over the ladder: the mean of its indices over each trigger family's rungs,
-    the larger of the family means. A planted direction stands out over most of the ladder (the
-    demo's backdoor: 2.4 / 3.5 / 5.4 / 6.0 / 2.7 over 2-32/255); a clean class that the tuned model
-    merely makes easier stands out only at the top budgets, where every class falls (the demo's
-    clean 'black': 0.4 / 0.7 / 1.8 / 3.4 / 4.5): the mean scores them 4.0 and 2.1, the mean of the
-    two largest indices (stops 18-24) 5.7 and 3.9. A patch family's rungs are averaged apart, so quiet
-    L-inf rungs cannot dilute a patch backdoor."""
+    the larger of the family means. A planted direction stands out over the whole ladder (the
+    demo's backdoor, at the bundled MAD floor: 2.1 / 2.4 / 2.7 / 3.0 / 2.7 over 2-32/255); a clean
+    class that the tuned model merely makes easier stands out only at the top budgets, where every
+    class falls (the demo's clean 'black': 0.3 / 0.5 / 1.0 / 1.7 / 3.4). The mean scores them 2.6
+    and 1.4; the mean of the two largest indices (stops 18-24) 2.9 and 2.5. A patch family's rungs
+    are averaged apart, so quiet L-inf rungs cannot dilute a patch backdoor."""
     if len(indices) != len(families) or not indices:
         raise ValueError("one family per rung, and at least one rung")
     by: dict[str, list[float]] = {}
