@@ -131,7 +131,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
             warnings.append(
                 f"the checkpoint's backbone is not a published one it can be checked against (it embeds its tower, or names a weights file "
                 f"instead of a pretrained tag) and no published weights were given: the towers are unverified "
-                f"and classes were scored with the reference-free '{statistic}'; pass --reference-weights with the published backbone"
+                f"and classes were scored with the reference-free '{statistic}' against detection.absolute_k = {k:g}; pass --reference-weights with the published backbone"
             )
         else:
             ref = reference_stats(loaded, clf.class_names, pool.images, settings, device, backbone=published, delivered=triggers)

@@ -34,7 +34,7 @@ from tiny_scan import build  # noqa: E402
 
 NAME = "tiny-clip"
 TINY_POLICY = "version: 1\nname: tiny\ndevice: cpu\npool: {min_images: 8, max_images: 8}\ninversion: {batch_size: 8, epochs: 1}\n"
-FLAGGING_POLICY = TINY_POLICY.replace("name: tiny", "name: tiny-k05") + "detection: {k: 0.5, min_asr: 0.0}\n"
+FLAGGING_POLICY = TINY_POLICY.replace("name: tiny", "name: tiny-k05") + "detection: {k: 0.5, absolute_k: 0.5, min_asr: 0.0}\n"
 
 
 def _sha(path: Path) -> str:
