@@ -43,7 +43,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "ci-gate-bench"
 DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MODES = ("published", "none")
 TODAY = ["inversion.epsilon=4/255", "inversion.eval_images=null"]  # the default policy before the ladder
-K_SWEEP = (3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
+K_SWEEP = (2.0, 2.35, 2.75, 3.0, 4.0, 5.0)  # around the bundled k (2.35)
 GAIN_SWEEP = (None, 0.1, 0.2, 0.3)  # detection.min_asr_gain; None: the absolute ASR floor alone (the default)
 PROFILES = {
     # baselines: epochs over the pool and pool size (the paper: 5 epochs over the full pool)
@@ -171,7 +171,7 @@ def flips(verdicts: dict[str, dict[int, bool]]) -> list[str]:
     return sorted(m for m, by_seed in verdicts.items() if len(set(by_seed.values())) > 1)
 
 
-K_CALIBRATION = (3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0)
+K_CALIBRATION = (2.0, 2.35, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)  # the bundled k (2.35) and absolute_k (5.0) among them
 
 
 def clean_max_scores(models: list[ZooModel], results: dict[tuple[str, str, int], Result], mode: str, seeds: tuple[int, ...]) -> list[float]:
