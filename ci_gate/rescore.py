@@ -96,21 +96,17 @@ def redecision_policy(result: Result, policy: Policy) -> Policy:
     return Policy.model_validate({**policy.model_dump(mode="json"), **{key: scanned[key] for key in SCAN_SHAPE}})
 
 
-def rule_for(result: Result, policy: Policy) -> tuple[str, float]:
-    """The scan's (statistic, k): a reference statistic needs a trusted reference, else the absolute one."""
-    return policy.detection.rule(result.detection.reference == "published")
-
-
 PATCH_SKIPPED = "was not needed"  # in the scan's warning when a modified tower's L-inf ladder flagged a class (ci_gate.scan)
 
 
 def rescore(result: Result, policy: Policy) -> Result:
     det = policy.detection
     stats = rung_stats(result)
-    statistic, k = rule_for(result, policy)
+    published = result.detection.reference == "published"
+    statistic, k = det.rule(trusted_reference=published)
     if STATISTICS[statistic].needs_transfer and stats[0][0].ref_cross_loss is None:
         raise InputError(None, f"the statistic {statistic!r} needs the delivered triggers' losses on the reference (ref_cross_loss), which scans before schema 1.5 do not record: scan again")
-    gain = det.min_asr_gain if result.detection.reference == "published" else None
+    gain = det.min_asr_gain if published else None
     d = decide_ladder(stats, statistic, k, det.min_asr, det.mad_floor, det.extreme, gain, [r.family for r in result.classes[0].rungs])
     classes: list[ClassResult] = []
     moved = False

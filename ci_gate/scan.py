@@ -124,10 +124,11 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
     det = policy.detection
     # the only tower at hand may be the delivered one: a reference built on it would carry an
     # encoder-level backdoor and cancel it, so an unverified tower is scored without a reference
-    statistic, k = det.rule(trusted_reference=encoder.status != "unverified")
+    trusted = encoder.status != "unverified"
+    statistic, k = det.rule(trusted_reference=trusted)
     ref = None
     if STATISTICS[det.statistic].needs_reference:
-        if encoder.status == "unverified":
+        if not trusted:
             warnings.append(
                 f"the checkpoint's backbone is not a published one it can be checked against (it embeds its tower, or names a weights file "
                 f"instead of a pretrained tag) and no published weights were given: the towers are unverified "
