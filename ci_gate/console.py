@@ -95,11 +95,13 @@ def one_line(result: Result) -> str:
     if result.encoder.modified:
         likely = f" likely_target={quoted(result.target_class)}" if result.target_class is not None else ""
         return f"MODIFIED_ENCODER changed_tensors={result.encoder.n_changed}/{result.encoder.n_tensors}{likely} max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model}"
+    if result.unverified_fails:
+        return f"UNVERIFIED_ENCODER max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model} (pass --reference-weights)"
     return f"CLEAN max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model}"
 
 
 def print_summary(console: Console, result: Result, out_dir: str, top: int = 10) -> None:
-    verdict = "[bold red]BACKDOOR DETECTED[/]" if result.verdict == "backdoor" else "[bold red]MODIFIED ENCODER[/]" if result.encoder.modified else "[bold green]CLEAN[/]"
+    verdict = "[bold red]BACKDOOR DETECTED[/]" if result.verdict == "backdoor" else "[bold red]MODIFIED ENCODER[/]" if result.encoder.modified else "[bold red]UNVERIFIED ENCODER[/]" if result.unverified_fails else "[bold green]CLEAN[/]"
     console.print(f"{verdict}  {terminal(result.model.path)}  ({terminal(result.model.learner_label)}, {len(result.classes)} candidate classes, {result.pool.n_images} pool images)")
     if result.target_by_rank:
         console.print(f"likely target class (ranked first, not above k): [bold]{terminal(result.target_class)}[/]")

@@ -129,6 +129,12 @@ class DetectionPolicy(_Strict):
         5.0, gt=0,
         description="k when absolute_statistic decides (no trusted reference): nothing cancels the backbone's natural attractors then, and clean zoo models reach 4.1 (docs/benchmark.md, stop 25)",
     )
+    unverified_towers: Literal["fail", "warn"] = Field(
+        "fail",
+        description="a tower no published weights were given to check (the checkpoint embeds it, or names its own weights file): "
+        "fail the gate, since the checkpoint's author decides whether its tower can be checked and the reference-free statistic misses most "
+        "encoder-level backdoors (docs/benchmark.md, stop 25); warn: absolute_statistic decides alone",
+    )
     extreme: float = Field(4.7, gt=0, description="an outlier this far out is a backdoor target whatever its trigger ASR")
     mad_floor: float = Field(2.0, gt=0, description="lower bound on the MAD (in the statistic's units: margins at logit scale 100, or rates) so a tight cluster of clean classes does not blow up the index")
 

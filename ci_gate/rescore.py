@@ -144,7 +144,7 @@ def rescore(result: Result, policy: Policy) -> Result:
             "target_class": None if target is None else result.classes[target].name,
             "classes": classes,
             "detection": result.detection.model_copy(
-                update={"statistic": statistic, "k": k, "min_asr": det.min_asr, "min_asr_gain": gain, "extreme": det.extreme, "median": d.median[shown], "mad": d.mad[shown]}
+                update={"statistic": statistic, "k": k, "min_asr": det.min_asr, "min_asr_gain": gain, "extreme": det.extreme, "median": d.median[shown], "mad": d.mad[shown], "unverified_towers": det.unverified_towers}
             ),
             "policy": result.policy.model_copy(update={"name": policy.name, "sha256": policy.sha256(), "settings": policy.model_dump(mode="json")}),
             "warnings": warnings,

@@ -18,7 +18,7 @@ from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text, read_bounded
 from ci_gate.learners import LearnerKind
 
-RESULT_SCHEMA_VERSION = "1.5"  # 1.5: ref_cross_loss (the delivered trigger on the reference); 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize); 1.3: patch-family rungs; 1.4: detection.min_asr_gain, targets named by rank on a modified tower
+RESULT_SCHEMA_VERSION = "1.6"  # 1.6: detection.unverified_towers; 1.5: ref_cross_loss (the delivered trigger on the reference); 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize); 1.3: patch-family rungs; 1.4: detection.min_asr_gain, targets named by rank on a modified tower
 
 Verdict = Literal["clean", "backdoor"]
 ClassStatus = Literal["ok", "suspicious", "backdoor"]
@@ -204,6 +204,7 @@ class Detection(_Model):
     epsilons: list[float] = Field(default_factory=list, description="the budget ladder")
     patch_areas: list[float] = Field(default_factory=list, description="the patch family's mask areas, after the L-inf rungs in every class's rungs; empty unless it ran (a modified image tower)")
     reference: Literal["published", "none"] | None = Field(None, description="published: the ref_* inputs come from the published backbone; none: no trusted reference, so a reference-free statistic decided")
+    unverified_towers: Literal["fail", "warn"] | None = Field(None, description="the policy's answer to unverified towers (encoder.status unverified): fail the gate, or warn; None: a result from before 1.6, which warned")
 
     _scores = field_validator("median", "mad", mode="before")(_null_is_nan)
 
@@ -253,11 +254,19 @@ class Result(_Model):
         """The named target's class entry; None when none is named."""
         return None if self.target_index is None else next(c for c in self.classes if c.index == self.target_index)
 
+    @property
+    def unverified_fails(self) -> bool:
+        """The towers could not be checked against published weights and the policy fails such a
+        checkpoint (detection.unverified_towers), whatever its classes scored."""
+        return self.encoder.status == "unverified" and self.detection.unverified_towers == "fail"
+
     def gate_fails(self, fail_on: str) -> bool:
         if fail_on == "never":
             return False
         # a modified encoder is a policy violation of its own: prompt tuning never changes them
         if self.encoder.modified:
+            return True
+        if self.unverified_fails:
             return True
         if fail_on == "suspicious":
             # an outlier, as the reports say (ci_gate.report.alerts): a result written under the

@@ -127,15 +127,17 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
     trusted = encoder.status != "unverified"
     statistic, k = det.rule(trusted_reference=trusted)
     ref = None
-    if STATISTICS[det.statistic].needs_reference:
-        if not trusted:
-            warnings.append(
-                f"the checkpoint's backbone is not a published one it can be checked against (it embeds its tower, or names a weights file "
-                f"instead of a pretrained tag) and no published weights were given: the towers are unverified "
-                f"and classes were scored with the reference-free '{statistic}' against detection.absolute_k = {k:g}; pass --reference-weights with the published backbone"
-            )
-        else:
-            ref = reference_stats(loaded, clf.class_names, pool.images, settings, device, backbone=published, delivered=triggers)
+    if not trusted:
+        # what this means for the gate (detection.unverified_towers) is the reporters' to say: a
+        # re-decision may answer it differently (ci_gate.report.alerts.headline_warnings)
+        scored = f"the reference-free '{statistic}' against detection.absolute_k = {k:g}" if statistic != det.statistic else f"'{statistic}'"
+        warnings.append(
+            f"the checkpoint's backbone is not a published one it can be checked against (it embeds its tower, or names a weights file "
+            f"instead of a pretrained tag) and no published weights were given: the towers are unverified, so an encoder-level backdoor "
+            f"cannot be ruled out, and classes were scored with {scored}; pass --reference-weights with the published backbone"
+        )
+    elif STATISTICS[det.statistic].needs_reference:
+        ref = reference_stats(loaded, clf.class_names, pool.images, settings, device, backbone=published, delivered=triggers)
     gain = det.min_asr_gain if ref is not None else None
 
     def decide() -> tuple[list[list[ClassStats]], LadderDecision]:
@@ -255,7 +257,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
         detection=Detection(
             statistic=statistic, k=k, min_asr=det.min_asr, min_asr_gain=gain, extreme=det.extreme,
             median=decision.median[shown], mad=decision.mad[shown], epsilons=list(settings.rungs), patch_areas=[] if patch is None else list(patch.areas),
-            reference="none" if ref is None else "published",
+            reference="none" if ref is None else "published", unverified_towers=det.unverified_towers,
         ),
         classes=classes,
         encoder=encoder,

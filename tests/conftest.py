@@ -86,6 +86,17 @@ def cifar_models(tmp_path_factory) -> CifarModels:
         return models
 
 
+@pytest.fixture(scope="module")
+def cifar_published(cifar_models, tmp_path_factory) -> Path:
+    """The backbone the CIFAR models were tuned on, as the file a user downloads and passes to
+    --reference-weights (without it their embedded tower is unverified and fails the default gate)."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("published") / "published.safetensors"
+    save_file({k: v.contiguous() for k, v in cifar_models.backbone_state.items()}, str(path))
+    return path
+
+
 def _load_cifar_models(root: Path) -> CifarModels:
     from safetensors.torch import load_file
 

@@ -95,7 +95,10 @@ def test_verify_returns_the_cli_result_without_output(tiny, tmp_path, capsys):
     assert capsys.readouterr() == ("", "")  # nothing printed
     assert isinstance(result, ci_gate.Result) and seen and {n for *_, n in seen} == {len(result.classes)}
     assert [d for d, *_ in seen] == sorted({d for d, *_ in seen})  # it reports, in order
-    assert ci_gate.gate_passes(result) == (result.verdict == "clean" and not result.encoder.modified)
+    # the tiny model embeds its tower and no published weights are given: unverified, which the
+    # default policy fails whatever the classes scored
+    assert result.encoder.status == "unverified" and result.unverified_fails
+    assert ci_gate.gate_passes(result) is False
     assert not list(tmp_path.iterdir())  # no out=: nothing left anywhere we look
 
     with pytest.raises(SystemExit) as exit_:

@@ -22,7 +22,7 @@ from ci_gate.export.onnx import OPSET, PARITY_ATOL, PREFIX, export_onnx, graph_d
 from ci_gate.io import sha256_file
 from ci_gate.result import EncoderInfo, load_result
 from conftest import OOD, require
-from tiny_scan import SETTINGS, build
+from tiny_scan import SETTINGS, build, published_weights
 
 onnx = pytest.importorskip("onnx")  # the dev extra installs it; without it the commands exit 2 (tested below)
 ort = pytest.importorskip("onnxruntime")
@@ -53,7 +53,8 @@ def models(tmp_path_factory, one_thread):
         ckpt, pool = build(root / kind, kind=kind)
         report = root / kind / "report"
         with pytest.raises(SystemExit) as done:
-            main(["verify", str(ckpt), "--pool", str(pool), "--out", str(report), "--quiet", *SETTINGS])
+            # with the published weights: a tower nobody checked fails the gate, and export refuses it
+            main(["verify", str(ckpt), "--pool", str(pool), "--out", str(report), "--quiet", "--reference-weights", str(published_weights(root / kind)), *SETTINGS])
         assert done.value.code in (0, 1)
         real = report / "result.json"
         out[kind] = {
@@ -129,9 +130,12 @@ def test_export_cli_refuses_what_the_gate_did_not_pass(models, tmp_path, capsys)
     out = tmp_path / "m.onnx"
     # clean, but the delivered image tower is not the published one: the gate fails all the same
     tower = with_verdict(coop["real"], tmp_path / "tower.json", "clean", encoder=EncoderInfo(status="modified", n_tensors=9, n_changed=1))
+    # clean, but nobody could check the tower against published weights
+    unchecked = with_verdict(coop["real"], tmp_path / "unchecked.json", "clean", encoder=EncoderInfo(status="unverified"))
     cases = [
         (["--result", coop["backdoor"]], 1, "verdict is backdoor"),
         (["--result", tower], 1, "failed its gate"),
+        (["--result", unchecked], 1, "the delivered towers are unverified"),
         (["--result", cocoop["clean"]], 2, "belongs to another checkpoint"),
         ([], 2, "--result: required"),
     ]

@@ -86,7 +86,7 @@ def test_pre_commit_passes_a_clean_checkpoint_and_blocks_a_broken_one(tmp_path):
     (models / "models" / "broken.safetensors").write_bytes(b"not a checkpoint at all")
     reports = tmp_path / "reports"
     config = {"repos": [{"repo": str(hooks), "rev": rev, "hooks": [
-        {"id": "ci-gate-system", "args": ["--pool", str(pool), "--out-root", str(reports), *CHEAP]}]}]}
+        {"id": "ci-gate-system", "args": ["--pool", str(pool), "--out-root", str(reports), "--reference-weights", str(tiny_scan.published_weights(tmp_path / "fixture")), *CHEAP]}]}]}
     (models / ".pre-commit-config.yaml").write_text(yaml.safe_dump(config))
     _git(models, "init", "-q", env=env)
     done = subprocess.run([_pre_commit(), "install"], cwd=models, env=env, capture_output=True, text=True, timeout=120)
@@ -103,6 +103,7 @@ def test_pre_commit_passes_a_clean_checkpoint_and_blocks_a_broken_one(tmp_path):
     assert "ci-gate: error: models/broken.safetensors: not a safetensors file" in log
     clean = json.loads((reports / "models" / "clean.safetensors" / "result.json").read_text())
     assert clean["verdict"] == "clean" and clean["model"]["path"] == "models/clean.safetensors"
+    assert clean["encoder"]["status"] == "unmodified"  # checked against the published weights, so it may pass
     assert not (reports / "models" / "broken.safetensors").exists()
 
 

@@ -30,11 +30,11 @@ from mlflow import MlflowClient  # noqa: E402
 from ci_gate import __version__  # noqa: E402
 from ci_gate.cli import main  # noqa: E402
 from ci_gate.result import load_result  # noqa: E402
-from tiny_scan import build  # noqa: E402
+from tiny_scan import build, published_weights  # noqa: E402
 
 NAME = "tiny-clip"
 TINY_POLICY = "version: 1\nname: tiny\ndevice: cpu\npool: {min_images: 8, max_images: 8}\ninversion: {batch_size: 8, epochs: 1}\n"
-FLAGGING_POLICY = TINY_POLICY.replace("name: tiny", "name: tiny-k05") + "detection: {k: 0.5, absolute_k: 0.5, min_asr: 0.0}\n"
+FLAGGING_POLICY = TINY_POLICY.replace("name: tiny", "name: tiny-k05") + "detection: {statistic: loss_drop, k: 0.5, absolute_k: 0.5, min_asr: 0.0}\n"
 
 
 def _sha(path: Path) -> str:
@@ -100,7 +100,8 @@ def files(tmp_path_factory, one_thread, server):
     ckpt, pool = build(root / "m")
     (root / "tiny.yaml").write_text(TINY_POLICY)
     (root / "tiny-k05.yaml").write_text(FLAGGING_POLICY)
-    return {"root": root, "ckpt": ckpt, "pool": pool, "policy": root / "tiny.yaml", "flagging": root / "tiny-k05.yaml"}
+    # the published weights of the tiny model's embedded tower: without them it is unverified, which fails the gate
+    return {"root": root, "ckpt": ckpt, "pool": pool, "policy": root / "tiny.yaml", "flagging": root / "tiny-k05.yaml", "published": published_weights(root / "m")}
 
 
 def _register(client: MlflowClient, name: str, *files: Path, run: bool = True) -> str:
@@ -175,11 +176,11 @@ def verified(registry, server, files, tmp_path_factory):
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         runs = {
             "clean": _run("verify", f"models:/{NAME}/{clean}", "--pool", str(files["pool"]), "--policy", str(files["policy"]),
-                          "--out", str(root / "clean"), "--tracking-uri", server.uri, "--quiet"),
+                          "--out", str(root / "clean"), "--tracking-uri", server.uri, "--reference-weights", str(files["published"]), "--quiet"),
         }
         mp.setenv("MLFLOW_TRACKING_URI", server.uri)  # as MLflow's own tools read it
         runs["flagged"] = _run("verify", f"models:/{NAME}@candidate", "--pool", str(files["pool"]), "--policy", str(files["flagging"]),
-                               "--out", str(root / "flagged"), "--format", "json")
+                               "--out", str(root / "flagged"), "--format", "json", "--reference-weights", str(files["published"]))
     assert not {"mlflow.db", "mlruns"} & {p.name for p in root.iterdir()}
     return {name: {"version": v, "run": runs[name], "out": root / name} for name, v in (("clean", clean), ("flagged", flagged))}
 
@@ -290,7 +291,7 @@ def test_scan_new_scans_each_untagged_version_once(registry, server, files, tmp_
     registry.create_registered_model(name)
     # exactly one checkpoint among other files is fine
     first, second = _register(registry, name, files["ckpt"], files["policy"]), _register(registry, name, files["ckpt"], run=False)
-    argv = ["registry", "scan-new", name, "--pool", str(files["pool"]), "--out", str(tmp_path / "poll"), "--tracking-uri", server.uri]
+    argv = ["registry", "scan-new", name, "--pool", str(files["pool"]), "--out", str(tmp_path / "poll"), "--tracking-uri", server.uri, "--reference-weights", str(files["published"])]
     code, out, err = _cli(capsys, *argv, "--policy", str(files["policy"]), "--limit", "1")
     assert code == 0, err
     assert out.count("CLEAN ") == 1 and f"recorded on models:/{name}/{first}: ci_gate.verdict=clean" in err
@@ -333,6 +334,22 @@ def test_promote_refuses_a_modified_tower_whatever_fail_on(registry, server, fil
     code, out, err = _cli(capsys, "registry", "promote", f"models:/{NAME}/{v}", "--alias", "staging", "--policy", str(never), "--tracking-uri", server.uri)
     # ...it does not make the towers the published ones
     assert code == 1 and "its encoder differs from the published weights" in out + err
+    assert registry.get_registered_model(NAME).aliases.get("staging") is None
+
+
+def test_promote_refuses_a_version_whose_towers_nobody_checked(registry, server, files, tmp_path, capsys):
+    never = tmp_path / "never.yaml"
+    never.write_text(TINY_POLICY.replace("name: tiny", "name: tiny-never") + "report: {fail_on: never}\n")
+    v = _register(registry, NAME, files["ckpt"])
+    # no --reference-weights: the embedded tower is unverified, and the default answer fails the gate
+    code, out, err = _verify(capsys, files, server, f"models:/{NAME}/{v}", tmp_path / "out", "policy", "--quiet")
+    assert code == 1 and "UNVERIFIED_ENCODER" in out, out + err
+    assert load_result(tmp_path / "out" / "result.json").encoder.status == "unverified"
+    # fail_on never keeps the job green, but promotion still refuses the unchecked towers
+    code, _, err = _verify(capsys, files, server, f"models:/{NAME}/{v}", tmp_path / "never", "policy", "--policy", str(never), "--quiet")
+    assert code == 0, err
+    code, out, err = _cli(capsys, "registry", "promote", f"models:/{NAME}/{v}", "--alias", "staging", "--policy", str(never), "--tracking-uri", server.uri)
+    assert code == 1 and "its encoder could not be checked against published weights" in out + err
     assert registry.get_registered_model(NAME).aliases.get("staging") is None
 
 

@@ -67,7 +67,7 @@ def clean_data(cifar_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def repaired(cifar_models, clean_data, tmp_path_factory):
+def repaired(cifar_models, cifar_published, clean_data, tmp_path_factory):
     require(OOD)
     out_dir = tmp_path_factory.mktemp("repaired")
     src = cifar_models.backdoored.path
@@ -79,7 +79,7 @@ def repaired(cifar_models, clean_data, tmp_path_factory):
         # 60 held-out images: one image is 1.7 points, so the 1-point default cannot be met by
         # construction; this test is about the backdoor, the accuracy rule has its own test.
         main(["repair", str(src), "--clean-data", str(clean_data[0]), "--out", str(out_dir / "repaired.safetensors"),
-              "--pool", str(OOD), *GATE, "--set", "repair.max_clean_acc_drop=0.05", "--quiet"])
+              "--pool", str(OOD), "--reference-weights", str(cifar_published), *GATE, "--set", "repair.max_clean_acc_drop=0.05", "--quiet"])
     except SystemExit as exc:
         code = exc.code
     assert _sha(src) == before, "repair modified its input"
@@ -136,24 +136,24 @@ def test_repaired_checkpoint_records_its_parent_and_the_repair(repaired, cifar_m
     assert not torch.equal(ckpt.learner_tensors["ctx"], parent.learner_tensors["ctx"])
 
 
-def test_clean_model_is_left_alone(cifar_models, clean_data, tmp_path, capsys):
+def test_clean_model_is_left_alone(cifar_models, cifar_published, clean_data, tmp_path, capsys):
     require(OOD)
     out = tmp_path / "out" / "repaired.safetensors"
-    code, stdout, _ = _cli(capsys, "repair", cifar_models.clean.path, "--clean-data", clean_data[0], "--out", out, "--pool", OOD, *GATE, "--quiet")
+    code, stdout, _ = _cli(capsys, "repair", cifar_models.clean.path, "--clean-data", clean_data[0], "--out", out, "--pool", OOD, "--reference-weights", cifar_published, *GATE, "--quiet")
     assert code == 0
     assert "nothing to repair" in stdout
     # no copy: a file at --out would read as "repaired" to the action and to reviewers
     assert not out.exists() and not (out.parent / "repair.json").exists()
 
 
-def test_repair_that_does_not_pass_the_gate_is_refused_and_writes_nothing(cifar_models, clean_data, tmp_path, capsys):
+def test_repair_that_does_not_pass_the_gate_is_refused_and_writes_nothing(cifar_models, cifar_published, clean_data, tmp_path, capsys):
     require(OOD)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     (out_dir / "repaired.safetensors").write_bytes(b"previous")  # an earlier artifact must survive a refusal
     # a learning rate that cannot move the learner: the re-scan still finds the backdoor
     code, _, err = _cli(capsys, "repair", cifar_models.backdoored.path, "--clean-data", clean_data[0], "--out", out_dir / "repaired.safetensors",
-                        "--pool", OOD, *GATE, "--set", "repair.lr=1e-9", "--set", "repair.epochs=1", "--set", "repair.rounds=1", "--quiet")
+                        "--pool", OOD, "--reference-weights", cifar_published, *GATE, "--set", "repair.lr=1e-9", "--set", "repair.epochs=1", "--set", "repair.rounds=1", "--quiet")
     assert code == 1, err
     assert "refused" in err and "still fails verification" in err
     assert sorted(p.name for p in out_dir.iterdir()) == ["repaired.safetensors"]
@@ -210,7 +210,7 @@ def test_policy_must_allow_repair_and_output_must_not_be_the_input(cifar_models,
     assert _sha(src) == before
 
 
-def test_benchmark_measures_what_the_cli_does(repaired, cifar_models, clean_data):
+def test_benchmark_measures_what_the_cli_does(repaired, cifar_models, cifar_published, clean_data):
     """``bench repair``'s ``reconstructed`` variant runs the CLI's own repair rounds: same seed,
     same data, same gate -> the same re-verification and the same repaired learner."""
     from ci_gate.data import load_labeled_folder
@@ -228,7 +228,7 @@ def test_benchmark_measures_what_the_cli_does(repaired, cifar_models, clean_data
     train, _ = split_holdout(data, policy.repair.holdout, policy.seed)  # the CLI trains on this part
     _, held = clean_data
     target = names.index(cifar_models.target)
-    ev = evaluate_repair(bad.path, bad.trigger, target, train, held, str(OOD), policy, variants=("reconstructed", "clean_only"))
+    ev = evaluate_repair(bad.path, bad.trigger, target, train, held, str(OOD), policy, variants=("reconstructed", "clean_only"), reference_weights=cifar_published)
     assert ev.detected and ev.target_correct
     rec, clean_only = ev.variants
     assert rec.reverify["gate_passes"] and rec.reverify["rounds"] == len(summary["rounds"])

@@ -35,9 +35,13 @@ def assert_complete(out: Path) -> dict:
     result = json.loads((out / "result.json").read_text())
     created = result["created_at"]
     html = (out / "report.html").read_text()
-    assert f'class="banner {result["verdict"]}"' in html and created in html
+    # the tiny model embeds its tower: unverified, which the default policy fails like a backdoor
+    failing = result["verdict"] == "backdoor" or result["encoder"]["status"] == "modified" or (
+        result["encoder"]["status"] == "unverified" and result["detection"]["unverified_towers"] == "fail"
+    )
+    assert f'class="banner {"backdoor" if failing else "clean"}"' in html and created in html
     md = (out / "summary.md").read_text()
-    assert md.splitlines()[0].endswith("no backdoor detected") == (result["verdict"] == "clean")
+    assert md.splitlines()[0].endswith("no backdoor detected") == (not failing)
     assert f"scanned in {result['timings']['total_s']:.1f} s" in md
     sarif = json.loads((out / "report.sarif").read_text())
     assert sarif["runs"][0]["invocations"][0]["endTimeUtc"] == created.replace("+00:00", "Z")

@@ -216,7 +216,7 @@ def test_links_default_to_the_method_paper_while_unpublished(tmp_path, validator
     log = _log(tmp_path)
     driver = log["runs"][0]["tool"]["driver"]
     assert driver["informationUri"] == links.METHOD_URL and _absolute_https(links.METHOD_URL)
-    assert [r["helpUri"] for r in driver["rules"]] == [links.METHOD_URL] * 3
+    assert [r["helpUri"] for r in driver["rules"]] == [links.METHOD_URL] * 4
     assert _errors(validator, log) == []
 
 

@@ -225,6 +225,23 @@ def test_repair_refuses_a_tower_that_differs_from_the_published_one(tiny, publis
     assert not (tmp_path / "fixed.safetensors").exists() and not (tmp_path / "repair.json").exists()
 
 
+def test_repair_refuses_a_tower_nobody_could_check(tiny, labeled, tmp_path, monkeypatch, capsys):
+    """No --reference-weights: the embedded tower is unverified, which fails the default gate
+    whatever a prompt repair does (every candidate re-embeds it), so repair is refused before any
+    fine-tuning, saying how to fix it; nothing is written."""
+    import ci_gate.repair.flow as flow
+
+    ckpt, pool = tiny
+    seen = _spy(monkeypatch, flow)
+    code, out, err = _cli(capsys, "repair", ckpt, "--clean-data", labeled, "--out", tmp_path / "fixed.safetensors", "--pool", pool, "--quiet",
+                          *_sets(*CHEAP, "repair.allowed=true", "repair.epochs=1", "repair.rounds=1", "repair.holdout=0.5", "repair.refresh_blocks=1"))
+    assert code == 1, out + err
+    assert "could not be checked against published weights" in out + err and "--reference-weights" in out + err
+    ((first, before),) = seen
+    assert first.reference_weights is None and before.encoder.status == "unverified" and before.verdict == "clean"
+    assert not (tmp_path / "fixed.safetensors").exists() and not (tmp_path / "repair.json").exists()
+
+
 def test_canary_scans_its_copy_with_the_published_reference(tiny, published, labeled, tmp_path, monkeypatch, capsys):
     import ci_gate.canary as canary
 

@@ -14,20 +14,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def published(cifar_models, tmp_path_factory):
-    """The backbone the fixture's models were tuned on, as the file a user downloads."""
-    from safetensors.torch import save_file
-
-    path = tmp_path_factory.mktemp("published") / "published.safetensors"
-    save_file({k: v.contiguous() for k, v in cifar_models.backbone_state.items()}, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def backdoored_run(cifar_models, published, tmp_path_factory):
+def backdoored_run(cifar_models, cifar_published, tmp_path_factory):
     out = tmp_path_factory.mktemp("verify-bad")
     before = sha256(cifar_models.backdoored.path)
-    proc = verify(cifar_models.backdoored.path, out, "--reference-weights", str(published))
+    proc = verify(cifar_models.backdoored.path, out, "--reference-weights", str(cifar_published))
     assert sha256(cifar_models.backdoored.path) == before, "verify modified its input"
     return proc, out
 
@@ -54,8 +44,8 @@ def test_backdoored_run_writes_reports_and_the_trigger(backdoored_run, cifar_mod
     assert result["model"]["sha256"] == cifar_models.backdoored.sha256
 
 
-def test_clean_twin_passes(cifar_models, published, tmp_path):
-    proc = verify(cifar_models.clean.path, tmp_path, "--reference-weights", str(published))
+def test_clean_twin_passes(cifar_models, cifar_published, tmp_path):
+    proc = verify(cifar_models.clean.path, tmp_path, "--reference-weights", str(cifar_published))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["verdict"] == "clean" and result["target_class"] is None

@@ -6,6 +6,8 @@ target), and unusable published weights are bad input. Slow: uses the session's 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -23,9 +25,23 @@ def test_reference_weights_replace_an_embedded_backbone_in_the_reference(cifar_m
     from safetensors.torch import save_file
 
     own = verify(cifar_models.clean.path, tmp_path / "own", *REF, *SMALL)
-    assert own.returncode == 0, own.stdout + own.stderr
+    # the embedded tower cannot be checked: that fails the default gate on its own (a policy
+    # violation, exit 1) although no class is flagged, and every report says why
+    assert own.returncode == 1, own.stdout + own.stderr
     own_result = json.loads((tmp_path / "own" / "result.json").read_text())
-    assert any("--reference-weights" in w for w in own_result["warnings"])
+    assert any("--reference-weights" in w and "unverified" in w for w in own_result["warnings"])
+    assert own_result["verdict"] == "clean" and own_result["detection"]["unverified_towers"] == "fail"
+    assert "UNVERIFIED_ENCODER" in own.stdout
+    sarif = json.loads((tmp_path / "own" / "report.sarif").read_text())
+    assert [(r["ruleId"], r["level"]) for r in sarif["runs"][0]["results"]] == [("CIG004", "error")]
+    # re-decided with unverified_towers warn, the same scan passes: the reference-free statistic decides alone
+    warned = subprocess.run(
+        [sys.executable, "-m", "ci_gate", "report", str(tmp_path / "own" / "result.json"), "--rescore", "--set", "detection.unverified_towers=warn", "--out", str(tmp_path / "warned")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert warned.returncode == 0, warned.stdout + warned.stderr
+    warned_sarif = json.loads((tmp_path / "warned" / "report.sarif").read_text())
+    assert [(r["ruleId"], r["level"]) for r in warned_sarif["runs"][0]["results"]] == [("CIG004", "warning")]
 
     published = tmp_path / "published.safetensors"
     save_file({k: v.contiguous() for k, v in cifar_models.backbone_state.items()}, str(published))

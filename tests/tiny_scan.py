@@ -32,3 +32,15 @@ def build(root: Path, names: list[str] | None = None, n_images: int = 8, kind: s
     for i, img in enumerate(random_pool(n_images, 32, seed=1)):
         write_png(pool / f"{i:03d}.png", img)
     return ckpt, pool
+
+
+def published_weights(root: Path) -> Path:
+    """The tower ``build`` embeds, as the published weights file a user passes to
+    --reference-weights (without it the embedded tower is unverified and fails the default gate)."""
+    from safetensors.torch import save_file
+
+    from ci_gate.model.small import random_clip_state, small_config
+
+    path = root / "published.safetensors"
+    save_file({k: v.contiguous() for k, v in random_clip_state(small_config("tiny-32"), seed=0).items()}, str(path))
+    return path

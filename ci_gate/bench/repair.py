@@ -71,7 +71,7 @@ def _models(args: dict) -> list[dict]:
             raise InputError("--target", f"give the backdoor's target class, one of {names}")
         trig = _load_trigger(args["trigger"], args["attack"], ckpt.meta.preprocessing.image_size, 0)
         return [{"id": args["checkpoint"].stem, "checkpoint": args["checkpoint"], "trigger": trig, "target": names.index(args["target"]),
-                 "attack": args["attack"], "class_names": names, "clean_twin": args["clean_twin"]}]
+                 "attack": args["attack"], "class_names": names, "clean_twin": args["clean_twin"], "reference_weights": args["reference_weights"]}]
     from ci_gate.bench.zoo import entry, get_zoo, zoo_dir
 
     entries = [entry("cifar10", "cocoop", a, s, eps255=args["eps255"]) for s in args["seeds"] for a in args["attacks"]]
@@ -84,7 +84,9 @@ def _models(args: dict) -> list[dict]:
     for e, m in zip(entries, models):
         trig = _load_trigger(folder / f"{m.id}.trigger.safetensors", m.attack, size, e.seed + 1)
         out.append({"id": m.id, "checkpoint": Path(m.path), "trigger": trig, "target": m.target, "attack": m.attack, "class_names": m.class_names,
-                    "clean_twin": twin_paths[e.seed], "zoo_record": {"clean_acc": m.clean_acc, "asr": m.asr, "implanted": m.implanted}})
+                    "clean_twin": twin_paths[e.seed], "zoo_record": {"clean_acc": m.clean_acc, "asr": m.asr, "implanted": m.implanted},
+                    # the zoo's checkpoints embed the backbone: a user checks it against the published file
+                    "reference_weights": backbone.path / "backbone.safetensors"})
     return out
 
 
@@ -198,7 +200,7 @@ def run(args: dict) -> dict:
         data = load_labeled_folder(task_data, size, class_names=m["class_names"])
         clean, test = _split(data, args["clean_per_class"], args["seed"] + 100, task_data)
         _log(f"{m['id']}: {len(clean)} clean images for repair, {len(test)} held out")
-        ev = evaluate_repair(m["checkpoint"], m["trigger"], m["target"], clean, test, pool, policy, log=lambda s, i=m["id"]: _log(f"{i}: {s}"))
+        ev = evaluate_repair(m["checkpoint"], m["trigger"], m["target"], clean, test, pool, policy, reference_weights=m["reference_weights"], log=lambda s, i=m["id"]: _log(f"{i}: {s}"))
         twin = _twin(m["clean_twin"], m["trigger"], m["target"], test)
         evaluations.append({"id": m["id"], "attack": m["attack"], **({"zoo_record": m["zoo_record"]} if "zoo_record" in m else {}), "clean_twin": twin, **ev.to_dict()})
     report = {
@@ -225,6 +227,7 @@ def register(bench_app) -> None:
         attack: str = typer.Option("badclip", "--attack", help="With --checkpoint: which attack the trigger file belongs to."),
         target: str = typer.Option(None, "--target", help="With --checkpoint: the backdoor's target class."),
         clean_twin: Path = typer.Option(None, "--clean-twin", help="With --checkpoint: the same model tuned without poison (reference for the real trigger's ASR)."),
+        reference_weights: Path = typer.Option(None, "--reference-weights", help="With --checkpoint: the published backbone its embedded tower is checked against (as verify's)."),
         task_data: Path = typer.Option(None, "--task-data", help="Labeled images (folder per class) split into the clean set and the held-out set (default: <data>/cifar10/test)."),
         clean_per_class: int = typer.Option(30, "--clean-per-class", help="Images per class in the user's clean set; the rest is held out."),
         policy: str = typer.Option("default", "--policy", help="Policy for the scan and the repair settings."),
@@ -247,7 +250,7 @@ def register(bench_app) -> None:
             raise InputError("--trigger", "--checkpoint needs the attacker's trigger file")
         args = dict(
             attacks=[a.strip() for a in attacks.split(",") if a.strip()], checkpoint=checkpoint, trigger=trigger, attack=attack, target=target, clean_twin=clean_twin,
-            task_data=task_data, clean_per_class=clean_per_class, policy=policy, overrides=list(overrides), seeds=[int(x) for x in seeds.split(",") if x.strip()], eps255=eps255, seed=seed, cache=cache, data=data,
+            reference_weights=reference_weights, task_data=task_data, clean_per_class=clean_per_class, policy=policy, overrides=list(overrides), seeds=[int(x) for x in seeds.split(",") if x.strip()], eps255=eps255, seed=seed, cache=cache, data=data,
             pool=pool, out=out, threads=threads, command="ci-gate " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "ci-gate bench repair",
         )
         report = run(args)

@@ -101,6 +101,8 @@ def not_clean(result: Result) -> str | None:
         # whatever report.fail_on says: 'never' only keeps verify's exit code at 0, and a tower
         # that is not the published one must not ship with an attestation that says verified
         return f"failed its gate: the delivered towers are modified (encoder.status modified, {result.encoder.n_changed} of {result.encoder.n_tensors} tensors changed)"
+    if result.unverified_fails:
+        return "failed its gate: the delivered towers are unverified (encoder.status unverified, no published weights given, detection.unverified_towers fail)"
     fail_on = str(result.policy.settings.get("report", {}).get("fail_on", "backdoor"))
     if result.gate_fails(fail_on):
         return "failed its gate (suspicious classes under report.fail_on=" + fail_on + ")"

@@ -215,8 +215,12 @@ class MlflowRegistry:
                 raise GateFailure(f"{uri} verified as BACKDOOR (target {result.target_class!r}) under policy {policy.name!r}; not promoted")
             # a modified tower is refused whatever fail_on: 'never' keeps a CI job green, it does
             # not make the delivered towers the published ones (as export and attest)
-            if result.encoder.modified or result.gate_fails(policy.report.fail_on):
-                why = "its encoder differs from the published weights" if result.encoder.modified else f"report.fail_on={policy.report.fail_on}"
+            if result.encoder.modified or result.unverified_fails or result.gate_fails(policy.report.fail_on):
+                why = (
+                    "its encoder differs from the published weights" if result.encoder.modified
+                    else "its encoder could not be checked against published weights" if result.unverified_fails
+                    else f"report.fail_on={policy.report.fail_on}"
+                )
                 raise GateFailure(f"{uri} fails the gate under policy {policy.name!r} ({why}); not promoted")
             # the version's bytes now are the bytes that were scanned: a re-logged artifact is
             # a different model, however the tags read

@@ -128,6 +128,7 @@ def evaluate_repair(
     policy: Policy,
     variants: tuple[str, ...] = VARIANTS,
     backbone_weights: Path | None = None,
+    reference_weights: Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RepairEvaluation:
     """See the module docstring. ``target`` indexes the checkpoint's classes; ``clean`` and
@@ -137,7 +138,9 @@ def evaluate_repair(
     rp = policy.repair
     parent = load_checkpoint(checkpoint)
     names = list(parent.meta.learner.class_names)
-    inputs = ScanInputs(checkpoint=checkpoint, policy=policy, pool=pool, backbone_weights=backbone_weights)
+    # reference_weights: the published tower an embedded one is checked against; without it the
+    # tower is unverified, which the default policy fails whatever the repair achieved
+    inputs = ScanInputs(checkpoint=checkpoint, policy=policy, pool=pool, backbone_weights=backbone_weights, reference_weights=reference_weights)
 
     def scan_file(path: Path) -> ScanOutput:
         found = scan(replace(inputs, checkpoint=path))

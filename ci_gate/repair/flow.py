@@ -281,11 +281,14 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
             summary = RepairSummary(status="clean", message="the gate passes this checkpoint: nothing to repair, nothing written", verify=verify, seconds=time.perf_counter() - t0, **base)
             return RepairOutcome(summary)
 
-        if before_scan.encoder.modified:
-            # every candidate re-embeds the delivered towers, and a modified tower fails the gate
-            # on its own: no prompt repair can pass verification, so none is attempted
+        if before_scan.encoder.modified or before_scan.unverified_fails:
+            # every candidate re-embeds the delivered towers, and a modified (or, under the policy,
+            # an unverified) tower fails the gate on its own: no prompt repair can pass
+            # verification, so none is attempted
             reason = (f"the checkpoint's towers differ from the published weights ({before_scan.encoder.n_changed} tensors changed); "
-                      "prompt repair cannot undo an encoder-level change: rebuild the model on the published backbone")
+                      "prompt repair cannot undo an encoder-level change: rebuild the model on the published backbone") if before_scan.encoder.modified else (
+                      "the checkpoint's towers could not be checked against published weights (embedded, and no --reference-weights), which fails the gate "
+                      "whatever a prompt repair does: pass --reference-weights with the published backbone")
             summary = RepairSummary(status="refused", message="repair refused; nothing written", reasons=[reason], verify=verify, seconds=time.perf_counter() - t0, **base)
             return RepairOutcome(summary)
 

@@ -96,7 +96,8 @@ def headline_warnings(result: Result) -> list[str]:
     elif enc.status == "unverified":
         lines.append(
             "Unverified towers: the checkpoint embeds its backbone (or names a weights file, not a pretrained tag) and no published weights were given to compare it with, "
-            "so an encoder-level backdoor cannot be ruled out by the tensor comparison."
+            "so an encoder-level backdoor cannot be ruled out by the tensor comparison"
+            + (": this fails the gate on its own (detection.unverified_towers: fail); pass --reference-weights with the published backbone." if result.unverified_fails else ".")
         )
     if result.suspicious:
         n = len(result.suspicious)

@@ -137,6 +137,8 @@ def summary_markdown(result: Result, links: SummaryLinks = SummaryLinks()) -> st
     elif result.encoder.modified:
         likely = f"; likely target class **{escape(result.target_class)}** (ranked first)" if result.target_class is not None else ""
         title = f"## :x: ci-gate: the checkpoint's encoders were modified{likely}"
+    elif result.unverified_fails:
+        title = "## :x: ci-gate: the checkpoint's encoders could not be verified (no published weights given)"
     else:
         title = "## :white_check_mark: ci-gate: clean, no backdoor detected"
     model, policy = result.model, result.policy

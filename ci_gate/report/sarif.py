@@ -46,6 +46,7 @@ MAX_LOCATIONS_PER_RESULT = 1000
 BACKDOOR_RULE = "CIG001"
 SUSPICIOUS_RULE = "CIG002"
 ENCODER_RULE = "CIG003"
+UNVERIFIED_RULE = "CIG004"
 
 # GitHub ranks security alerts by security-severity, not by level; deriving it from the policy's
 # level keeps the two consistent (critical / medium / low).
@@ -158,6 +159,25 @@ def _rules(backdoor_level: str, suspicious_level: str, det: Detection, project_u
             "defaultConfiguration": {"level": "error"},
             "properties": {"tags": tags, "precision": "high", "problem.severity": "error", "security-severity": _SECURITY_SEVERITY["error"]},
         },
+        {
+            "id": UNVERIFIED_RULE,
+            "name": "unverified-encoder",
+            "shortDescription": {"text": "The checkpoint's CLIP encoders could not be checked against published weights"},
+            "fullDescription": {
+                "text": "The checkpoint embeds its image/text towers (or names its own weights file) and no published weights were "
+                "given to compare them with. An encoder-level backdoor lives in such a tower, and the checkpoint's author chose "
+                "whether it can be checked."
+            },
+            "helpUri": help_uri(project_url, "cig004-unverified-encoder"),
+            "help": {
+                "text": "Run the scan again with --reference-weights naming your copy of the published backbone. "
+                "A prompt-tuned model needs no towers of its own: ask the provider for a learner that names the published backbone.",
+                "markdown": "Run the scan again with `--reference-weights` naming your copy of the published backbone. "
+                "A prompt-tuned model needs no towers of its own: ask the provider for a learner that names the published backbone.",
+            },
+            "defaultConfiguration": {"level": "error"},
+            "properties": {"tags": tags, "precision": "medium", "problem.severity": "error", "security-severity": _SECURITY_SEVERITY["error"]},
+        },
     ]
 
 
@@ -253,6 +273,23 @@ def _encoder_result(result: Result, uri: str, index: int) -> dict:
     }
 
 
+def _unverified_result(result: Result, uri: str, index: int) -> dict:
+    fails = result.unverified_fails
+    consequence = "This fails the gate (detection.unverified_towers: fail)." if fails else "The policy lets the classes decide (detection.unverified_towers: warn)."
+    return {
+        "ruleId": UNVERIFIED_RULE,
+        "ruleIndex": index,
+        "level": "error" if fails else "warning",
+        "message": {
+            "text": "The checkpoint's backbone towers could not be compared with published weights (embedded, or a weights file the checkpoint names, "
+            f"and no --reference-weights): an encoder-level backdoor cannot be ruled out, and the classes were scored with the reference-free "
+            f"'{message_text(result.detection.statistic)}'. {consequence}"
+        },
+        "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}, "region": {"startLine": 1, "startColumn": 1, "endLine": 1, "endColumn": 2}}}],
+        "partialFingerprints": {FINGERPRINT_KEY: fingerprint(UNVERIFIED_RULE, result.model.sha256, "")},
+    }
+
+
 def build_sarif(result: Result, source_root: Path | None = None) -> dict:
     result = reported(result)
     settings = report_settings(result)
@@ -295,6 +332,8 @@ def build_sarif(result: Result, source_root: Path | None = None) -> dict:
     ]
     if result.encoder.modified:
         results.append(_encoder_result(result, uri, rule_index[ENCODER_RULE]))
+    if result.encoder.status == "unverified":
+        results.append(_unverified_result(result, uri, rule_index[UNVERIFIED_RULE]))
     driver = {"name": result.tool.name, "version": result.tool.version, "informationUri": information_uri(project_url), "rules": rules}
     run = {
         "tool": {"driver": driver},
