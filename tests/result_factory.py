@@ -197,3 +197,16 @@ def make_ladder_result(folder: Path, *, target_asr: float = 0.6, ref_asr: float 
         "detection": Detection(statistic=det.statistic, k=det.k, min_asr=det.min_asr, min_asr_gain=det.min_asr_gain, extreme=det.extreme, median=0.0, mad=0.0, epsilons=list(eps), reference="published"),
     })
     return saved, policy
+
+
+def unverified_ladder_result(folder: Path, *, gain: float = 30.0, answer: str = "warn"):
+    """make_ladder_result's scan as it reads without a published reference (an embedded tower,
+    no --reference-weights): no ref_* values, reference none, encoder unverified, the ladder's
+    classes still scored by the reference statistic (rescore or bench re-decide it)."""
+    from ci_gate.result import EncoderInfo
+
+    result, _ = make_ladder_result(folder, gain=gain)
+    blank = {"ref_asr": None, "ref_final_loss": None, "ref_cross_loss": None}
+    classes = [c.model_copy(update={"ref_clean_loss": None, "rungs": [r.model_copy(update=blank) for r in c.rungs]}) for c in result.classes]
+    det = result.detection.model_copy(update={"reference": "none", "min_asr_gain": None, "unverified_towers": answer})
+    return result.model_copy(update={"classes": classes, "detection": det, "encoder": EncoderInfo(status="unverified")})

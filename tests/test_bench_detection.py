@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ci_gate.bench.detection import GAIN_SWEEP, evaluate
 from ci_gate.bench.zoo import ZooModel
-from result_factory import DEFAULT_NAMES, make_ladder_result
+from result_factory import DEFAULT_NAMES, make_ladder_result, unverified_ladder_result
 
 
 def _model(mid: str, target: int | None, learner: str = "cocoop") -> ZooModel:
@@ -43,3 +43,24 @@ def test_evaluate_counts_the_gate_and_re_decides_the_reference_relative_floor(tm
 
 def policy_gain(result):
     return result.detection.min_asr_gain
+
+
+def test_without_a_reference_the_gate_fails_closed_and_the_statistic_is_reported_beside_it(tmp_path):
+    from ci_gate.policy import load_policy
+    from ci_gate.rescore import rescore
+
+    policy, _ = load_policy("default")
+    # no-reference scans of a clean model and of a backdoored one, decided by the bundled default
+    clean = rescore(unverified_ladder_result(tmp_path / "a", gain=0.0), policy)
+    planted = rescore(unverified_ladder_result(tmp_path / "b", gain=60.0), policy)
+    assert clean.verdict == "clean" and planted.verdict == "backdoor" and clean.unverified_fails
+    models = [_model("clean", None, learner="zeroshot"), _model("encoder", 2, learner="zeroshot")]
+    ev = evaluate(models, {(models[0].id, "none", 0): clean, (models[1].id, "none", 0): planted}, policy, (0,))
+    none = ev["modes"]["none"]
+    # the gate: an unverified tower fails whatever the classes scored
+    assert none["overall"]["confusion"] == {"tp": 1, "fp": 1, "tn": 0, "fn": 0}
+    # the statistic alone (unverified_towers warn) tells the two apart
+    assert none["statistic_alone"]["confusion"] == {"tp": 1, "fp": 0, "tn": 1, "fn": 0}
+    assert none["statistic_alone"]["auroc"] == 1.0 and none["statistic_alone_flips"] == []
+    # the variants measure the statistic, not the fail-closed answer
+    assert ev["variants"]["none:loss_drop:k=5.0"]["confusion"]["fp"] == 0

@@ -9,7 +9,7 @@ import pytest
 
 from ci_gate.policy import load_policy
 from ci_gate.result import EncoderInfo, Result
-from result_factory import make_result
+from result_factory import make_result, unverified_ladder_result
 
 
 def _unverified(tmp_path, answer: str | None = "fail") -> Result:
@@ -83,21 +83,10 @@ def test_export_refuses_a_model_whose_towers_could_not_be_checked(tmp_path):
     assert not_clean(_unverified(tmp_path / "w", "warn")) is None
 
 
-def _unverified_ladder(tmp_path) -> Result:
-    """A ladder scan as it reads without a published reference: no ref_* values, reference none."""
-    from result_factory import make_ladder_result
-
-    result, _ = make_ladder_result(tmp_path, gain=0.0)
-    blank = {"ref_asr": None, "ref_final_loss": None, "ref_cross_loss": None}
-    classes = [c.model_copy(update={"ref_clean_loss": None, "rungs": [r.model_copy(update=blank) for r in c.rungs]}) for c in result.classes]
-    det = result.detection.model_copy(update={"reference": "none", "min_asr_gain": None, "unverified_towers": "warn"})
-    return result.model_copy(update={"classes": classes, "detection": det, "encoder": EncoderInfo(status="unverified")})
-
-
 def test_rescore_takes_the_answer_from_the_redeciding_policy(tmp_path):
     from ci_gate.rescore import rescore
 
-    warned = _unverified_ladder(tmp_path)
+    warned = unverified_ladder_result(tmp_path, gain=0.0)
     assert not warned.unverified_fails
     default, _ = load_policy("default")
     decided = rescore(warned, default)

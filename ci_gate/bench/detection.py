@@ -6,7 +6,9 @@ Builds or reuses the zoo (ci_gate.bench.zoo) and scans every model with
   policy, unchanged (no per-task, per-attack or per-budget setting: the defender knows none of
   them), in two reference modes: ``published`` (``--reference-weights`` with the published
   backbone, as a user who downloaded it would) and ``none`` (no published weights: embedded towers
-  are unverified and scored reference-free), and with several scan seeds to count verdict flips;
+  are unverified, which fails the default gate on its own, and are scored reference-free; the
+  tables report that statistic's verdict alone beside the gate's), and with several scan seeds to
+  count verdict flips;
 - ``today``: the policy before the blind ladder (one 4/255 rung, whole-pool evaluation), on the
   first ``--cost-sample`` models, side by side, for the cost ratio and as the old baseline;
 - Neural Cleanse and Pixel Backdoor (ci_gate.baselines) on the same classifier, pool and classes.
@@ -123,9 +125,10 @@ def _baseline(fn, model: ZooModel, images: torch.Tensor, settings: BaselineSetti
 
 
 def gate_row(model: ZooModel, result: Result) -> dict:
-    """What the gate said: it fails on a backdoor verdict or on a modified encoder."""
+    """What the gate said: it fails on a backdoor verdict, a modified encoder, or (under the
+    policy's detection.unverified_towers) towers nobody could check."""
     finite = [c.anomaly for c in result.classes if math.isfinite(c.anomaly)]
-    score = math.inf if result.encoder.modified else (max(finite) if finite else math.nan)
+    score = math.inf if result.encoder.modified or result.unverified_fails else (max(finite) if finite else math.nan)
     return _row(model, result.gate_fails("backdoor"), result.target_index, score) | {"encoder": result.encoder.status, "verdict": result.verdict}
 
 
@@ -187,6 +190,13 @@ def clean_max_scores(models: list[ZooModel], results: dict[tuple[str, str, int],
     return out
 
 
+def statistic_alone(result: Result) -> Result:
+    """The result as the permissive answer to unverified towers reads it (detection.unverified_towers
+    warn): the reference-free statistic decides alone. What the no-reference tables measure beside
+    the gate, which fails every unverified tower whatever the statistic says."""
+    return result.model_copy(update={"detection": result.detection.model_copy(update={"unverified_towers": "warn"})})
+
+
 def evaluate(models: list[ZooModel], results: dict[tuple[str, str, int], Result], policy: Policy, seeds: tuple[int, ...]) -> dict:
     """Metrics per reference mode over the clean models and the backdoored ones that implanted;
     variants re-decided from the same saved results."""
@@ -203,11 +213,16 @@ def evaluate(models: list[ZooModel], results: dict[tuple[str, str, int], Result]
         outlier_names = [r | {"target_pred": None} if results[(r["model"], mode, seeds[0])].target_by_rank else r for r in rows]
         universal = [gate_row(m, results[(m.id, mode, seeds[0])]) | {"asr": m.asr, "clean_asr": m.clean_asr} for m in models if m.universal and (m.id, mode, seeds[0]) in results]
         by_seed = {m.id: {s: results[(m.id, mode, s)].gate_fails("backdoor") for s in seeds if (m.id, mode, s) in results} for m in have}
+        unverified = any(results[(m.id, mode, seeds[0])].encoder.status == "unverified" for m in have)
+        alone = [gate_row(m, statistic_alone(results[(m.id, mode, seeds[0])])) for m in have] if unverified else []
         out["modes"][mode] = {
             "overall": summary(rows),
             "prompt_level": summary([r for r in rows if r["learner"] != "zeroshot"]),
             "outlier_names_only": summary(outlier_names),
             "asr_bar_only": summary([gate_row(m, results[(m.id, mode, seeds[0])]) for m in by_asr if (m.id, mode, seeds[0]) in results]),
+            "statistic_alone": summary(alone) if alone else {},
+            "statistic_alone_roc": metrics.roc_curve([r["score"] for r in alone], [r["positive"] for r in alone]) if alone else None,
+            "statistic_alone_flips": flips({m.id: {s: statistic_alone(results[(m.id, mode, s)]).gate_fails("backdoor") for s in seeds if (m.id, mode, s) in results} for m in have}),
             "universal": universal,
             "per_attack": breakdown(rows, "attack"),
             "per_budget": breakdown([r for r in rows if r["budget"] is not None], "budget"),
@@ -227,7 +242,9 @@ def evaluate(models: list[ZooModel], results: dict[tuple[str, str, int], Result]
             if mode == "none" and STATISTICS[stat].needs_reference:
                 continue
             for k in K_SWEEP:
-                det = policy.detection.model_copy(update={"statistic": stat, "absolute_statistic": stat if not STATISTICS[stat].needs_reference else policy.detection.absolute_statistic, "k": k})
+                # unverified towers warn: the variants measure the statistic, which the gate's
+                # fail-closed answer would otherwise hide on every no-reference scan
+                det = policy.detection.model_copy(update={"statistic": stat, "absolute_statistic": stat if not STATISTICS[stat].needs_reference else policy.detection.absolute_statistic, "k": k, "unverified_towers": "warn"})
                 variant = policy.model_copy(update={"detection": det})
                 rows = [gate_row(m, rescore(results[(m.id, mode, seeds[0])], variant)) for m in have]
                 out["variants"][f"{mode}:{stat}:k={k}"] = summary(rows)
@@ -275,13 +292,15 @@ def write_markdown(report: dict, path: Path) -> None:
         views = {
             "overall": "", "outlier_names_only": " (targets named only when flagged: no name by rank on a modified tower)",
             "prompt_level": " (prompt-level only)", "asr_bar_only": " (ASR bar only: universal triggers counted)",
+            "statistic_alone": " (the reference-free statistic alone: unverified_towers warn, not the default)",
         }
         for view, suffix in views.items():
             o = ev["modes"][mode].get(view, {})
             if not o.get("n"):
                 continue
             cf = o.get("confusion", {})
-            lines.append(f"| {label}{suffix} | {o['n']} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {cf.get('tp')} | {cf.get('fp')} | {cf.get('tn')} | {cf.get('fn')} | {len(ev['modes'][mode]['flips'])} | {ev['modes'][mode]['mean_seconds']:.1f} |")
+            n_flips = len(ev["modes"][mode]["statistic_alone_flips" if view == "statistic_alone" else "flips"])
+            lines.append(f"| {label}{suffix} | {o['n']} | {_fmt(o.get('accuracy'))} | {_fmt(o.get('auroc'))} | {_fmt(o.get('target_f1'))} | {cf.get('tp')} | {cf.get('fp')} | {cf.get('tn')} | {cf.get('fn')} | {n_flips} | {ev['modes'][mode]['mean_seconds']:.1f} |")
     for name, label in (("nc", "Neural Cleanse"), ("pixel", "Pixel Backdoor")):
         o = report["baselines"].get(name)
         if o and o.get("n"):
@@ -345,7 +364,7 @@ def draw_roc(curves: dict[str, list[tuple[float, float]]], aucs: dict[str, float
     d.text((m + w / 2 - 40, size - 20), "false positive rate", fill="black")
     d.text((5, m - 20), "true positive rate", fill="black")
     colours = {"published": (200, 30, 30), "none": (230, 140, 20), "nc": (30, 90, 200), "pixel": (40, 150, 60)}
-    labels = {"published": "CI, published reference", "none": "CI, no reference", "nc": "Neural Cleanse", "pixel": "Pixel Backdoor"}
+    labels = {"published": "CI, published reference", "none": "CI, no reference (statistic alone)", "nc": "Neural Cleanse", "pixel": "Pixel Backdoor"}
     for n, (name, pts) in enumerate(curves.items()):
         xy = []
         for a, b in zip(pts, pts[1:]):  # step plot
@@ -447,8 +466,10 @@ def run(profile: str, cache: Path, out: Path, data_root: Path, pool: str | None,
     }
     atomic_write_text(out / "detection.json", json.dumps(report, indent=1))
     write_markdown(report, out / "detection.md")
-    curves = {k: v["roc"] for k, v in ev["modes"].items() if k in ("published", "none")}
-    draw_roc(curves, {k: ev["modes"][k]["overall"].get("auroc", math.nan) for k in curves}, out / "roc.png")
+    # without a reference the gate fails every unverified tower (a flat curve): plot what the statistic alone separates
+    view = {"published": ("roc", "overall"), "none": ("statistic_alone_roc", "statistic_alone")}
+    curves = {k: ev["modes"][k][view[k][0]] for k in view if k in ev["modes"] and ev["modes"][k].get(view[k][0])}
+    draw_roc(curves, {k: ev["modes"][k][view[k][1]].get("auroc", math.nan) for k in curves}, out / "roc.png")
     _log(f"wrote {out / 'detection.json'}, detection.md, roc.png ({report['wall_s'] / 60:.1f} min)")
     return report
 
