@@ -94,7 +94,8 @@ def one_line(result: Result) -> str:
         return f"BACKDOOR target={quoted(result.target_class)} anomaly={top.anomaly:.2f} trigger_asr={top.asr:.1%} model={model}"
     if result.encoder.modified:
         likely = f" likely_target={quoted(result.target_class)}" if result.target_class is not None else ""
-        return f"MODIFIED_ENCODER changed_tensors={result.encoder.n_changed}/{result.encoder.n_tensors}{likely} max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model}"
+        arch = f" architecture_changes={len(result.encoder.architecture_changes)}" if result.encoder.architecture_changes else ""
+        return f"MODIFIED_ENCODER changed_tensors={result.encoder.n_changed}/{result.encoder.n_tensors}{arch}{likely} max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model}"
     if result.unverified_fails:
         return f"UNVERIFIED_ENCODER max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model} (pass --reference-weights)"
     return f"CLEAN max_anomaly={max(c.anomaly for c in result.classes):.2f} model={model}"

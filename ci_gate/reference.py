@@ -27,6 +27,7 @@ from ci_gate.errors import InputError
 from ci_gate.inversion import ClassTrigger, InversionSettings, base_rates, eval_subset, invert, transfer
 from ci_gate.inversion.memory import choose_class_batch
 from ci_gate.inversion.patch import PatchSettings, invert_patch
+from ci_gate.model.architecture import published_config
 from ci_gate.model.backbone import Backbone, build_backbone
 from ci_gate.model.classifier import PromptedClassifier
 from ci_gate.model.factory import LoadedModel, build_classifier
@@ -50,12 +51,22 @@ def reference_classifier(loaded: LoadedModel, class_names: list[str], backbone: 
 
 def reference_backbone(loaded: LoadedModel, weights: Path | None) -> Backbone | None:
     """The published backbone the checkpoint names, loaded from ``weights`` (None: use the
-    checkpoint's own). Same architecture; the file is the user's copy of the published weights."""
+    checkpoint's own), the file being the user's copy of the published weights. Its architecture
+    is open_clip's for a named one; for an inline config, the ``open_clip_config.json`` beside
+    ``weights`` when there is one (ci_gate.model.architecture), else the checkpoint's own, which
+    then leaves the towers unverified."""
     if weights is None:
         return None
-    # the delivered tower's resolved activation: a file path in place of the tag would otherwise
-    # lose the tag's QuickGELU and build a silently different reference
-    spec = loaded.checkpoint.meta.backbone.model_copy(update={"embedded": False, "sha256": None, "pretrained": str(weights), "quick_gelu": loaded.backbone.quick_gelu})
+    spec = loaded.checkpoint.meta.backbone
+    trusted, _ = published_config(spec, weights)
+    if spec.config is not None and trusted is not None:
+        # the published model's own activation: its config's, or QuickGELU for OpenAI-format weights
+        update = {"config": trusted, "quick_gelu": None}
+    else:
+        # the delivered tower's resolved activation: a file path in place of the tag would otherwise
+        # lose the tag's QuickGELU and build a silently different reference
+        update = {"quick_gelu": loaded.backbone.quick_gelu}
+    spec = spec.model_copy(update={"embedded": False, "sha256": None, "pretrained": str(weights), **update})
     try:
         return build_backbone(spec, weights=weights)
     except InputError as exc:

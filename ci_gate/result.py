@@ -18,7 +18,7 @@ from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text, read_bounded
 from ci_gate.learners import LearnerKind
 
-RESULT_SCHEMA_VERSION = "1.6"  # 1.6: detection.unverified_towers; 1.5: ref_cross_loss (the delivered trigger on the reference); 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize); 1.3: patch-family rungs; 1.4: detection.min_asr_gain, targets named by rank on a modified tower
+RESULT_SCHEMA_VERSION = "1.6"  # 1.6: detection.unverified_towers, encoder.architecture(_changes); 1.5: ref_cross_loss (the delivered trigger on the reference); 1.2: losses at the canonical logit scale (ci_gate.inversion.optimize); 1.3: patch-family rungs; 1.4: detection.min_asr_gain, targets named by rank on a modified tower
 
 Verdict = Literal["clean", "backdoor"]
 ClassStatus = Literal["ok", "suspicious", "backdoor"]
@@ -89,12 +89,37 @@ class EncoderInfo(_Model):
     n_changed: int = 0
     max_rel_l2: float = 0.0
     changed: list[TensorChange] = Field(default_factory=list, description="largest relative changes first (at most 20)")
+    architecture: str | None = Field(
+        None, description="where the published architecture the tower was checked against came from (open_clip's registry, or the "
+        "open_clip_config.json beside the user's weights); None: nothing trusted to check an inline config with"
+    )
+    architecture_changes: list[str] = Field(default_factory=list, description="how the delivered architecture (config, activation) differs from the published one")
 
     _scores = field_validator("max_rel_l2", mode="before")(_null_is_nan)
 
     @property
     def modified(self) -> bool:
         return self.status == "modified"
+
+    @property
+    def unverified_reason(self) -> str:
+        """Why an unverified tower could not be checked, in one clause every report shares."""
+        if self.reference is not None:
+            return (f"its tensors match {self.reference}, but its architecture is the checkpoint's own inline config and no "
+                    "open_clip_config.json beside those weights says what the published one is")
+        return ("the checkpoint embeds its backbone (or names a weights file, not a pretrained tag, or spells its architecture inline) "
+                "and nothing published was given to check it against")
+
+    @property
+    def changes_text(self) -> str:
+        """What differs from the published backbone, in one clause every report shares."""
+        parts = []
+        if self.n_changed or not self.architecture_changes:
+            parts.append(f"{self.n_changed} of {self.n_tensors} backbone tensors differ from the published weights")
+        if self.architecture_changes:
+            n = len(self.architecture_changes)
+            parts.append(f"its architecture differs from the published one in {n} setting{'s' if n > 1 else ''} ({self.architecture_changes[0]})")
+        return " and ".join(parts)
 
 
 class PoolInfo(_Model):

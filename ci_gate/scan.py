@@ -40,6 +40,7 @@ from ci_gate.result import (
     ToolInfo,
 )
 from ci_gate.encoder_check import encoder_info
+from ci_gate.model.architecture import CONFIG_FILE, check_architecture
 from ci_gate.inversion.patch import PatchSettings, invert_patch
 from ci_gate.reference import reference_backbone, reference_patch_stats, reference_stats
 from ci_gate.rescore import PATCH_SKIPPED
@@ -108,18 +109,25 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
         return None
     rates, clean_losses = base_rates(clf, pool.images)
     published = reference_backbone(loaded, req.reference_weights)
+    users_weights = req.reference_weights or req.backbone_weights
     encoder = encoder_info(
         loaded.backbone.verified,
         loaded.backbone.clip.state_dict(),
         None if published is None else published.clip.state_dict(),
         None if req.reference_weights is None else str(req.reference_weights),
+        check_architecture(loaded.checkpoint.meta.backbone, loaded.backbone, users_weights, published),
     )
     if encoder.modified:
-        worst = encoder.changed[0]
+        worst = f" (largest: {encoder.changed[0].name}, relative change {encoder.changed[0].rel_l2:.3g})" if encoder.changed else ""
         warnings.append(
-            f"the checkpoint's backbone differs from the published weights in {req.reference_weights}: {encoder.n_changed} of "
-            f"{encoder.n_tensors} tensors changed (largest: {worst.name}, relative change {worst.rel_l2:.3g}); "
+            f"the checkpoint's backbone differs from the published one ({users_weights}): {encoder.changes_text}{worst}; "
             "prompt tuning never changes the encoders, so this fails the gate on its own"
+        )
+    elif encoder.status == "unverified" and users_weights is not None:
+        warnings.append(
+            f"the checkpoint spells its backbone's architecture inline and nothing beside {users_weights} says what the published one is: "
+            f"the published tensors in another architecture (attention heads, activation) are another function, so the towers are unverified; "
+            f"put the published model's {CONFIG_FILE} (open_clip's hub layout) beside the weights file"
         )
     det = policy.detection
     # the only tower at hand may be the delivered one: a reference built on it would carry an
@@ -128,14 +136,15 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
     statistic, k = det.rule(trusted_reference=trusted)
     ref = None
     if not trusted:
-        # what this means for the gate (detection.unverified_towers) is the reporters' to say: a
-        # re-decision may answer it differently (ci_gate.report.alerts.headline_warnings)
-        scored = f"the reference-free '{statistic}' against detection.absolute_k = {k:g}" if statistic != det.statistic else f"'{statistic}'"
-        warnings.append(
-            f"the checkpoint's backbone is not a published one it can be checked against (it embeds its tower, or names a weights file "
-            f"instead of a pretrained tag) and no published weights were given: the towers are unverified, so an encoder-level backdoor "
-            f"cannot be ruled out, and classes were scored with {scored}; pass --reference-weights with the published backbone"
-        )
+        if users_weights is None:
+            # what this means for the gate (detection.unverified_towers) is the reporters' to say: a
+            # re-decision may answer it differently (ci_gate.report.alerts.headline_warnings)
+            scored = f"the reference-free '{statistic}' against detection.absolute_k = {k:g}" if statistic != det.statistic else f"'{statistic}'"
+            warnings.append(
+                f"the checkpoint's backbone is not a published one it can be checked against (it embeds its tower, or names a weights file "
+                f"instead of a pretrained tag) and no published weights were given: the towers are unverified, so an encoder-level backdoor "
+                f"cannot be ruled out, and classes were scored with {scored}; pass --reference-weights with the published backbone"
+            )
     elif STATISTICS[det.statistic].needs_reference:
         ref = reference_stats(loaded, clf.class_names, pool.images, settings, device, backbone=published, delivered=triggers)
     gain = det.min_asr_gain if ref is not None else None

@@ -92,8 +92,12 @@ def cifar_published(cifar_models, tmp_path_factory) -> Path:
     --reference-weights (without it their embedded tower is unverified and fails the default gate)."""
     from safetensors.torch import save_file
 
+    from ci_gate.model.architecture import write_config_file
+    from ci_gate.model.small import small_config
+
     path = tmp_path_factory.mktemp("published") / "published.safetensors"
     save_file({k: v.contiguous() for k, v in cifar_models.backbone_state.items()}, str(path))
+    write_config_file(path.parent, small_config("tiny-32"))  # its architecture (_build_cifar_models), as open_clip's hub layout ships it
     return path
 
 

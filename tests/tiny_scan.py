@@ -36,11 +36,15 @@ def build(root: Path, names: list[str] | None = None, n_images: int = 8, kind: s
 
 def published_weights(root: Path) -> Path:
     """The tower ``build`` embeds, as the published weights file a user passes to
-    --reference-weights (without it the embedded tower is unverified and fails the default gate)."""
+    --reference-weights (without it the embedded tower is unverified and fails the default gate),
+    with its architecture beside it (open_clip_config.json: the inline config is checked against it)."""
     from safetensors.torch import save_file
 
+    from ci_gate.model.architecture import write_config_file
     from ci_gate.model.small import random_clip_state, small_config
 
+    root.mkdir(parents=True, exist_ok=True)
     path = root / "published.safetensors"
     save_file({k: v.contiguous() for k, v in random_clip_state(small_config("tiny-32"), seed=0).items()}, str(path))
+    write_config_file(root, small_config("tiny-32"))
     return path

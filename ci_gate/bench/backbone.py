@@ -30,6 +30,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import load_file, save_file
 
 from ci_gate.data import LabeledImages, load_labeled_folder
+from ci_gate.model.architecture import CONFIG_FILE, write_config_file
 from ci_gate.model.small import small_config
 from ci_gate.rng import global_rng
 from ci_gate.tuning.pretrain import PretrainSettings, pretrain_clip, truncated_text, zero_shot_accuracy
@@ -129,6 +130,10 @@ def get_backbone(data_root: Path, cache: Path, recipe: BackboneRecipe = Backbone
     weights, info_path = folder / "backbone.safetensors", folder / "info.json"
     config = small_config(recipe.config)
     if weights.is_file() and info_path.is_file():
+        # the published architecture beside the published weights: what a scan with
+        # --reference-weights checks the zoo's inline configs against
+        if not (folder / CONFIG_FILE).is_file():
+            write_config_file(folder, config)
         return CachedBackbone(config, load_file(str(weights)), json.loads(info_path.read_text()), folder)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -154,6 +159,7 @@ def get_backbone(data_root: Path, cache: Path, recipe: BackboneRecipe = Backbone
     save_file(state, str(folder / "backbone.tmp"))
     (folder / "backbone.tmp").replace(weights)
     info_path.write_text(json.dumps(info, indent=2))
+    write_config_file(folder, config)
     if log:
         log(f"backbone cached at {folder}: {json.dumps(info)}")
     return CachedBackbone(config, state, info, folder)

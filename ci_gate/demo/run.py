@@ -18,6 +18,7 @@ from ci_gate.attacks.triggers import LearnedTrigger
 from ci_gate.checkpoint.format import LearnerSpec, Preprocessing
 from ci_gate.demo.synthetic import COLOURS, colours_dataset, ood_pool
 from ci_gate.io import atomic_write_bytes
+from ci_gate.model.architecture import write_config_file
 from ci_gate.model.small import embedded_backbone, small_config
 from ci_gate.policy import load_policy
 from ci_gate.result import Result
@@ -88,6 +89,7 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print) -> li
     # published weights (verify --reference-weights), as a user who downloaded the backbone would.
     published = out / "published-backbone.safetensors"
     atomic_write_bytes(published, st_save({k: v.contiguous() for k, v in state.items()}))
+    write_config_file(out, cfg)  # its architecture, as open_clip's hub layout ships it beside the weights
     # the bundled default policy, unchanged: the gate does not know the attacker's 16/255 budget
     policy, _ = load_policy("default")
     outcomes = []

@@ -22,6 +22,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ci_gate.checkpoint.format import load_checkpoint
+from ci_gate.encoder_check import status_contradiction
 from ci_gate.errors import InputError
 from ci_gate.export.onnx import PARITY_ATOL, PREFIX, graph_digest, max_logit_difference, not_clean, probe_images, require_onnx
 from ci_gate.io import sha256_file
@@ -197,4 +199,6 @@ def attest(onnx_path: Path, result_path: Path, checkpoint: Path | None = None, b
     checks = check_file(model, meta) + check_result(meta, result, sha256_file(result_path))
     if checkpoint is not None:
         checks += check_checkpoint(model, meta, checkpoint, backbone_weights)
+        contradiction = status_contradiction(result.encoder.status, load_checkpoint(checkpoint).meta.backbone.embedded)
+        checks.append(Check("tower status (checkpoint)", contradiction is None, contradiction or f"encoder.status {result.encoder.status} fits the checkpoint"))
     return Attestation(checks)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ci_gate import __version__
+from ci_gate.encoder_check import status_contradiction
 from ci_gate.errors import GateFailure, InputError, InternalError
 from ci_gate.io import atomic_write_bytes, sha256_bytes, sha256_file
 from ci_gate.result import Result, load_result
@@ -66,7 +67,7 @@ class Verification:
     problems: list[str] = field(default_factory=list)
 
 
-def check_result(result_path: Path | None, checkpoint_sha256: str, backbone_sha256: str | None, allow_unverified: bool) -> Verification:
+def check_result(result_path: Path | None, checkpoint_sha256: str, backbone_sha256: str | None, allow_unverified: bool, embedded: bool = False) -> Verification:
     """Refuse (exit 2) a result of another checkpoint or backbone, (exit 1) one that is not clean,
     unless ``allow_unverified``; then every such reason is returned to be recorded."""
     if result_path is None:
@@ -80,6 +81,9 @@ def check_result(result_path: Path | None, checkpoint_sha256: str, backbone_sha2
         problems.append((2, f"belongs to another checkpoint (SHA-256 {result.model.sha256[:12]}..., this one is {checkpoint_sha256[:12]}...)"))
     elif backbone_sha256 and result.model.backbone.sha256 and result.model.backbone.sha256 != backbone_sha256:
         problems.append((2, f"was scanned with another backbone (SHA-256 {result.model.backbone.sha256[:12]}..., this one is {backbone_sha256[:12]}...)"))
+    contradiction = status_contradiction(result.encoder.status, embedded)
+    if contradiction:
+        problems.append((1, contradiction))
     failing = not_clean(result)
     if failing:
         problems.append((1, failing))
@@ -100,9 +104,11 @@ def not_clean(result: Result) -> str | None:
     if result.encoder.modified:
         # whatever report.fail_on says: 'never' only keeps verify's exit code at 0, and a tower
         # that is not the published one must not ship with an attestation that says verified
-        return f"failed its gate: the delivered towers are modified (encoder.status modified, {result.encoder.n_changed} of {result.encoder.n_tensors} tensors changed)"
-    if result.unverified_fails:
-        return "failed its gate: the delivered towers are unverified (encoder.status unverified, no published weights given, detection.unverified_towers fail)"
+        return f"failed its gate: the delivered towers are modified (encoder.status modified: {result.encoder.changes_text})"
+    if result.encoder.status == "unverified" and result.detection.unverified_towers != "warn":
+        # a result from before schema 1.6 recorded no answer: what ships is decided as the default does
+        older = "; a result from before schema 1.6, scan again" if result.detection.unverified_towers is None else ""
+        return f"failed its gate: the delivered towers are unverified (encoder.status unverified: {result.encoder.unverified_reason}){older}"
     fail_on = str(result.policy.settings.get("report", {}).get("fail_on", "backdoor"))
     if result.gate_fails(fail_on):
         return "failed its gate (suspicious classes under report.fail_on=" + fail_on + ")"
@@ -241,7 +247,7 @@ def export_onnx(
     loaded = load_classifier(checkpoint, weights=backbone_weights)
     if not loaded.classifier.learner.exportable:
         raise InputError(checkpoint, f"ONNX export does not support {loaded.classifier.learner.title} prompt learners yet")
-    verification = check_result(result, loaded.checkpoint.sha256, loaded.backbone.sha256, allow_unverified)
+    verification = check_result(result, loaded.checkpoint.sha256, loaded.backbone.sha256, allow_unverified, loaded.checkpoint.meta.backbone.embedded)
     clf = loaded.classifier.freeze()
     t0 = time.perf_counter()
     _, raw = build_graph(loaded)

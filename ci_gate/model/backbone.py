@@ -47,6 +47,8 @@ class Backbone:
     # weights from open_clip's pretrained tag or the user's --backbone-weights; False for embedded
     # towers and for a weights file the checkpoint itself names (the attacker may ship both)
     verified: bool = False
+    # the weights carried OpenAI's own state-dict markers (trained with QuickGELU, whatever a config says)
+    openai_weights: bool = False
 
 
 def model_config(spec: BackboneSpec) -> dict[str, Any]:
@@ -240,4 +242,4 @@ def build_backbone(
         p.requires_grad_(False)
     context_length = cfg.get("text_cfg", {}).get("context_length", 77)
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
-    return Backbone(clip=clip, tokenizer=tokenizer, quick_gelu=quick_gelu, sha256=digest, reference=reference, preprocessing=preprocessing, notes=notes, verified=verified)
+    return Backbone(clip=clip, tokenizer=tokenizer, quick_gelu=quick_gelu, sha256=digest, reference=reference, preprocessing=preprocessing, notes=notes, verified=verified, openai_weights=openai_format)

@@ -44,6 +44,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from ci_gate import __version__
+from ci_gate.checkpoint.format import load_checkpoint
+from ci_gate.encoder_check import status_contradiction
 from ci_gate.errors import GateFailure, InputError
 from ci_gate.io import sha256_file
 from ci_gate.policy import Policy
@@ -227,6 +229,10 @@ class MlflowRegistry:
             ckpt, _ = self.download_checkpoint(mv, Path(tmp) / "checkpoint")
             if sha256_file(ckpt) != result.model.sha256:
                 raise GateFailure(f"{uri}: the checkpoint changed since it was verified (sha256 {result.model.sha256[:12]} was scanned); verify it again")
+            # whoever registers a version can log its result: the one field that would let an embedded tower pass unchecked
+            contradiction = status_contradiction(result.encoder.status, load_checkpoint(ckpt).meta.backbone.embedded)
+            if contradiction:
+                raise GateFailure(f"{uri}: the logged result {contradiction}; verify it again")
         return result
 
     def _logged_result(self, uri: str, tags: dict[str, str], dst: Path) -> Result:

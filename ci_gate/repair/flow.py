@@ -285,7 +285,7 @@ def run_repair(req: RepairRequest, log=None) -> RepairOutcome:
             # every candidate re-embeds the delivered towers, and a modified (or, under the policy,
             # an unverified) tower fails the gate on its own: no prompt repair can pass
             # verification, so none is attempted
-            reason = (f"the checkpoint's towers differ from the published weights ({before_scan.encoder.n_changed} tensors changed); "
+            reason = (f"the checkpoint's towers differ from the published backbone ({before_scan.encoder.changes_text}); "
                       "prompt repair cannot undo an encoder-level change: rebuild the model on the published backbone") if before_scan.encoder.modified else (
                       "the checkpoint's towers could not be checked against published weights (embedded, and no --reference-weights), which fails the gate "
                       "whatever a prompt repair does: pass --reference-weights with the published backbone")

@@ -90,13 +90,13 @@ def headline_warnings(result: Result) -> list[str]:
     lines = []
     if enc.modified:
         lines.append(
-            f"Modified encoder: {enc.n_changed} of {enc.n_tensors} backbone tensors differ from the published weights. "
+            f"Modified encoder: {enc.changes_text}. "
             "Prompt tuning never changes the encoders, so this fails the gate on its own."
         )
     elif enc.status == "unverified":
         lines.append(
-            "Unverified towers: the checkpoint embeds its backbone (or names a weights file, not a pretrained tag) and no published weights were given to compare it with, "
-            "so an encoder-level backdoor cannot be ruled out by the tensor comparison"
+            f"Unverified towers: {enc.unverified_reason}, "
+            "so an encoder-level backdoor cannot be ruled out"
             + (": this fails the gate on its own (detection.unverified_towers: fail); pass --reference-weights with the published backbone." if result.unverified_fails else ".")
         )
     if result.suspicious:

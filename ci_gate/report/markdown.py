@@ -98,7 +98,8 @@ def _encoder_cell(result: Result) -> str:
     largest = (
         f", largest {code(worst.name)} (max abs. {_num(worst.max_abs, 4)}, relative {_num(worst.rel_l2, 4)})" if worst else ""
     )
-    return f"{_ENCODER_TEXT['modified']}: {enc.n_changed} of {enc.n_tensors} tensors differ from {code(enc.reference or '?')}{largest}"
+    arch = f"; architecture: {escape('; '.join(enc.architecture_changes))}" if enc.architecture_changes else ""
+    return f"{_ENCODER_TEXT['modified']}: {enc.n_changed} of {enc.n_tensors} tensors differ from {code(enc.reference or '?')}{largest}{arch}"
 
 
 def _warnings_cell(result: Result) -> str:
@@ -138,7 +139,7 @@ def summary_markdown(result: Result, links: SummaryLinks = SummaryLinks()) -> st
         likely = f"; likely target class **{escape(result.target_class)}** (ranked first)" if result.target_class is not None else ""
         title = f"## :x: ci-gate: the checkpoint's encoders were modified{likely}"
     elif result.unverified_fails:
-        title = "## :x: ci-gate: the checkpoint's encoders could not be verified (no published weights given)"
+        title = "## :x: ci-gate: the checkpoint's encoders could not be verified (nothing published to check them against)"
     else:
         title = "## :white_check_mark: ci-gate: clean, no backdoor detected"
     model, policy = result.model, result.policy

@@ -262,13 +262,14 @@ def _encoder_result(result: Result, uri: str, index: int) -> dict:
         "ruleId": ENCODER_RULE,
         "ruleIndex": index,
         "level": "error",
-        "message": {"text": f"{enc.n_changed} of {enc.n_tensors} backbone tensors differ from the published weights: {worst}.{likely}"},
+        "message": {"text": f"{message_text(enc.changes_text[0].upper() + enc.changes_text[1:])}{': ' + worst if worst else ''}.{likely}"},
         "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}, "region": {"startLine": 1, "startColumn": 1, "endLine": 1, "endColumn": 2}}}],
         "partialFingerprints": {FINGERPRINT_KEY: fingerprint(ENCODER_RULE, result.model.sha256, "")},
         "properties": {
             "changedTensors": enc.n_changed,
             "tensors": enc.n_tensors,
             "changed": [{"name": plain(t.name), "maxAbs": _json_number(t.max_abs), "relL2": _json_number(t.rel_l2)} for t in enc.changed],
+            "architectureChanges": [plain(c) for c in enc.architecture_changes],
         },
     }
 
@@ -281,8 +282,7 @@ def _unverified_result(result: Result, uri: str, index: int) -> dict:
         "ruleIndex": index,
         "level": "error" if fails else "warning",
         "message": {
-            "text": "The checkpoint's backbone towers could not be compared with published weights (embedded, or a weights file the checkpoint names, "
-            f"and no --reference-weights): an encoder-level backdoor cannot be ruled out, and the classes were scored with the reference-free "
+            "text": f"The checkpoint's backbone towers could not be verified: {message_text(result.encoder.unverified_reason)}. An encoder-level backdoor cannot be ruled out, and the classes were scored with the reference-free "
             f"'{message_text(result.detection.statistic)}'. {consequence}"
         },
         "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}, "region": {"startLine": 1, "startColumn": 1, "endLine": 1, "endColumn": 2}}}],
