@@ -120,7 +120,7 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
     if encoder.modified:
         worst = f" (largest: {encoder.changed[0].name}, relative change {encoder.changed[0].rel_l2:.3g})" if encoder.changed else ""
         warnings.append(
-            f"the checkpoint's backbone differs from the published one ({users_weights}): {encoder.changes_text}{worst}; "
+            f"the checkpoint's backbone differs from the published weights in {users_weights}: {encoder.changes_text}{worst}; "
             "prompt tuning never changes the encoders, so this fails the gate on its own"
         )
     elif encoder.status == "unverified" and users_weights is not None:

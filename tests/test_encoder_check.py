@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from ci_gate.encoder_check import compare_state_dicts, encoder_info
+from ci_gate.model.architecture import ArchitectureCheck
 from ci_gate.result import Result
+
+# the delivered architecture checked against a trusted one and found the same, or nothing to check it against
+KNOWN = ArchitectureCheck({"embed_dim": 8}, "open_clip's registry (test)")
+UNKNOWN = ArchitectureCheck(None, None)
 
 
 def _state(seed=0):
@@ -48,13 +53,23 @@ def test_structural_changes_are_modifications(edit, note):
 
 def test_encoder_info_cases():
     a = _state()
-    assert encoder_info(True, a, None, None).status == "not_embedded"
-    assert encoder_info(False, a, None, None).status == "unverified"
-    assert encoder_info(False, a, _state(), "pub.safetensors").status == "unmodified"
+    assert encoder_info(True, a, None, None, KNOWN).status == "not_embedded"
+    assert encoder_info(False, a, None, None, KNOWN).status == "unverified"
+    assert encoder_info(False, a, _state(), "pub.safetensors", KNOWN).status == "unmodified"
     # published weights are compared even with towers from a tag or the user's own file
-    assert encoder_info(True, a, _state(1), "pub.safetensors").status == "modified"
-    info = encoder_info(False, a, _state(1), "pub.safetensors")
+    assert encoder_info(True, a, _state(1), "pub.safetensors", KNOWN).status == "modified"
+    info = encoder_info(False, a, _state(1), "pub.safetensors", KNOWN)
     assert info.status == "modified" and info.n_changed == 2 and info.reference == "pub.safetensors"  # logit_scale is the same
+    # the same tensors in an architecture nothing trusted describes: unverified, with or without a reference
+    assert encoder_info(False, a, _state(), "pub.safetensors", UNKNOWN).status == "unverified"
+    assert encoder_info(True, a, None, None, UNKNOWN).status == "unverified"
+    # a tensor change outranks the missing architecture: that tower is not the published one
+    assert encoder_info(False, a, _state(1), "pub.safetensors", UNKNOWN).status == "modified"
+    # an architecture that differs is a modification whatever the tensors say
+    other = ArchitectureCheck({"embed_dim": 8}, "open_clip_config.json", ["vision_cfg.head_width: 8 in the checkpoint, 16 published"])
+    for info in (encoder_info(False, a, _state(), "pub.safetensors", other), encoder_info(True, a, None, None, other)):
+        assert info.status == "modified" and info.architecture_changes == other.changes and info.n_changed == 0
+        assert info.changes_text.startswith("its architecture differs from the published one in 1 setting (vision_cfg.head_width")
 
 
 def test_a_modified_encoder_fails_the_gate_even_with_a_clean_verdict(tmp_path):
@@ -62,7 +77,7 @@ def test_a_modified_encoder_fails_the_gate_even_with_a_clean_verdict(tmp_path):
 
     clean = make_result(tmp_path, verdict="clean", with_images=False)
     assert clean.verdict == "clean" and not clean.gate_fails("backdoor")
-    modified = clean.model_copy(update={"encoder": encoder_info(False, _state(), _state(1), "pub")})
+    modified = clean.model_copy(update={"encoder": encoder_info(False, _state(), _state(1), "pub", KNOWN)})
     assert modified.gate_fails("backdoor") and modified.gate_fails("suspicious")
     assert not modified.gate_fails("never")
     # it survives the round trip through result.json, infinities included
@@ -78,7 +93,7 @@ def test_every_report_shows_a_modified_encoder(tmp_path):
 
     a, b = _state(), _state()
     a["visual.proj"][0, 0] += 0.25
-    res = make_result(tmp_path, verdict="clean", with_images=False).model_copy(update={"encoder": encoder_info(False, a, b, "published.safetensors")})
+    res = make_result(tmp_path, verdict="clean", with_images=False).model_copy(update={"encoder": encoder_info(False, a, b, "published.safetensors", KNOWN)})
     md = summary_markdown(res)
     assert md.startswith("## :x: ci-gate: the checkpoint's encoders were modified")
     assert "`visual.proj`" in md and "0.2500" in md and "| Gate | **fails**" in md
@@ -100,7 +115,7 @@ def test_the_one_line_log_says_modified_encoder_not_clean(tmp_path):
 
     a, b = _state(), _state()
     a["visual.proj"][0, 0] += 0.25
-    res = make_result(tmp_path, verdict="clean", with_images=False).model_copy(update={"encoder": encoder_info(False, a, b, "published.safetensors")})
+    res = make_result(tmp_path, verdict="clean", with_images=False).model_copy(update={"encoder": encoder_info(False, a, b, "published.safetensors", KNOWN)})
     assert one_line(res).startswith("MODIFIED_ENCODER changed_tensors=1/3")
 
 

@@ -165,7 +165,7 @@ def test_export_and_attest_refuse_a_modified_tower_whatever_fail_on(models, tmp_
     out = tmp_path / "m.onnx"
     code, stdout, err = run_cli(["export", coop["checkpoint"], "--onnx", out, "--result", never], capsys)
     assert (code, stdout) == (1, "") and not out.exists()
-    assert len(err.strip().splitlines()) == 1 and "failed its gate: the delivered towers are modified" in err and "1 of 9 tensors" in err, err
+    assert len(err.strip().splitlines()) == 1 and "failed its gate: the delivered towers are modified" in err and "1 of 9 backbone tensors" in err, err
     # an export attested against that result (only the result's digest differs from the clean
     # export's, and metadata_props lie outside the graph digest): attest fails it on the gate alone
     onnx_file = _rewrite(coop["onnx"], tmp_path / "never.onnx", meta={"result_sha256": sha256_file(never)})

@@ -152,9 +152,13 @@ def published(tiny, tmp_path_factory):
     """(the published backbone the tiny checkpoint embeds unchanged, one whose tower differs)."""
     from ci_gate.checkpoint.format import load_checkpoint
 
+    from ci_gate.model.architecture import write_config_file
+
     ckpt, _ = tiny
-    state = {k: v.contiguous() for k, v in load_checkpoint(ckpt).backbone_tensors.items()}
+    checkpoint = load_checkpoint(ckpt)
+    state = {k: v.contiguous() for k, v in checkpoint.backbone_tensors.items()}
     root = tmp_path_factory.mktemp("published")
+    write_config_file(root, checkpoint.meta.backbone.config)  # the published architecture, beside the weights
     same, other = root / "same.safetensors", root / "other.safetensors"
     save_file(state, str(same))
     key = next(k for k in sorted(state) if k.endswith("proj") or k.endswith("weight"))

@@ -21,9 +21,7 @@ REF = ["--set", "detection.statistic=ref_loss_gain"]
 SMALL = ["--set", "pool.max_images=128", "--set", "inversion.eval_images=64"]
 
 
-def test_reference_weights_replace_an_embedded_backbone_in_the_reference(cifar_models, tmp_path):
-    from safetensors.torch import save_file
-
+def test_reference_weights_replace_an_embedded_backbone_in_the_reference(cifar_models, cifar_published, tmp_path):
     own = verify(cifar_models.clean.path, tmp_path / "own", *REF, *SMALL)
     # the embedded tower cannot be checked: that fails the default gate on its own (a policy
     # violation, exit 1) although no class is flagged, and every report says why
@@ -43,9 +41,7 @@ def test_reference_weights_replace_an_embedded_backbone_in_the_reference(cifar_m
     warned_sarif = json.loads((tmp_path / "warned" / "report.sarif").read_text())
     assert [(r["ruleId"], r["level"]) for r in warned_sarif["runs"][0]["results"]] == [("CIG004", "warning")]
 
-    published = tmp_path / "published.safetensors"
-    save_file({k: v.contiguous() for k, v in cifar_models.backbone_state.items()}, str(published))
-    ref = verify(cifar_models.clean.path, tmp_path / "ref", *REF, *SMALL, "--reference-weights", str(published))
+    ref = verify(cifar_models.clean.path, tmp_path / "ref", *REF, *SMALL, "--reference-weights", str(cifar_published))
     assert ref.returncode == 0, ref.stdout + ref.stderr
     ref_result = json.loads((tmp_path / "ref" / "result.json").read_text())
     assert not any("--reference-weights" in w for w in ref_result["warnings"])
@@ -68,8 +64,12 @@ def _published_one_tensor_off(cifar_models, tmp_path):
     published = {k: v.clone().contiguous() for k, v in cifar_models.backbone_state.items()}
     name = next(k for k in published if k.startswith("visual.") and published[k].is_floating_point())
     published[name] += 0.01
+    from ci_gate.model.architecture import write_config_file
+    from ci_gate.model.small import small_config
+
     path = tmp_path / "published.safetensors"
     save_file(published, str(path))
+    write_config_file(tmp_path, small_config("tiny-32"))  # the architecture is the published one: only the tensor differs
     return path, name
 
 

@@ -243,8 +243,10 @@ def evaluate(models: list[ZooModel], results: dict[tuple[str, str, int], Result]
                 continue
             for k in K_SWEEP:
                 # unverified towers warn: the variants measure the statistic, which the gate's
-                # fail-closed answer would otherwise hide on every no-reference scan
-                det = policy.detection.model_copy(update={"statistic": stat, "absolute_statistic": stat if not STATISTICS[stat].needs_reference else policy.detection.absolute_statistic, "k": k, "unverified_towers": "warn"})
+                # fail-closed answer would otherwise hide on every no-reference scan; and without a
+                # reference absolute_k decides, so it is the k swept there
+                update = {"statistic": stat, "absolute_statistic": stat if not STATISTICS[stat].needs_reference else policy.detection.absolute_statistic, "k": k, "unverified_towers": "warn"}
+                det = policy.detection.model_copy(update=update | ({"absolute_k": k} if mode == "none" else {}))
                 variant = policy.model_copy(update={"detection": det})
                 rows = [gate_row(m, rescore(results[(m.id, mode, seeds[0])], variant)) for m in have]
                 out["variants"][f"{mode}:{stat}:k={k}"] = summary(rows)

@@ -170,9 +170,9 @@ def _rules(backdoor_level: str, suspicious_level: str, det: Detection, project_u
             },
             "helpUri": help_uri(project_url, "cig004-unverified-encoder"),
             "help": {
-                "text": "Run the scan again with --reference-weights naming your copy of the published backbone. "
+                "text": "Run the scan again with --reference-weights naming your copy of the published backbone (and, for an inline architecture, its open_clip_config.json beside it). "
                 "A prompt-tuned model needs no towers of its own: ask the provider for a learner that names the published backbone.",
-                "markdown": "Run the scan again with `--reference-weights` naming your copy of the published backbone. "
+                "markdown": "Run the scan again with `--reference-weights` naming your copy of the published backbone (and, for an inline architecture, its `open_clip_config.json` beside it). "
                 "A prompt-tuned model needs no towers of its own: ask the provider for a learner that names the published backbone.",
             },
             "defaultConfiguration": {"level": "error"},
@@ -283,7 +283,8 @@ def _unverified_result(result: Result, uri: str, index: int) -> dict:
         "level": "error" if fails else "warning",
         "message": {
             "text": f"The checkpoint's backbone towers could not be verified: {message_text(result.encoder.unverified_reason)}. An encoder-level backdoor cannot be ruled out, and the classes were scored with the reference-free "
-            f"'{message_text(result.detection.statistic)}'. {consequence}"
+            f"'{message_text(result.detection.statistic)}'. {consequence} Scan again with --reference-weights naming the published backbone "
+            "(with its open_clip_config.json beside it when the checkpoint spells its architecture inline)."
         },
         "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}, "region": {"startLine": 1, "startColumn": 1, "endLine": 1, "endColumn": 2}}}],
         "partialFingerprints": {FINGERPRINT_KEY: fingerprint(UNVERIFIED_RULE, result.model.sha256, "")},
