@@ -27,7 +27,7 @@ from ci_gate.errors import InputError
 from ci_gate.inversion import ClassTrigger, InversionSettings, base_rates, eval_subset, invert, transfer
 from ci_gate.inversion.memory import choose_class_batch
 from ci_gate.inversion.patch import PatchSettings, invert_patch
-from ci_gate.model.architecture import published_config
+from ci_gate.model.architecture import CONFIG_FILE, published_config
 from ci_gate.model.backbone import Backbone, build_backbone
 from ci_gate.model.classifier import PromptedClassifier
 from ci_gate.model.factory import LoadedModel, build_classifier
@@ -58,15 +58,19 @@ def reference_backbone(loaded: LoadedModel, weights: Path | None) -> Backbone | 
     if weights is None:
         return None
     spec = loaded.checkpoint.meta.backbone
-    trusted, _ = published_config(spec, weights)
-    if spec.config is not None and trusted is not None:
-        # the published model's own activation: its config's, or QuickGELU for OpenAI-format weights
-        update = {"config": trusted, "quick_gelu": None}
+    trusted, source = published_config(spec, weights)
+    if trusted is None:
+        # nothing says what the published architecture is (the tower stays unverified): the
+        # checkpoint's, for the tensor comparison only
+        update: dict = {"quick_gelu": loaded.backbone.quick_gelu}
+    elif spec.architecture is not None and not source.endswith(CONFIG_FILE):
+        update = {"quick_gelu": None}
     else:
-        # the delivered tower's resolved activation: a file path in place of the tag would otherwise
-        # lose the tag's QuickGELU and build a silently different reference
-        update = {"quick_gelu": loaded.backbone.quick_gelu}
-    spec = spec.model_copy(update={"embedded": False, "sha256": None, "pretrained": str(weights), **update})
+        update = {"architecture": None, "config": trusted, "quick_gelu": None}
+    # quick_gelu None: the published model's own activation (its config's, OpenAI-format
+    # weights', or the named tag's, which is why a tag stays the 'pretrained' name; the file
+    # itself comes from ``weights``), never the checkpoint's field
+    spec = spec.model_copy(update={"embedded": False, "sha256": None, "pretrained": spec.pretrained or str(weights), **update})
     try:
         return build_backbone(spec, weights=weights)
     except InputError as exc:

@@ -35,7 +35,9 @@ def test_every_differing_setting_is_named_with_both_values():
     assert changes[-1] == "quick_gelu: True in the checkpoint, False published"
     assert "in the checkpoint" in changes[0] and "published" in changes[0]
     # a key only one side has is a change too
-    assert architecture_changes({**cfg, "custom_text": True}, cfg, False, False) == ["custom_text: true in the checkpoint, (absent) published"]
+    assert architecture_changes({**cfg, "custom_text": True}, cfg, False, False) == ["custom_text: true in the checkpoint, false published"]
+    # a default spelled out on one side only is the same architecture
+    assert architecture_changes({**cfg, "custom_text": False, "vision_cfg": {**cfg["vision_cfg"], "mlp_ratio": 4.0}}, cfg, False, False) == []
 
 
 def test_config_files_in_hub_layout_or_bare_are_read_and_bad_ones_name_the_file(tmp_path):

@@ -211,6 +211,25 @@ _DOWNLOAD_FLAGS = ("timm_model_pretrained", "hf_model_pretrained")
 _NULLABLE = {"timm_proj", "patch_size"}
 
 
+# free-form keyword arguments open_clip hands to nn.GELU / nn.LayerNorm: a bad value builds and
+# only fails once the model runs (an internal error, not bad input), so only what open_clip's own
+# registered towers use is taken (SigLIP: norm eps 1e-6, tanh-approximated GELU)
+_LAYER_KWARGS: dict[str, dict[str, Any]] = {
+    "act_kwargs": {"approximate": lambda v: v in ("none", "tanh")},
+    "norm_kwargs": {"eps": lambda v: type(v) is float and 0 < v < 1},
+}
+
+
+def _check_layer_kwargs(where: str, value: Any, allowed: dict[str, Any]) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be an object")
+    for k, v in value.items():
+        if k not in allowed:
+            raise ValueError(f"{where}: unsupported key {_show(repr(k), 40)} (ci-gate takes {', '.join(sorted(allowed))})")
+        if not allowed[k](v):
+            raise ValueError(f"{where}.{k}: unsupported value {_show(repr(v), 40)}")
+
+
 def check_inline_config(config: dict[str, Any]) -> None:
     """Raise ValueError naming the first key of an inline open_clip config that CLIP(**config)
     would not take, would take with the wrong type, or would take at an unbounded size."""
@@ -254,6 +273,8 @@ def check_inline_config(config: dict[str, Any]) -> None:
                 raise ValueError(f"{key}.{name}: an inline config may not download tower weights; embed or pin them")
             if name == "mlp_ratio" and not 0 < value <= 64:
                 raise ValueError(f"{key}.mlp_ratio {value} is outside (0, 64]")
+            if name in _LAYER_KWARGS and value is not None:
+                _check_layer_kwargs(f"{key}.{name}", value, _LAYER_KWARGS[name])
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from typing import Any
 from ci_gate.checkpoint.format import BackboneSpec, check_inline_config
 from ci_gate.errors import InputError
 from ci_gate.io import atomic_write_text, read_bounded
-from ci_gate.model.backbone import Backbone, model_config
+from ci_gate.model.backbone import Backbone, model_config, tag_wants_quick_gelu
 
 CONFIG_FILE = "open_clip_config.json"
 _MAX_CONFIG_BYTES = 1 << 20
@@ -63,16 +63,42 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def published_config(spec: BackboneSpec, weights: Path | None) -> tuple[dict[str, Any] | None, str | None]:
-    """(config, source): open_clip's registry for a named architecture, else the config file
-    beside the user's ``weights`` (None, None when there is neither)."""
+    """(config, source): the config file beside the user's ``weights`` (it describes the model
+    those weights are), else open_clip's registry for a named architecture (None, None when there
+    is neither)."""
+    path = None if weights is None else weights.parent / CONFIG_FILE
+    if path is not None and path.is_file():
+        return read_config_file(path), str(path)
     if spec.architecture is not None:
         return model_config(spec), f"open_clip's registry ({spec.architecture})"
-    if weights is None:
-        return None, None
-    path = weights.parent / CONFIG_FILE
-    if not path.is_file():
-        return None, None
-    return read_config_file(path), str(path)
+    return None, None
+
+
+def published_quick_gelu(spec: BackboneSpec, published: dict[str, Any], openai_weights: bool) -> bool:
+    """The activation the published weights were trained with: QuickGELU for OpenAI-format
+    weights and wherever the published config or the named pretrained tag says so; never the
+    checkpoint's own quick_gelu field."""
+    return openai_weights or bool(published.get("quick_gelu", False)) or tag_wants_quick_gelu(spec)
+
+
+def _built(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config as open_clip builds it: its tower dataclasses' defaults wherever a key is
+    absent, so a file that spells a default out and one that leaves it out read the same (an
+    explicit null stays null: for patch_size and timm_proj it is not the default)."""
+    import dataclasses
+
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    out = {"init_logit_bias": None, "nonscalar_logit_scale": False, "custom_text": False, **cfg}
+    for key, tower in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg)):
+        defaults = {f.name: f.default for f in dataclasses.fields(tower) if f.default is not dataclasses.MISSING}
+        defaults |= {f.name: f.default_factory() for f in dataclasses.fields(tower) if f.default_factory is not dataclasses.MISSING}
+        sub = {**defaults, **(cfg.get(key) or {})}
+        # no keyword arguments at all, spelled as null or as an empty object
+        out[key] = {k: (None if k.endswith("_kwargs") and v == {} else v) for k, v in sub.items()}
+    if "init_logit_scale" in out:
+        out["init_logit_scale"] = float(out["init_logit_scale"])
+    return out
 
 
 def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -95,7 +121,7 @@ def _canonical(value: Any) -> Any:
 
 def architecture_changes(delivered: dict[str, Any], published: dict[str, Any], delivered_quick_gelu: bool, published_quick_gelu: bool) -> list[str]:
     """Each config key whose value differs (dotted path, both values), then the activation."""
-    a, b = _flatten(delivered), _flatten(published)
+    a, b = _flatten(_built(delivered)), _flatten(_built(published))
     changes = [
         f"{key}: {_show(a.get(key, '(absent)'))} in the checkpoint, {_show(b.get(key, '(absent)'))} published"
         for key in sorted(set(a) | set(b))
@@ -112,16 +138,17 @@ def _show(value: Any) -> str:
 
 
 def check_architecture(spec: BackboneSpec, delivered: Backbone, weights: Path | None, published: Backbone | None) -> ArchitectureCheck:
-    """The delivered architecture against the trusted one for the user's ``weights`` (the
-    reference weights, built into ``published``, or the --backbone-weights the tower was loaded
-    from). A named architecture is open_clip's by construction, and its plain and '-quickgelu'
-    variants are both open_clip's, so only an inline config has anything to differ."""
+    """The delivered architecture (config and resolved activation) against the trusted one for
+    the user's ``weights``: the reference weights, built into ``published``, or the
+    --backbone-weights the tower was loaded from. A named architecture's config is the
+    registry's, but its activation is the checkpoint's word (the plain and '-quickgelu' variants
+    share every tensor), so it is checked like any setting."""
     trusted, source = published_config(spec, weights)
-    if trusted is None or spec.architecture is not None:
-        return ArchitectureCheck(trusted, source)
+    if trusted is None:
+        return ArchitectureCheck(None, None)
     weights_backbone = published if published is not None else delivered
-    published_quick_gelu = True if weights_backbone.openai_weights else bool(trusted.get("quick_gelu", False))
-    return ArchitectureCheck(trusted, source, architecture_changes(model_config(spec), trusted, delivered.quick_gelu, published_quick_gelu))
+    expected = published_quick_gelu(spec, trusted, weights_backbone.openai_weights)
+    return ArchitectureCheck(trusted, source, architecture_changes(model_config(spec), trusted, delivered.quick_gelu, expected))
 
 
 def write_config_file(folder: Path, config: dict[str, Any]) -> Path:

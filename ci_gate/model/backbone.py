@@ -102,7 +102,7 @@ def deployment_preprocessing(spec: BackboneSpec, cfg: dict[str, Any]) -> Preproc
     )
 
 
-def _tag_wants_quick_gelu(spec: BackboneSpec) -> bool:
+def tag_wants_quick_gelu(spec: BackboneSpec) -> bool:
     if spec.architecture is None or spec.pretrained is None:
         return False
     try:
@@ -126,7 +126,7 @@ def decide_quick_gelu(spec: BackboneSpec, config_quick_gelu: bool, openai_format
     Pure apart from open_clip's in-memory pretrained registry (no download), so it is testable
     for real architecture names and tags without fetching weights.
     """
-    if openai_format or _tag_wants_quick_gelu(spec):
+    if openai_format or tag_wants_quick_gelu(spec):
         if spec.quick_gelu is False:
             raise InputError(
                 spec.pretrained or "backbone",
