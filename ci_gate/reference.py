@@ -27,7 +27,7 @@ from ci_gate.errors import InputError
 from ci_gate.inversion import ClassTrigger, InversionSettings, base_rates, eval_subset, invert, transfer
 from ci_gate.inversion.memory import choose_class_batch
 from ci_gate.inversion.patch import PatchSettings, invert_patch
-from ci_gate.model.architecture import CONFIG_FILE, published_config
+from ci_gate.model.architecture import PublishedArchitecture
 from ci_gate.model.backbone import Backbone, build_backbone
 from ci_gate.model.classifier import PromptedClassifier
 from ci_gate.model.factory import LoadedModel, build_classifier
@@ -49,24 +49,23 @@ def reference_classifier(loaded: LoadedModel, class_names: list[str], backbone: 
     return clf
 
 
-def reference_backbone(loaded: LoadedModel, weights: Path | None) -> Backbone | None:
+def reference_backbone(loaded: LoadedModel, weights: Path | None, trusted: PublishedArchitecture | None) -> Backbone | None:
     """The published backbone the checkpoint names, loaded from ``weights`` (None: use the
     checkpoint's own), the file being the user's copy of the published weights. Its architecture
-    is open_clip's for a named one; for an inline config, the ``open_clip_config.json`` beside
-    ``weights`` when there is one (ci_gate.model.architecture), else the checkpoint's own, which
-    then leaves the towers unverified."""
+    is ``trusted`` (ci_gate.model.architecture.published_config: the config file beside
+    ``weights``, else open_clip's registry for a named one); None: the checkpoint's own, which then
+    leaves the towers unverified."""
     if weights is None:
         return None
     spec = loaded.checkpoint.meta.backbone
-    trusted, source = published_config(spec, weights)
     if trusted is None:
         # nothing says what the published architecture is (the tower stays unverified): the
         # checkpoint's, for the tensor comparison only
         update: dict = {"quick_gelu": loaded.backbone.quick_gelu}
-    elif spec.architecture is not None and not source.endswith(CONFIG_FILE):
+    elif not trusted.from_file:
         update = {"quick_gelu": None}
     else:
-        update = {"architecture": None, "config": trusted, "quick_gelu": None}
+        update = {"architecture": None, "config": trusted.config, "quick_gelu": None}
     # quick_gelu None: the published model's own activation (its config's, OpenAI-format
     # weights', or the named tag's, which is why a tag stays the 'pretrained' name; the file
     # itself comes from ``weights``), never the checkpoint's field

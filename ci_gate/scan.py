@@ -40,7 +40,7 @@ from ci_gate.result import (
     ToolInfo,
 )
 from ci_gate.encoder_check import encoder_info
-from ci_gate.model.architecture import CONFIG_FILE, check_architecture
+from ci_gate.model.architecture import CONFIG_FILE, check_architecture, published_config
 from ci_gate.inversion.patch import PatchSettings, invert_patch
 from ci_gate.reference import reference_backbone, reference_patch_stats, reference_stats
 from ci_gate.rescore import PATCH_SKIPPED
@@ -108,14 +108,15 @@ def _scan(req: ScanInputs, shard: Shard, device: torch.device, progress: Progres
     if triggers is None:  # not rank 0: rank 0 scores
         return None
     rates, clean_losses = base_rates(clf, pool.images)
-    published = reference_backbone(loaded, req.reference_weights)
     users_weights = req.reference_weights or req.backbone_weights
+    trusted_architecture = published_config(loaded.checkpoint.meta.backbone, users_weights)
+    published = reference_backbone(loaded, req.reference_weights, trusted_architecture)
     encoder = encoder_info(
         loaded.backbone.verified,
         loaded.backbone.clip.state_dict(),
         None if published is None else published.clip.state_dict(),
         None if req.reference_weights is None else str(req.reference_weights),
-        check_architecture(loaded.checkpoint.meta.backbone, loaded.backbone, users_weights, published),
+        check_architecture(loaded.checkpoint.meta.backbone, loaded.backbone, trusted_architecture, published),
     )
     if encoder.modified:
         worst = f" (largest: {encoder.changed[0].name}, relative change {encoder.changed[0].rel_l2:.3g})" if encoder.changed else ""

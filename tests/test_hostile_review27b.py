@@ -43,7 +43,7 @@ def test_a_named_architecture_run_with_another_activation_is_not_unmodified(tmp_
 
     from ci_gate.checkpoint.format import BackboneSpec, backbone_digest
     from ci_gate.encoder_check import encoder_info
-    from ci_gate.model.architecture import check_architecture
+    from ci_gate.model.architecture import check_architecture, published_config
     from ci_gate.model.backbone import build_backbone
     from ci_gate.model.small import random_clip_state
     from ci_gate.reference import reference_backbone
@@ -60,9 +60,10 @@ def test_a_named_architecture_run_with_another_activation_is_not_unmodified(tmp_
     save_file({k: v.contiguous() for k, v in state.items()}, str(ref))
     (pub / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
     loaded = SimpleNamespace(checkpoint=SimpleNamespace(meta=SimpleNamespace(backbone=spec)), backbone=delivered)
-    published = reference_backbone(loaded, ref)
+    trusted = published_config(spec, ref)
+    published = reference_backbone(loaded, ref, trusted)
     info = encoder_info(delivered.verified, delivered.clip.state_dict(), published.clip.state_dict(), str(ref),
-                        check_architecture(spec, delivered, ref, published))
+                        check_architecture(spec, delivered, trusted, published))
     assert info.status != "unmodified"
 
 

@@ -14,10 +14,13 @@ a bare model config, as in open_clip's ``model_configs/``, is read too).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from ci_gate.checkpoint.format import BackboneSpec, check_inline_config
 from ci_gate.errors import InputError
@@ -29,6 +32,16 @@ _MAX_CONFIG_BYTES = 1 << 20
 # what the scan does not take from any config: preprocessing comes from open_clip's defaults and the
 # registry (ci_gate.model.backbone.deployment_preprocessing), the activation is compared resolved
 _NOT_COMPARED = ("preprocess_cfg", "quick_gelu")
+
+
+@dataclass(frozen=True)
+class PublishedArchitecture:
+    """The trusted config for the user's weights; ``from_file``: read from the config file beside
+    them (else open_clip's registry entry for the named architecture)."""
+
+    config: dict[str, Any]
+    source: str
+    from_file: bool
 
 
 @dataclass(frozen=True)
@@ -62,16 +75,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def published_config(spec: BackboneSpec, weights: Path | None) -> tuple[dict[str, Any] | None, str | None]:
-    """(config, source): the config file beside the user's ``weights`` (it describes the model
-    those weights are), else open_clip's registry for a named architecture (None, None when there
-    is neither)."""
+def published_config(spec: BackboneSpec, weights: Path | None) -> PublishedArchitecture | None:
+    """The config file beside the user's ``weights`` (it describes the model those weights are),
+    else open_clip's registry for a named architecture; None when there is neither. Read once per
+    scan: the reference backbone and the architecture check both take it."""
     path = None if weights is None else weights.parent / CONFIG_FILE
     if path is not None and path.is_file():
-        return read_config_file(path), str(path)
+        return PublishedArchitecture(read_config_file(path), str(path), from_file=True)
     if spec.architecture is not None:
-        return model_config(spec), f"open_clip's registry ({spec.architecture})"
-    return None, None
+        return PublishedArchitecture(model_config(spec), f"open_clip's registry ({spec.architecture})", from_file=False)
+    return None
 
 
 def published_quick_gelu(spec: BackboneSpec, published: dict[str, Any], openai_weights: bool) -> bool:
@@ -85,10 +98,6 @@ def _built(cfg: dict[str, Any]) -> dict[str, Any]:
     """The config as open_clip builds it: its tower dataclasses' defaults wherever a key is
     absent, so a file that spells a default out and one that leaves it out read the same (an
     explicit null stays null: for patch_size and timm_proj it is not the default)."""
-    import dataclasses
-
-    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-
     out = {"init_logit_bias": None, "nonscalar_logit_scale": False, "custom_text": False, **cfg}
     for key, tower in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg)):
         defaults = {f.name: f.default for f in dataclasses.fields(tower) if f.default is not dataclasses.MISSING}
@@ -137,18 +146,17 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_architecture(spec: BackboneSpec, delivered: Backbone, weights: Path | None, published: Backbone | None) -> ArchitectureCheck:
+def check_architecture(spec: BackboneSpec, delivered: Backbone, trusted: PublishedArchitecture | None, published: Backbone | None) -> ArchitectureCheck:
     """The delivered architecture (config and resolved activation) against the trusted one for
-    the user's ``weights``: the reference weights, built into ``published``, or the
-    --backbone-weights the tower was loaded from. A named architecture's config is the
+    the user's weights (``published_config``): the reference weights, built into ``published``,
+    or the --backbone-weights the tower was loaded from. A named architecture's config is the
     registry's, but its activation is the checkpoint's word (the plain and '-quickgelu' variants
     share every tensor), so it is checked like any setting."""
-    trusted, source = published_config(spec, weights)
     if trusted is None:
         return ArchitectureCheck(None, None)
     weights_backbone = published if published is not None else delivered
-    expected = published_quick_gelu(spec, trusted, weights_backbone.openai_weights)
-    return ArchitectureCheck(trusted, source, architecture_changes(model_config(spec), trusted, delivered.quick_gelu, expected))
+    expected = published_quick_gelu(spec, trusted.config, weights_backbone.openai_weights)
+    return ArchitectureCheck(trusted.config, trusted.source, architecture_changes(model_config(spec), trusted.config, delivered.quick_gelu, expected))
 
 
 def write_config_file(folder: Path, config: dict[str, Any]) -> Path:
@@ -159,4 +167,4 @@ def write_config_file(folder: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-__all__ = ["CONFIG_FILE", "ArchitectureCheck", "architecture_changes", "check_architecture", "published_config", "read_config_file", "write_config_file"]
+__all__ = ["CONFIG_FILE", "ArchitectureCheck", "PublishedArchitecture", "architecture_changes", "check_architecture", "published_config", "read_config_file", "write_config_file"]

@@ -140,45 +140,44 @@ def _rules(backdoor_level: str, suspicious_level: str, det: Detection, project_u
                 "security-severity": _SECURITY_SEVERITY.get(suspicious_level, "3.0"),
             },
         },
-        {
-            "id": ENCODER_RULE,
-            "name": "modified-encoder",
-            "shortDescription": {"text": "The checkpoint's CLIP encoders differ from the published backbone"},
-            "fullDescription": {
-                "text": "The checkpoint embeds image/text towers whose tensors differ from the published weights it "
-                "names. Prompt tuning never changes the encoders; a modified tower is how an encoder-level "
-                "backdoor is delivered."
-            },
-            "helpUri": help_uri(project_url, "cig003-modified-encoder"),
-            "help": {
-                "text": "Do not deploy this checkpoint. The ci-gate report lists the tensors that differ and by how much. "
-                "Ask the provider for a prompt learner on the unmodified published backbone.",
-                "markdown": "**Do not deploy this checkpoint.** The ci-gate report lists the tensors that differ and by how "
-                "much. Ask the provider for a prompt learner on the unmodified published backbone.",
-            },
-            "defaultConfiguration": {"level": "error"},
-            "properties": {"tags": tags, "precision": "high", "problem.severity": "error", "security-severity": _SECURITY_SEVERITY["error"]},
-        },
-        {
-            "id": UNVERIFIED_RULE,
-            "name": "unverified-encoder",
-            "shortDescription": {"text": "The checkpoint's CLIP encoders could not be checked against published weights"},
-            "fullDescription": {
-                "text": "The checkpoint embeds its image/text towers (or names its own weights file) and no published weights were "
-                "given to compare them with. An encoder-level backdoor lives in such a tower, and the checkpoint's author chose "
-                "whether it can be checked."
-            },
-            "helpUri": help_uri(project_url, "cig004-unverified-encoder"),
-            "help": {
-                "text": "Run the scan again with --reference-weights naming your copy of the published backbone (and, for an inline architecture, its open_clip_config.json beside it). "
-                "A prompt-tuned model needs no towers of its own: ask the provider for a learner that names the published backbone.",
-                "markdown": "Run the scan again with `--reference-weights` naming your copy of the published backbone (and, for an inline architecture, its `open_clip_config.json` beside it). "
-                "A prompt-tuned model needs no towers of its own: ask the provider for a learner that names the published backbone.",
-            },
-            "defaultConfiguration": {"level": "error"},
-            "properties": {"tags": tags, "precision": "medium", "problem.severity": "error", "security-severity": _SECURITY_SEVERITY["error"]},
-        },
+        _tower_rule(
+            ENCODER_RULE, "modified-encoder", "high", tags, project_url,
+            short="The checkpoint's CLIP encoders differ from the published backbone",
+            full="The checkpoint embeds image/text towers whose tensors differ from the published weights it "
+            "names. Prompt tuning never changes the encoders; a modified tower is how an encoder-level "
+            "backdoor is delivered.",
+            help_text="Do not deploy this checkpoint. The ci-gate report lists the tensors that differ and by how much. "
+            "Ask the provider for a prompt learner on the unmodified published backbone.",
+            help_markdown="**Do not deploy this checkpoint.** The ci-gate report lists the tensors that differ and by how "
+            "much. Ask the provider for a prompt learner on the unmodified published backbone.",
+        ),
+        _tower_rule(
+            UNVERIFIED_RULE, "unverified-encoder", "medium", tags, project_url,
+            short="The checkpoint's CLIP encoders could not be checked against published weights",
+            full="The checkpoint embeds its image/text towers (or names its own weights file) and no published weights were "
+            "given to compare them with. An encoder-level backdoor lives in such a tower, and the checkpoint's author chose "
+            "whether it can be checked.",
+            help_text="Run the scan again with --reference-weights naming your copy of the published backbone (and, for an inline architecture, its open_clip_config.json beside it). "
+            "A prompt-tuned model needs no towers of its own: ask the provider for a learner that names the published backbone.",
+            help_markdown="Run the scan again with `--reference-weights` naming your copy of the published backbone (and, for an inline architecture, its `open_clip_config.json` beside it). "
+            "A prompt-tuned model needs no towers of its own: ask the provider for a learner that names the published backbone.",
+        ),
     ]
+
+
+def _tower_rule(rule_id: str, name: str, precision: str, tags: list[str], project_url: str | None, *, short: str, full: str, help_text: str, help_markdown: str) -> dict:
+    """A rule about the checkpoint's towers rather than a class: always an error, help under its
+    section of docs/alerts.md."""
+    return {
+        "id": rule_id,
+        "name": name,
+        "shortDescription": {"text": short},
+        "fullDescription": {"text": full},
+        "helpUri": help_uri(project_url, f"{rule_id.lower()}-{name}"),
+        "help": {"text": help_text, "markdown": help_markdown},
+        "defaultConfiguration": {"level": "error"},
+        "properties": {"tags": tags, "precision": precision, "problem.severity": "error", "security-severity": _SECURITY_SEVERITY["error"]},
+    }
 
 
 def checkpoint_uri(path: str, source_root: Path | None = None) -> str:
